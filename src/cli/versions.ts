@@ -1,0 +1,61 @@
+import { openStore } from '../sinks/openStore.ts';
+import { Repository } from '../repo/Repository.ts';
+import { formatBytes, formatTable } from './format.ts';
+
+export interface VersionRow {
+  vm: string;
+  disk: string;
+  version: string;
+  parent: string | null;
+  createdAt: string;
+  capacity: number;
+  changedBytes: number;
+  storedBytes: number;
+  snapshotId: string;
+  changeId: string | null;
+}
+
+/** Every version in the repository, oldest first per disk. */
+export async function listVersionRows(repo: Repository, vm?: string): Promise<VersionRow[]> {
+  const rows: VersionRow[] = [];
+  for (const v of vm ? [vm] : await repo.listVms()) {
+    for (const disk of await repo.listDisks(v)) {
+      for (const id of await repo.listVersions(v, disk)) {
+        const m = await repo.readManifest(v, disk, id);
+        rows.push({
+          vm: v,
+          disk,
+          version: m.version,
+          parent: m.parent,
+          createdAt: m.createdAt,
+          capacity: m.capacity,
+          changedBytes: m.stats.changedBytes,
+          storedBytes: m.stats.storedBytes,
+          snapshotId: m.source.snapshotId,
+          changeId: m.source.changeId,
+        });
+      }
+    }
+  }
+  return rows;
+}
+
+/** `hamal versions`. Returns the exit code. */
+export async function versionsCommand(opts: { target: string; vm?: string; json?: boolean }): Promise<number> {
+  const store = await openStore(opts.target);
+  try {
+    const rows = await listVersionRows(await Repository.open(store), opts.vm);
+    if (opts.json) {
+      process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
+    } else {
+      const table = [['vm', 'disk', 'version', 'parent', 'created', 'capacity', 'changed', 'stored']];
+      for (const r of rows) {
+        table.push([r.vm, r.disk, r.version, r.parent ?? '-', r.createdAt, formatBytes(r.capacity), formatBytes(r.changedBytes), formatBytes(r.storedBytes)]);
+      }
+      process.stdout.write(formatTable(table) + '\n');
+    }
+    return 0;
+  } finally {
+    await store.close();
+  }
+}

@@ -1,0 +1,25 @@
+/**
+ * The object-store contract every target implements (directory, S3). Keys are
+ * `/`-separated relative paths of URL-safe segments; the repository decides them.
+ *
+ * Preconditions and guarantees every implementation must keep:
+ * - `put` is atomic: a reader sees the whole object or none of it, never a prefix.
+ * - `put` is idempotent: writing the same key with the same bytes again is harmless.
+ * - An object is durable once `flush()` resolved after its `put` resolved; the
+ *   repository flushes before it commits anything that points at earlier objects.
+ * - `get` and `head` of a missing key: NotFoundError and `null` respectively.
+ * - `delete` of a missing key succeeds.
+ * - `list(prefix)` yields every key under the prefix, in no particular order, and never
+ *   a temporary object.
+ */
+export interface ObjectStore {
+  /** Where the store points, printable: never holds a secret. */
+  readonly location: string;
+  put(key: string, body: Uint8Array): Promise<void>;
+  get(key: string): Promise<Buffer>;
+  head(key: string): Promise<{ size: number } | null>;
+  list(prefix: string): AsyncIterable<string>;
+  delete(key: string): Promise<void>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}

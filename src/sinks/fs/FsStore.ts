@@ -1,0 +1,166 @@
+import { promises as fsp, constants as fsc } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { ObjectStore } from '../ObjectStore.ts';
+import { HamalError, NotFoundError } from '../../errors.ts';
+
+export interface FsStoreOptions {
+  /**
+   * fsync each object's data before its rename. Off trades durability after a power
+   * loss (not after a crash of the process) for about 2x write throughput.
+   * @default true
+   */
+  syncEachObject?: boolean;
+}
+
+/**
+ * An object store in a local directory.
+ *
+ *   <root>/
+ *   ├── .tmp/<random>      objects being written; swept when the store opens
+ *   └── <key>              one file per object, renamed into place when whole
+ *
+ * Directory entries of renames are fsync'd in `flush()`, once per directory, not per put.
+ */
+export class FsStore implements ObjectStore {
+  readonly location: string;
+  private readonly _root: string;
+  private readonly _tmp: string;
+  private readonly _syncEach: boolean;
+  private readonly _madeDirs = new Set<string>();
+  private _dirtyDirs = new Set<string>();
+
+  private constructor(root: string, options: FsStoreOptions) {
+    this._root = root;
+    this._tmp = join(root, '.tmp');
+    this._syncEach = options.syncEachObject ?? true;
+    this.location = `file://${root}`;
+  }
+
+  /** Opens (creating if needed) the store at `root` and sweeps temporaries left by a crash. */
+  static async open(root: string, options: FsStoreOptions = {}): Promise<FsStore> {
+    const store = new FsStore(root, options);
+    try {
+      await fsp.mkdir(store._tmp, { recursive: true });
+      await fsp.access(root, fsc.W_OK);
+      for (const name of await fsp.readdir(store._tmp)) {
+        await fsp.rm(join(store._tmp, name), { force: true });
+      }
+    } catch (err) {
+      throw new HamalError('TARGET_NOT_WRITABLE', `target directory ${root} is not writable`, {
+        subject: root,
+        cause: err,
+      });
+    }
+    return store;
+  }
+
+  private _path(key: string): string {
+    if (key === '' || key.startsWith('/') || key.split('/').some((s) => s === '' || s === '.' || s === '..')) {
+      throw new RangeError(`invalid object key ${JSON.stringify(key)}`);
+    }
+    return join(this._root, ...key.split('/'));
+  }
+
+  async put(key: string, body: Uint8Array): Promise<void> {
+    const path = this._path(key);
+    const dir = dirname(path);
+    if (!this._madeDirs.has(dir)) {
+      await fsp.mkdir(dir, { recursive: true });
+      this._madeDirs.add(dir);
+    }
+    const tmp = join(this._tmp, randomBytes(12).toString('hex'));
+    try {
+      const handle = await fsp.open(tmp, 'w');
+      try {
+        await handle.writeFile(body);
+        if (this._syncEach) await handle.datasync();
+      } finally {
+        await handle.close();
+      }
+      await fsp.rename(tmp, path);
+      this._dirtyDirs.add(dir);
+    } catch (err) {
+      await fsp.rm(tmp, { force: true }).catch(() => {});
+      throw new HamalError('STORE_WRITE_FAILED', `cannot write object ${key} under ${this._root}`, {
+        subject: key,
+        cause: err,
+        retryable: (err as NodeJS.ErrnoException).code === 'EAGAIN',
+      });
+    }
+  }
+
+  async get(key: string): Promise<Buffer> {
+    try {
+      return await fsp.readFile(this._path(key));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new NotFoundError('OBJECT_NOT_FOUND', `object ${key} not found in ${this.location}`, { subject: key });
+      }
+      throw new HamalError('STORE_READ_FAILED', `cannot read object ${key} in ${this.location}`, {
+        subject: key,
+        cause: err,
+      });
+    }
+  }
+
+  async head(key: string): Promise<{ size: number } | null> {
+    try {
+      const st = await fsp.stat(this._path(key));
+      return { size: st.size };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<string> {
+    // Walk from the deepest directory the prefix names, then filter by the full prefix.
+    const cut = prefix.lastIndexOf('/');
+    const base = cut < 0 ? '' : prefix.slice(0, cut);
+    const start = base ? join(this._root, ...base.split('/')) : this._root;
+    yield* this._walk(start, base, prefix);
+  }
+
+  private async *_walk(dir: string, keyDir: string, prefix: string): AsyncIterable<string> {
+    let entries;
+    try {
+      entries = await fsp.readdir(dir, { withFileTypes: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    for (const entry of entries) {
+      if (!keyDir && entry.name === '.tmp') continue;
+      const key = keyDir ? `${keyDir}/${entry.name}` : entry.name;
+      if (entry.isDirectory()) {
+        if (key.startsWith(prefix) || prefix.startsWith(key + '/')) yield* this._walk(join(dir, entry.name), key, prefix);
+      } else if (key.startsWith(prefix)) {
+        yield key;
+      }
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    await fsp.rm(this._path(key), { force: true });
+    this._dirtyDirs.add(dirname(this._path(key)));
+  }
+
+  async flush(): Promise<void> {
+    const dirs = this._dirtyDirs;
+    this._dirtyDirs = new Set();
+    for (const dir of dirs) {
+      const handle = await fsp.open(dir, 'r');
+      try {
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.flush();
+  }
+}
+

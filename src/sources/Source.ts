@@ -1,0 +1,50 @@
+import type { Observable } from 'rxjs';
+import type { Extent } from '../streams/Extent.ts';
+import type { ChangeId } from './ChangeId.ts';
+
+/** A disk as the platform reports it in a snapshot. */
+export interface DiskInfo {
+  /** Stable across syncs: versions of the same disk are chained by it. */
+  readonly id: string;
+  /** Human-facing name, for logs. */
+  readonly label: string;
+  /** Bytes. */
+  readonly capacity: number;
+  /** The disk's ChangeId in this snapshot; `null` when the platform tracks no changes. */
+  readonly changeId: ChangeId | null;
+}
+
+/**
+ * A VM frozen for reading: the platform snapshot is taken when the Snapshot is made and
+ * removed by `release()`, which the pipeline always calls, also after a failure.
+ */
+export interface Snapshot {
+  readonly vm: { readonly id: string; readonly name: string };
+  /** Platform's id of the snapshot, recorded in each manifest. */
+  readonly id: string;
+  readonly platform: string;
+  readonly disks: readonly DiskInfo[];
+
+  /**
+   * The areas of `disk` to read, in ascending offset order (see toBlocks). With
+   * `since = null`: every area that may hold data (areas left out are zero). With a
+   * ChangeId from an earlier snapshot of this disk: every area that may have changed
+   * since then (areas left out are unchanged). Cold: nothing is asked until subscribed.
+   */
+  changes(disk: DiskInfo, since: ChangeId | null): Observable<Extent>;
+
+  /**
+   * Exactly `length` bytes of `disk` at `offset`, from the snapshot. Precondition:
+   * the range lies within the disk's capacity. Rejects naming the disk and offset.
+   */
+  read(disk: DiskInfo, offset: number, length: number): Promise<Buffer>;
+
+  /** Removes the platform snapshot and frees handles. Idempotent. */
+  release(): Promise<void>;
+}
+
+/** A platform: turns a VM reference into a Snapshot. Knows nothing of targets. */
+export interface Source {
+  readonly platform: string;
+  snapshot(vm: string, signal?: AbortSignal): Promise<Snapshot>;
+}

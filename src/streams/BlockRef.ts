@@ -1,0 +1,20 @@
+/**
+ * One block of a disk to be read: block `index` covers bytes [offset, offset + length).
+ * Every block is `blockSize` long except the last block of a disk whose capacity is not a
+ * multiple of the block size.
+ */
+export interface BlockRef {
+  readonly index: number;
+  readonly offset: number;
+  readonly length: number;
+}
+
+/** Number of blocks of a disk of `capacity` bytes. */
+export function blockCount(capacity: number, blockSize: number): number {
+  return Math.ceil(capacity / blockSize);
+}
+
+export function blockAt(index: number, capacity: number, blockSize: number): BlockRef {
+  const offset = index * blockSize;
+  return { index, offset, length: Math.min(blockSize, capacity - offset) };
+}
