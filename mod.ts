@@ -1,0 +1,43 @@
+/**
+ * hamal as a library: build and run the stream graph inside another tool.
+ *
+ * ```ts
+ * import { LocalSource, FsStore, Repository, runVmSync, restoreDisk } from 'hamal';
+ * const repo = await Repository.open(await FsStore.open('/backup'), { create: true });
+ * const source = new LocalSource({ vms: { web: [{ id: 'root', path: '/dev/vg0/web' }] } });
+ * const result = await runVmSync(source, 'web', repo, { parallelDisks: 2 });
+ * ```
+ * `syncVm` is the same graph as an Observable of SyncEvents, for progress and cancellation
+ * (unsubscribing stops reading and releases the snapshot).
+ */
+export { HamalError, UsageError, IntegrityError, NotFoundError, describeError } from './src/errors.ts';
+export type { HamalErrorOptions } from './src/errors.ts';
+
+// The stream graph
+export type { Extent } from './src/streams/Extent.ts';
+export type { BlockRef } from './src/streams/BlockRef.ts';
+export { toBlocks } from './src/streams/toBlocks.ts';
+export { Slots } from './src/streams/Slots.ts';
+export { syncDisk, type DiskSyncOptions } from './src/streams/syncDisk.ts';
+export { syncVm, type VmSyncOptions } from './src/streams/syncVm.ts';
+export { runVmSync, type VmSyncResult } from './src/streams/runVmSync.ts';
+export { restoreDisk, type RestoreOptions, type RestoreResult } from './src/streams/restoreDisk.ts';
+export type { SyncEvent } from './src/streams/SyncEvent.ts';
+
+// Sources
+export type { Source, Snapshot, DiskInfo } from './src/sources/Source.ts';
+export type { ChangeId } from './src/sources/ChangeId.ts';
+export { LocalSource, type LocalSourceOptions } from './src/sources/local/LocalSource.ts';
+export { parseLocalDisk, type LocalDisk } from './src/sources/local/LocalDisk.ts';
+
+// Sinks and the repository
+export type { ObjectStore } from './src/sinks/ObjectStore.ts';
+export { FsStore, type FsStoreOptions } from './src/sinks/fs/FsStore.ts';
+export { openStore } from './src/sinks/openStore.ts';
+export { RawImage } from './src/sinks/raw/RawImage.ts';
+export { Repository, DEFAULT_BLOCK_SIZE, type RepositoryOptions, type RepositoryConfig } from './src/repo/Repository.ts';
+export type { Manifest, VersionStats } from './src/repo/Manifest.ts';
+export { chunkIdOf, type ChunkId } from './src/repo/ChunkId.ts';
+export type { VersionId } from './src/repo/VersionId.ts';
+
+export { VERSION } from './src/version.ts';
