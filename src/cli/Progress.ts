@@ -1,10 +1,11 @@
 import cliProgress from 'cli-progress';
 import type { SyncEvent } from '../streams/SyncEvent.ts';
 import { formatBytes } from './format.ts';
+import { log } from '../log/Logger.ts';
 
 /**
- * Progress of a sync on stderr: one bar per disk on a terminal (cli-progress: bytes,
- * rate, ETA), plain lines otherwise (start and end of each disk), nothing when disabled.
+ * Progress of a sync on stderr when it is a terminal: one bar per disk (cli-progress:
+ * position, bytes read, rate, ETA). Elsewhere the log's lines at disk start and end serve.
  */
 export class Progress {
   private readonly _enabled: boolean;
@@ -14,8 +15,8 @@ export class Progress {
   private readonly _started = new Map<string, number>();
 
   constructor(enabled: boolean) {
-    this._enabled = enabled;
-    if (enabled && process.stderr.isTTY) {
+    this._enabled = enabled && process.stderr.isTTY === true;
+    if (this._enabled) {
       this._bars = new cliProgress.MultiBar(
         {
           stream: process.stderr,
@@ -27,6 +28,9 @@ export class Progress {
         },
         cliProgress.Presets.shades_classic,
       );
+      // Log lines go above the bars instead of through them.
+      const bars = this._bars;
+      log.configure({ sink: (line) => bars.log(line + '\n') });
     }
   }
 
@@ -36,12 +40,7 @@ export class Progress {
       this._read.set(e.disk, 0);
       this._started.set(e.disk, Date.now());
       const kind = e.incremental ? `incremental from ${e.parent}` : e.parent ? `full (parent ${e.parent})` : 'full';
-      if (this._bars) {
-        this._bar.set(e.disk, this._bars.create(e.capacity, 0, { disk: e.disk, ...this._payload(e.disk, e.capacity) }));
-      } else {
-        process.stderr.write(`hamal: disk ${e.disk}: ${formatBytes(e.capacity)}, ${kind}\n`);
-      }
-      if (e.note) this._log(`hamal: disk ${e.disk}: ${e.note}`);
+      this._bar.set(e.disk, this._bars!.create(e.capacity, 0, { disk: `${e.disk} (${kind})`, ...this._payload(e.disk, e.capacity) }));
     } else if (e.type === 'block') {
       this._read.set(e.disk, (this._read.get(e.disk) ?? 0) + e.bytes);
       const bar = this._bar.get(e.disk);
@@ -51,13 +50,7 @@ export class Progress {
       }
     } else if (e.type === 'disk-done') {
       const bar = this._bar.get(e.disk);
-      if (bar) bar.update(bar.getTotal(), this._payload(e.disk, bar.getTotal()));
-      else {
-        const s = e.manifest.stats;
-        this._log(
-          `hamal: disk ${e.disk}: version ${e.manifest.version} committed: read ${formatBytes(s.readBytes)}, stored ${formatBytes(s.storedBytes)}, ${s.durationMs} ms`,
-        );
-      }
+      bar?.update(bar.getTotal(), this._payload(e.disk, bar.getTotal()));
     } else if (e.type === 'disk-failed') {
       this._bar.get(e.disk)?.stop();
     }
@@ -69,12 +62,9 @@ export class Progress {
     return { totalH: formatBytes(total), readH: formatBytes(read), rateH: seconds > 0 ? `${formatBytes(read / seconds)}/s` : '-' };
   }
 
-  private _log(line: string): void {
-    if (this._bars) this._bars.log(line + '\n');
-    else process.stderr.write(line + '\n');
-  }
-
   stop(): void {
-    this._bars?.stop();
+    if (!this._bars) return;
+    this._bars.stop();
+    log.configure({ sink: (line) => process.stderr.write(line + '\n') });
   }
 }

@@ -1,57 +1,61 @@
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { HamalError, describeError } from '../errors.ts';
 import { VERSION } from '../version.ts';
+import { log } from '../log/Logger.ts';
+import { formatConfig } from '../config/loadConfig.ts';
+import { setup, type GlobalOptions } from './context.ts';
 import { syncCommand } from './sync.ts';
 import { restoreCommand } from './restore.ts';
 import { versionsCommand } from './versions.ts';
+import { verifyCommand } from './verify.ts';
+import { pruneCommand } from './prune.ts';
 import { demoCommand } from './demo.ts';
 
 function positiveInt(name: string) {
   return (value: string): number => {
     const n = Number(value);
-    if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a whole number of at least 1`);
+    if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < 1) {
+      throw new InvalidArgumentError(`${name} must be a whole number of at least 1`);
+    }
     return n;
   };
 }
 
-function collect(value: string, previous: string[] = []): string[] {
-  return [...previous, value];
-}
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
-/** Builds the `hamal` command; each action resolves to a process exit code. */
+/** Builds the `hamal` command; `setExit` receives each action's exit code. */
 export function buildProgram(setExit: (code: number) => void): Command {
   const program = new Command('hamal')
     .description('Agentless sync proxy: replicates VM disks to object storage, full once and incrementally after.')
-    .version(VERSION, '--version')
-    .option('--debug', 'print stack traces with errors')
+    .version(VERSION, '--version', 'print the version')
+    .option('--config <path>', 'hamal.conf to read (default: $HAMAL_CONFIG, else /etc/hamal/hamal.conf when present)')
+    .option('--debug', 'log at debug level; print stack traces with errors')
+    .option('--verbose', 'log at verbose level')
     .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(log.redact(s)) })
     .showHelpAfterError('(run with --help for usage)');
 
-  const run = (fn: () => Promise<number>) => async () => setExit(await fn());
+  // Every command but demo loads the config first (a bad one exits 2 before anything runs).
+  const withConfig =
+    <O>(fn: (o: O, config: Awaited<ReturnType<typeof setup>>) => Promise<number>) =>
+    async (o: O) => {
+      const config = await setup(program.opts<GlobalOptions>());
+      setExit(await fn(o, config));
+    };
 
   program
     .command('sync')
-    .description('Sync a VM (a named set of local raw disks) into a target repository')
-    .requiredOption('--vm <name>', 'VM name the versions are filed under')
-    .requiredOption('--disk <[id=]path>', 'raw image or block device; repeat for more disks (id defaults to the file name)', collect)
-    .requiredOption('--target <url>', 'repository: file:///path or a directory')
+    .description('Sync one VM into a target repository: from a task file, or local disks given as flags')
+    .option('--task <file>', 'task file (JSON, see docs/tasks.md)')
+    .option('--vm <name>', 'VM name the versions are filed under')
+    .option('--disk <[id=]path>', 'raw image or block device; repeat for more disks (id: the file name unless given)', collect)
+    .option('--target <url>', 'repository: file:///path or a directory (else the task\'s, else [hamal] target)')
     .option('--readers <n>', 'reads per disk at once (pre_disk_readers_count)', positiveInt('--readers'))
-    .option('--writers <n>', 'chunk writes per disk at once', positiveInt('--writers'))
+    .option('--writers <n>', 'chunk writes per disk at once ([hamal] writers_per_disk)', positiveInt('--writers'))
     .option('--parallel-disks <n>', 'disks synced at once (parallel_sync_disks_count)', positiveInt('--parallel-disks'))
-    .addOption(new Option('--block-size <bytes>', 'block size of a repository created now').argParser(positiveInt('--block-size')))
+    .option('--block-size <bytes>', 'block size of a repository created now', positiveInt('--block-size'))
     .option('--json', 'print a JSON summary instead of a table')
-    .action(function (this: Command, o) {
-      return run(() =>
-        syncCommand({
-          vm: o.vm,
-          disk: o.disk,
-          target: o.target,
-          json: o.json,
-          blockSize: o.blockSize,
-          sync: { readers: o.readers, writers: o.writers, parallelDisks: o.parallelDisks },
-        }),
-      )();
-    });
+    .action(withConfig(syncCommand));
 
   program
     .command('restore')
@@ -63,7 +67,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .requiredOption('--out <path>', 'file or block device to write')
     .option('--from <version>', '--out already holds this version: write only the blocks that differ')
     .option('--json', 'print a JSON summary')
-    .action((o) => run(() => restoreCommand(o))());
+    .action(withConfig((o: Parameters<typeof restoreCommand>[0], c) => restoreCommand({ ...o, concurrency: c.values.hamal.restore_concurrency })));
 
   program
     .command('versions')
@@ -71,18 +75,49 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .requiredOption('--target <url>', 'repository: file:///path or a directory')
     .option('--vm <name>', 'only this VM')
     .option('--json', 'print a JSON array')
-    .action((o) => run(() => versionsCommand(o))());
+    .action(withConfig(versionsCommand));
+
+  program
+    .command('verify')
+    .description('Check that every version can be restored: its chunks exist (--deep: and hash to their names)')
+    .requiredOption('--target <url>', 'repository: file:///path or a directory')
+    .option('--vm <name>', 'only this VM\'s versions')
+    .option('--deep', 'read every chunk and check its hash')
+    .option('--json', 'print the report as JSON')
+    .action(withConfig(verifyCommand));
+
+  program
+    .command('prune')
+    .description('Delete all but the newest versions of each disk, then the chunks nothing uses')
+    .requiredOption('--target <url>', 'repository: file:///path or a directory')
+    .requiredOption('--keep-last <n>', 'versions kept per disk', positiveInt('--keep-last'))
+    .option('--vm <name>', 'only this VM\'s versions')
+    .option('--dry-run', 'report, delete nothing')
+    .option('--json', 'print the report as JSON')
+    .action(withConfig(pruneCommand));
+
+  const config = program.command('config').description('Configuration commands');
+  config
+    .command('check')
+    .description('Load hamal.conf, report problems, print the effective config with secrets masked')
+    .option('--config <path>', 'hamal.conf to check')
+    .action(async (o: { config?: string }) => {
+      const loaded = await setup({ ...program.opts<GlobalOptions>(), ...(o.config ? { config: o.config } : {}) });
+      process.stdout.write(`# ${loaded.file ?? 'no config file: built-in defaults'}\n${formatConfig(loaded)}`);
+      setExit(0);
+    });
 
   program
     .command('demo')
     .description('Sync, change, sync again and restore two sample disks; needs nothing outside this machine')
     .option('--dir <path>', 'work here (kept) instead of a temporary directory (removed)')
     .option('--keep', 'keep the temporary directory')
-    .action((o) => run(() => demoCommand(o))());
+    .action(async (o) => setExit(await demoCommand(o)));
 
   return program;
 }
 
+/** Runs the CLI; resolves to the exit code: 0 ok, 1 failed, 2 usage or config error. */
 export async function main(argv: string[]): Promise<number> {
   let code = 0;
   const program = buildProgram((c) => (code = c));
@@ -90,13 +125,12 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv, { from: 'user' });
     return code;
   } catch (err) {
-    if (err instanceof CommanderError) {
-      // --help and --version end here too, with exit code 0.
-      return err.exitCode === 0 ? 0 : 2;
+    // --help and --version end here too, with exit code 0; commander printed the message.
+    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+    process.stderr.write(log.redact(`hamal: ${describeError(err)}`) + '\n');
+    if ((argv.includes('--debug') || log.enabled('debug')) && err instanceof Error && err.stack) {
+      process.stderr.write(log.redact(err.stack) + '\n');
     }
-    const debug = argv.includes('--debug');
-    process.stderr.write(`hamal: ${describeError(err)}\n`);
-    if (debug && err instanceof Error && err.stack) process.stderr.write(err.stack + '\n');
     return err instanceof HamalError ? err.exitCode : 1;
   }
 }

@@ -11,6 +11,8 @@ export interface RestoreCommandOptions {
   out: string;
   from?: string;
   json?: boolean;
+  /** Chunks fetched and written at once. @default 4 */
+  concurrency?: number;
 }
 
 /** `hamal restore`: one version of one disk to a raw image. Returns the exit code. */
@@ -20,7 +22,7 @@ export async function restoreCommand(opts: RestoreCommandOptions): Promise<numbe
     const repo = await Repository.open(store);
     const manifest = await repo.readManifest(opts.vm, opts.disk, opts.version ?? 'latest');
     const from = opts.from ? await repo.readManifest(opts.vm, opts.disk, opts.from) : null;
-    const result = await restoreDisk(repo, manifest, opts.out, { from });
+    const result = await restoreDisk(repo, manifest, opts.out, { from, concurrency: opts.concurrency });
     if (opts.json) {
       process.stdout.write(JSON.stringify({ vm: opts.vm, disk: opts.disk, out: opts.out, from: from?.version ?? null, ...result }, null, 2) + '\n');
     } else {

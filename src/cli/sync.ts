@@ -1,39 +1,102 @@
 import { LocalSource } from '../sources/local/LocalSource.ts';
-import { parseLocalDisk } from '../sources/local/LocalDisk.ts';
+import { parseLocalDisk, type LocalDisk } from '../sources/local/LocalDisk.ts';
 import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
 import { runVmSync, type VmSyncResult } from '../streams/runVmSync.ts';
-import type { VmSyncOptions } from '../streams/syncVm.ts';
-import { describeError } from '../errors.ts';
+import type { SyncEvent } from '../streams/SyncEvent.ts';
+import { HamalError, UsageError, describeError } from '../errors.ts';
+import type { LoadedConfig } from '../config/loadConfig.ts';
+import { loadTask } from '../tasks/loadTask.ts';
+import type { Task } from '../tasks/Task.ts';
+import { log } from '../log/Logger.ts';
 import { formatBytes, formatRate, formatTable } from './format.ts';
 import { Progress } from './Progress.ts';
 
 export interface SyncCommandOptions {
-  vm: string;
-  disk: string[];
-  target: string;
-  json?: boolean;
+  task?: string;
+  vm?: string;
+  disk?: string[];
+  target?: string;
+  readers?: number;
+  writers?: number;
+  parallelDisks?: number;
   blockSize?: number;
-  sync?: VmSyncOptions;
+  json?: boolean;
 }
 
-/** `hamal sync`: one VM of local disks into the target. Returns the exit code. */
-export async function syncCommand(opts: SyncCommandOptions): Promise<number> {
-  const disks = opts.disk.map(parseLocalDisk);
-  const source = new LocalSource({ vms: { [opts.vm]: disks } });
-  const store = await openStore(opts.target);
+/** `hamal sync`: one VM, from flags or a task file, into the target. Returns the exit code. */
+export async function syncCommand(opts: SyncCommandOptions, config: LoadedConfig): Promise<number> {
+  const task = opts.task ? await loadTask(opts.task) : undefined;
+  if (task && (opts.vm || opts.disk?.length)) {
+    throw new UsageError('USAGE', 'give either --task or --vm/--disk, not both');
+  }
+  if (!task && (!opts.vm || !opts.disk?.length)) {
+    throw new UsageError('USAGE', 'sync needs --task FILE, or --vm NAME with at least one --disk');
+  }
+  const vm = task?.source.vm ?? opts.vm!;
+  const disks = task ? await taskDisks(task, opts.task!) : opts.disk!.map(parseLocalDisk);
+  const target = opts.target ?? task?.target ?? (config.values.hamal.target || undefined);
+  if (!target) throw new UsageError('USAGE', 'no target: give --target, a "target" in the task, or [hamal] target in hamal.conf');
+  const c = config.values;
+  const readers = opts.readers ?? task?.options?.readers ?? c.data_sync_v2.pre_disk_readers_count;
+  if (readers > c.data_sync_v2.max_pre_disk_readers_count) {
+    throw new UsageError('USAGE', `readers ${readers} exceeds max_pre_disk_readers_count (${c.data_sync_v2.max_pre_disk_readers_count})`);
+  }
+  const parallelDisks = opts.parallelDisks ?? task?.options?.parallelDisks ?? c.data_sync_v2.parallel_sync_disks_count;
+  if (parallelDisks > c.data_sync_v2.max_parallel_sync_disks_count) {
+    throw new UsageError('USAGE', `parallel disks ${parallelDisks} exceeds max_parallel_sync_disks_count (${c.data_sync_v2.max_parallel_sync_disks_count})`);
+  }
+  const writers = opts.writers ?? task?.options?.writers ?? c.hamal.writers_per_disk;
+  const blockSize = opts.blockSize ?? (task?.options?.blockSizeMb ?? c.hamal.block_size_mb) * 1024 * 1024;
+
+  const source = new LocalSource({ vms: { [vm]: disks } });
+  const store = await openStore(target);
   try {
-    const repo = await Repository.open(store, { create: true, blockSize: opts.blockSize });
+    const repo = await Repository.open(store, { create: true, blockSize });
     const progress = new Progress(!opts.json);
-    const result = await runVmSync(source, opts.vm, repo, opts.sync, (e) => progress.onSyncEvent(e));
+    const sub = log.child('sync');
+    sub.info(`syncing VM ${vm} to ${store.location}`, { disks: disks.length, readers, writers, parallelDisks });
+    const onEvent = (e: SyncEvent) => {
+      progress.onSyncEvent(e);
+      logEvent(e);
+    };
+    const result = await runVmSync(source, vm, repo, { readers, writers, parallelDisks }, onEvent);
     progress.stop();
     if (opts.json) process.stdout.write(JSON.stringify(syncSummary(result), null, 2) + '\n');
     else process.stdout.write(syncTable(result) + '\n');
-    for (const f of result.failed) process.stderr.write(`hamal: disk ${f.disk} failed: ${describeError(f.error)}\n`);
+    for (const f of result.failed) sub.error(`disk ${f.disk} failed: ${describeError(f.error)}`);
     return result.failed.length ? 1 : 0;
   } finally {
     await store.close();
   }
+}
+
+function logEvent(e: SyncEvent): void {
+  const sub = log.child('sync');
+  if (e.type === 'disk-start') {
+    sub.verbose(`disk ${e.disk}: ${e.incremental ? 'incremental' : 'full'} sync started`, { capacity: e.capacity, parent: e.parent ?? undefined });
+    if (e.note) sub.warn(`disk ${e.disk}: ${e.note}`);
+  } else if (e.type === 'block') {
+    if (sub.enabled('debug')) sub.debug(`disk ${e.disk}: block ${e.index}`, { offset: e.offset, bytes: e.bytes, stored: e.stored });
+  } else if (e.type === 'disk-done') {
+    const s = e.manifest.stats;
+    sub.info(`disk ${e.disk}: version ${e.manifest.version} committed`, {
+      read: s.readBytes,
+      changed: s.changedBytes,
+      stored: s.storedBytes,
+      ms: s.durationMs,
+    });
+  }
+}
+
+async function taskDisks(task: Task, file: string): Promise<LocalDisk[]> {
+  if (task.source.platform !== 'local') {
+    throw new HamalError('PLATFORM_UNAVAILABLE', `task ${file}: platform ${task.source.platform} is not available in this build of hamal`, {
+      subject: 'source.platform',
+    });
+  }
+  const disks = (task.source.disks ?? []) as Array<{ id?: string; path: string }>;
+  return disks.map((d) => (d.id ? { id: d.id, path: d.path } : parseLocalDisk(d.path)));
 }
 
 export function syncSummary(result: VmSyncResult) {
@@ -65,3 +128,4 @@ export function syncTable(result: VmSyncResult): string {
   }
   return formatTable(rows);
 }
+

@@ -1,0 +1,23 @@
+import { openStore } from '../sinks/openStore.ts';
+import { Repository } from '../repo/Repository.ts';
+import { pruneRepository } from '../repo/pruneRepository.ts';
+import { formatBytes } from './format.ts';
+
+/** `hamal prune --keep-last N`. */
+export async function pruneCommand(opts: { target: string; keepLast: number; vm?: string; dryRun?: boolean; json?: boolean }): Promise<number> {
+  const store = await openStore(opts.target);
+  try {
+    const report = await pruneRepository(await Repository.open(store), opts);
+    if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+    else {
+      for (const v of report.deletedVersions) process.stdout.write(`${opts.dryRun ? 'would delete' : 'deleted'} version ${v}\n`);
+      process.stdout.write(
+        `${opts.dryRun ? 'would delete' : 'deleted'} ${report.deletedVersions.length} versions and ${report.deletedChunks} chunks ` +
+          `(${formatBytes(report.freedBytes)}); ${report.keptVersions} versions kept\n`,
+      );
+    }
+    return 0;
+  } finally {
+    await store.close();
+  }
+}

@@ -1,0 +1,25 @@
+import { openStore } from '../sinks/openStore.ts';
+import { Repository } from '../repo/Repository.ts';
+import { verifyRepository } from '../repo/verifyRepository.ts';
+
+/** `hamal verify`: exit 0 when every version is restorable, 1 with one line per problem otherwise. */
+export async function verifyCommand(opts: { target: string; vm?: string; deep?: boolean; json?: boolean }): Promise<number> {
+  const store = await openStore(opts.target);
+  try {
+    const report = await verifyRepository(await Repository.open(store), { vm: opts.vm, deep: opts.deep });
+    if (opts.json) {
+      process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+    } else {
+      for (const p of report.problems) {
+        process.stdout.write(`${p.kind}: ${p.key}: ${p.detail} (needed by ${p.versions.join(', ')})\n`);
+      }
+      process.stdout.write(
+        `${report.versions} versions, ${report.chunks} chunks checked${opts.deep ? ' (deep)' : ''}: ` +
+          `${report.problems.length ? `${report.problems.length} problems` : 'all restorable'}\n`,
+      );
+    }
+    return report.problems.length ? 1 : 0;
+  } finally {
+    await store.close();
+  }
+}

@@ -1,0 +1,173 @@
+import { promises as fsp } from 'node:fs';
+import { isIP } from 'node:net';
+import ini from 'ini';
+import { UsageError } from '../errors.ts';
+import type { ConfigKey } from './ConfigKey.ts';
+import { readIni, type IniFile, type IniValue } from './readIni.ts';
+import { SCHEMA, type HamalConfig } from './schema.ts';
+
+export const DEFAULT_CONFIG_PATH = '/etc/hamal/hamal.conf';
+const MASK = '********';
+
+export interface LoadedConfig {
+  /** The file read; null when none was and every key has its default. */
+  file: string | null;
+  values: HamalConfig;
+  /** Unknown sections and keys, one line each, naming file and line. */
+  warnings: string[];
+  /** Where each `section.key` came from. */
+  origin: Record<string, 'file' | 'DEFAULT' | 'default'>;
+}
+
+/**
+ * Loads hamal.conf. With `path`, or $HAMAL_CONFIG set: that file, which must exist
+ * ($HAMAL_CONFIG set but empty: no file, the defaults). Otherwise /etc/hamal/hamal.conf
+ * when it exists, else the defaults. Bad values throw a UsageError (exit code 2) naming
+ * file, line, section, key, value and what is allowed.
+ */
+export async function loadConfig(path?: string): Promise<LoadedConfig> {
+  if (path === undefined && process.env.HAMAL_CONFIG === '') return parseConfig('', null);
+  const explicit = path ?? process.env.HAMAL_CONFIG;
+  const file = explicit ?? DEFAULT_CONFIG_PATH;
+  let text: string;
+  try {
+    text = await fsp.readFile(file, 'utf8');
+  } catch (err) {
+    if (explicit === undefined && (err as NodeJS.ErrnoException).code === 'ENOENT') return parseConfig('', null);
+    throw new UsageError('CONFIG_NOT_FOUND', `cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`, {
+      subject: file,
+    });
+  }
+  return parseConfig(text, file);
+}
+
+/** Parses and checks config text; `file` names it in messages (null: defaults only). */
+export function parseConfig(text: string, file: string | null): LoadedConfig {
+  const name = file ?? '(defaults)';
+  const parsed: IniFile = readIni(text, name);
+  const warnings: string[] = [];
+  const origin: LoadedConfig['origin'] = {};
+  const values = {} as Record<string, Record<string, unknown>>;
+  const defaults = parsed.get('DEFAULT') ?? new Map<string, IniValue>();
+  const sectionKeys = new Set(Object.values(SCHEMA).flatMap((s) => Object.keys(s)));
+
+  for (const [section, keys] of parsed) {
+    const schema = (SCHEMA as Record<string, Record<string, ConfigKey>>)[section];
+    if (!schema) {
+      warnings.push(`${name}: unknown section [${section}] ignored`);
+      continue;
+    }
+    for (const [key, v] of keys) {
+      if (schema[key]) continue;
+      if (section === 'DEFAULT' && sectionKeys.has(key)) continue; // inherited by the sections that have it
+      if (section !== 'DEFAULT' && SCHEMA.DEFAULT[key as keyof typeof SCHEMA.DEFAULT]) {
+        warnings.push(`${name}, line ${v.line}: [${section}] ${key} is read from [DEFAULT] only; this one is ignored`);
+      } else {
+        warnings.push(`${name}, line ${v.line}: unknown key [${section}] ${key} ignored`);
+      }
+    }
+  }
+
+  for (const [section, schema] of Object.entries(SCHEMA) as Array<[string, Record<string, ConfigKey>]>) {
+    const own = parsed.get(section);
+    const out: Record<string, unknown> = {};
+    for (const [key, spec] of Object.entries(schema)) {
+      // configparser: a section sees [DEFAULT]'s keys unless it sets them itself.
+      const found = own?.get(key) ?? (section === 'DEFAULT' ? undefined : defaults.get(key));
+      origin[`${section}.${key}`] = own?.has(key) ? 'file' : found ? 'DEFAULT' : 'default';
+      const raw = found?.value ?? spec.default;
+      const where = found ? `${name}, line ${found.line}: ` : `built-in default: `;
+      out[key] = convert(spec, raw, (allowed) => {
+        const shown = spec.secret ? MASK : JSON.stringify(raw);
+        return new UsageError('CONFIG_INVALID', `${where}[${section}] ${key} = ${shown}: ${allowed}`, {
+          subject: `[${section}] ${key}`,
+        });
+      });
+    }
+    values[section] = out;
+  }
+
+  const config = values as unknown as HamalConfig;
+  const cap = (section: 'data_sync_v2', key: 'parallel_sync_disks_count' | 'pre_disk_readers_count', maxKey: 'max_parallel_sync_disks_count' | 'max_pre_disk_readers_count') => {
+    const value = config[section][key];
+    const max = config[section][maxKey];
+    if (value > max) {
+      const at = parsed.get(section)?.get(key) ?? defaults.get(key);
+      throw new UsageError(
+        'CONFIG_INVALID',
+        `${name}${at ? `, line ${at.line}` : ''}: [${section}] ${key} = ${value}: must be from 1 to ${maxKey} (${max})`,
+        { subject: `[${section}] ${key}` },
+      );
+    }
+  };
+  cap('data_sync_v2', 'parallel_sync_disks_count', 'max_parallel_sync_disks_count');
+  cap('data_sync_v2', 'pre_disk_readers_count', 'max_pre_disk_readers_count');
+  return { file, values: config, warnings, origin };
+}
+
+function convert(spec: ConfigKey, raw: string, bad: (allowed: string) => Error): unknown {
+  const t = spec.type;
+  switch (t.kind) {
+    case 'bool': {
+      const v = raw.toLowerCase();
+      if (['1', 'yes', 'true', 'on'].includes(v)) return true;
+      if (['0', 'no', 'false', 'off'].includes(v)) return false;
+      throw bad('must be True or False (also yes/no, on/off, 1/0)');
+    }
+    case 'int': {
+      const unit = t.unit ? ` ${t.unit}` : '';
+      if (!/^[+-]?\d+$/.test(raw)) throw bad(`must be a whole number${unit} from ${t.min} to ${t.max}`);
+      const n = Number(raw);
+      if (n < t.min || n > t.max) throw bad(`must be from ${t.min} to ${t.max}${unit}`);
+      return n;
+    }
+    case 'path':
+      if (!raw.startsWith('/')) throw bad('must be an absolute path');
+      return raw;
+    case 'url': {
+      if (raw === '') return '';
+      let url: URL;
+      try {
+        url = new URL(raw);
+      } catch {
+        throw bad(`must be empty or a URL (${t.schemes.join(', ')})`);
+      }
+      if (!t.schemes.includes(url.protocol.slice(0, -1))) throw bad(`must be empty or a URL (${t.schemes.join(', ')})`);
+      return raw;
+    }
+    case 'ip':
+      if (raw === '' || isIP(raw)) return raw;
+      throw bad('must be empty or an IPv4 or IPv6 address');
+    case 'enum':
+      if (t.values.includes(raw)) return raw;
+      throw bad(`must be one of ${t.values.join(', ')}`);
+    case 'string':
+      return raw;
+  }
+}
+
+/** The effective config as INI text, secrets masked: what `hamal config check` prints. */
+export function formatConfig(config: LoadedConfig): string {
+  const out: Record<string, Record<string, string>> = {};
+  for (const [section, schema] of Object.entries(SCHEMA) as Array<[string, Record<string, ConfigKey>]>) {
+    out[section] = {};
+    for (const [key, spec] of Object.entries(schema)) {
+      const v = (config.values as unknown as Record<string, Record<string, unknown>>)[section]![key];
+      const text = typeof v === 'boolean' ? (v ? 'True' : 'False') : String(v);
+      out[section][key] = spec.secret && text !== '' ? MASK : text;
+    }
+  }
+  return ini.stringify(out, { whitespace: true });
+}
+
+/** Every secret value in the config, for the logger to redact. */
+export function configSecrets(config: LoadedConfig): string[] {
+  const secrets: string[] = [];
+  for (const [section, schema] of Object.entries(SCHEMA) as Array<[string, Record<string, ConfigKey>]>) {
+    for (const [key, spec] of Object.entries(schema)) {
+      const v = (config.values as unknown as Record<string, Record<string, unknown>>)[section]![key];
+      if (spec.secret && typeof v === 'string' && v !== '') secrets.push(v);
+    }
+  }
+  return secrets;
+}

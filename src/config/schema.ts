@@ -1,0 +1,140 @@
+import type { ConfigKey, ConfigSection } from './ConfigKey.ts';
+
+const bool = (value: boolean, status: ConfigKey['status'], doc: string) => ({
+  type: { kind: 'bool' } as const,
+  default: value ? 'True' : 'False',
+  status,
+  doc,
+});
+
+type IntUnit = Extract<ConfigKey['type'], { kind: 'int' }>['unit'];
+const int = (value: number, min: number, max: number, unit: IntUnit, status: ConfigKey['status'], doc: string) => ({
+  type: { kind: 'int' as const, min, max, unit },
+  default: String(value),
+  status,
+  doc,
+});
+
+/** The seed's sections and keys (never renamed), then hamal's own `[hamal]` section. */
+export const SCHEMA = {
+  DEFAULT: {
+    debug: bool(false, 'used', 'Log at debug level (everything, including each block of a sync) and print stack traces with errors. Wins over `verbose`.'),
+    verbose: bool(false, 'used', 'Log at verbose level: one line per disk phase and per version, more than the default info level.'),
+    log_rotation_type: {
+      type: { kind: 'enum', values: ['size', 'time'] },
+      default: 'size',
+      status: 'accepted',
+      doc: 'How log files are rotated. Checked now; log files and their rotation come with service mode (logs go to stderr until then).',
+    },
+    max_logfile_count: int(10, 1, 1000, 'files', 'accepted', 'Rotated log files kept. Checked now; used with log files in service mode.'),
+    max_logfile_size_mb: int(64, 1, 10240, 'MB', 'accepted', 'Size at which a log file is rotated. Checked now; used with log files in service mode.'),
+    hamal_lib_dir: {
+      type: { kind: 'path' },
+      default: '/var/lib/hamal/',
+      status: 'used',
+      doc: "hamal's data directory on the proxy: the journals of syncs in progress live under it.",
+    },
+    hamal_info_path: {
+      type: { kind: 'path' },
+      default: '/var/lib/hamal/hamal_info',
+      status: 'accepted',
+      doc: 'Where the proxy keeps its identity and state for the control plane. Checked now; written by service mode.',
+    },
+  },
+  period: {
+    interval: int(60, 1, 86400, 'seconds', 'accepted', 'Seconds between two polls of the control plane for tasks. Used by service mode.'),
+    task_update_wait_time: int(1, 1, 3600, 'seconds', 'accepted', 'Seconds between two progress reports of a running task. Used by service mode.'),
+    openstack_release_cpu_time: int(0, 0, 10000, 'ms per MB', 'accepted', 'Pause in milliseconds after each MB read from OpenStack/Ceph, to leave CPU to others; 0 = off. Used by the OpenStack source.'),
+    vmware_release_cpu_time: int(0, 0, 10000, 'ms per MB', 'accepted', 'Pause in milliseconds after each MB read from VMware; 0 = off. Used by the VMware source.'),
+  },
+  mass: {
+    mass_endpoint: {
+      type: { kind: 'url', schemes: ['https', 'http'], optional: true },
+      default: '',
+      status: 'accepted',
+      doc: 'Base URL of the control plane ("Mass"). Empty: standalone mode, tasks come from task files. Used by service mode.',
+    },
+    auth_key: {
+      type: { kind: 'string' },
+      default: '',
+      secret: true,
+      status: 'accepted',
+      doc: 'Key that authenticates the proxy to the control plane. A secret: never printed or logged (`config check` shows it masked). Used by service mode.',
+    },
+    hyper_exporter_id: {
+      type: { kind: 'string' },
+      default: '',
+      status: 'accepted',
+      doc: "This proxy's id at the control plane. Used by service mode.",
+    },
+    public_key_path: {
+      type: { kind: 'path' },
+      default: '/etc/hamal/public_key',
+      status: 'accepted',
+      doc: "The control plane's public key, which verifies signed task payloads. Used by service mode.",
+    },
+    default_request_timeout: int(600, 1, 86400, 'seconds', 'accepted', 'Timeout of one request to the control plane. Used by service mode.'),
+    enable_get_public_ips: bool(false, 'accepted', 'Report the public IPs of the proxy in heartbeats. Used by service mode.'),
+    get_public_ip_timeout: int(5, 1, 300, 'seconds', 'accepted', 'Timeout of finding the public IPs. Used by service mode.'),
+    enable_heartbeat_msg: bool(true, 'accepted', 'Send heartbeats to the control plane. Used by service mode.'),
+  },
+  vmware: {
+    skip_disk_flag: bool(false, 'accepted', 'True: sync every disk, skipping the flag-disk check. False: a disk smaller than `disk_flag_size` MB is a marker disk, not data, and is not synced. Used by the VMware source.'),
+    disk_flag_size: int(48, 0, 1048576, 'MB', 'accepted', 'Disks smaller than this are flag disks (see `skip_disk_flag`). Used by the VMware source.'),
+    max_read_blocks: int(1024, 1, 65536, 'blocks', 'accepted', 'Most blocks asked of VMware in one read request; larger changed areas are split. Used by the VMware source.'),
+  },
+  openstack_ceph: {
+    skip_disk_flag: bool(false, 'accepted', 'As in `[vmware]`, for OpenStack volumes. Used by the OpenStack source.'),
+    disk_flag_size: int(48, 0, 1048576, 'MB', 'accepted', 'As in `[vmware]`, for OpenStack volumes. Used by the OpenStack source.'),
+  },
+  sync: {
+    save_local_snapshot_metadata: bool(false, 'accepted', "Keep a copy of each version's manifest under `hamal_lib_dir` as well. Accepted and ignored: the manifest in the repository is the only copy hamal trusts, and `hamal versions` reads it."),
+    upload_metadata_to_oss: bool(false, 'accepted', 'Upload VM metadata (hardware description) next to the disks. Used by the platform sources.'),
+  },
+  data_sync_v2: {
+    fsync_period_frequency: int(3, 1, 3600, 'seconds', 'used', 'Seconds between two checkpoints of the journal of a sync in progress (fsync): a killed sync resumes from the last one.'),
+    fsync_timeout: int(0, 0, 3600, 'seconds', 'used', 'Longest one checkpoint may take before the sync fails cleanly; 0 = no limit.'),
+    parallel_sync_disks_count: int(4, 1, 1024, 'disks', 'used', 'Disks of one VM synced at once. At most `max_parallel_sync_disks_count`.'),
+    pre_disk_readers_count: int(2, 1, 1024, 'threads', 'used', 'Reads of one disk at once; each holds one block in memory. At most `max_pre_disk_readers_count`.'),
+    max_parallel_sync_disks_count: int(16, 1, 1024, 'disks', 'used', 'Upper bound for `parallel_sync_disks_count`.'),
+    max_pre_disk_readers_count: int(16, 1, 1024, 'threads', 'used', 'Upper bound for `pre_disk_readers_count`.'),
+  },
+  fusion_compute: {
+    task_timeout: int(3600, 1, 604800, 'seconds', 'accepted', 'Longest wait for a FusionCompute task. Used by the FusionCompute source.'),
+    create_snap_task_timeout: int(3600, 1, 604800, 'seconds', 'accepted', 'Longest wait for a snapshot to be created. Used by the FusionCompute source.'),
+    delete_snap_task_timeout: int(3600, 1, 604800, 'seconds', 'accepted', 'Longest wait for a snapshot to be deleted. Used by the FusionCompute source.'),
+    local_host_ip: {
+      type: { kind: 'ip', optional: true },
+      default: '',
+      status: 'accepted',
+      doc: "The proxy's IP that FusionCompute opens data channels to; empty = found from the route to FusionCompute. Used by the FusionCompute source.",
+    },
+    max_socket_connections_per_host: int(8, 1, 256, 'connections', 'accepted', 'Data channels open to one FusionCompute host at once. Used by the FusionCompute source.'),
+    max_writer_num: int(10, 1, 256, 'threads', 'accepted', 'Writers for FusionCompute syncs. Used by the FusionCompute source.'),
+  },
+  hamal: {
+    log_dir: {
+      type: { kind: 'path' },
+      default: '/var/log/hamal',
+      status: 'accepted',
+      doc: "Directory of the log files (the seed's `/var/log/hamal`). Used by service mode.",
+    },
+    target: {
+      type: { kind: 'string' },
+      default: '',
+      status: 'used',
+      doc: 'Default target repository URL (`file:///path` or a directory) when a command or task gives none.',
+    },
+    writers_per_disk: int(4, 1, 64, 'threads', 'used', 'Chunk writes of one disk at once; each holds one block. Past 4-8 per target the latency of each write grows faster than throughput.'),
+    block_size_mb: int(4, 1, 64, 'MB', 'used', 'Block size of a repository created by a sync; an existing repository keeps its own. Memory per block in flight.'),
+    local_release_cpu_time: int(0, 0, 10000, 'ms per MB', 'accepted', 'As `vmware_release_cpu_time`, for the local source.'),
+    restore_concurrency: int(4, 1, 64, 'threads', 'used', 'Chunks fetched and written at once by a restore; each holds one block.'),
+  },
+} satisfies Record<string, ConfigSection>;
+
+type ValueOf<K> = K extends { type: { kind: 'bool' } } ? boolean : K extends { type: { kind: 'int' } } ? number : string;
+
+/** The loaded configuration: every section and key of SCHEMA, typed, defaults filled in. */
+export type HamalConfig = {
+  -readonly [S in keyof typeof SCHEMA]: { -readonly [K in keyof (typeof SCHEMA)[S]]: ValueOf<(typeof SCHEMA)[S][K]> };
+};

@@ -1,0 +1,58 @@
+import type { Repository } from './Repository.ts';
+import type { ChunkId } from './ChunkId.ts';
+import { chunkKey } from './ChunkId.ts';
+
+export interface PruneOptions {
+  /** Versions kept per disk, newest first. */
+  keepLast: number;
+  /** Only this VM's versions are pruned; chunks are shared, so all VMs' versions are read. */
+  vm?: string;
+  /** Report what would go, delete nothing. @default false */
+  dryRun?: boolean;
+}
+
+export interface PruneReport {
+  deletedVersions: string[];
+  keptVersions: number;
+  deletedChunks: number;
+  freedBytes: number;
+}
+
+/**
+ * Deletes all but the last `keepLast` versions of each disk, then every chunk no remaining
+ * version names (docs/format.md, invariant 6: manifests first, then chunks).
+ *
+ * Precondition: no sync writes to the repository meanwhile; its new chunks are not named
+ * by any manifest yet and would be deleted.
+ */
+export async function pruneRepository(repo: Repository, options: PruneOptions): Promise<PruneReport> {
+  if (!Number.isSafeInteger(options.keepLast) || options.keepLast < 1) {
+    throw new RangeError(`keepLast must be a whole number of at least 1, got ${options.keepLast}`);
+  }
+  const report: PruneReport = { deletedVersions: [], keptVersions: 0, deletedChunks: 0, freedBytes: 0 };
+  const referenced = new Set<ChunkId>();
+  for (const vm of await repo.listVms()) {
+    for (const disk of await repo.listDisks(vm)) {
+      const versions = await repo.listVersions(vm, disk);
+      const cut = vm === options.vm || options.vm === undefined ? Math.max(0, versions.length - options.keepLast) : 0;
+      for (const version of versions.slice(0, cut)) {
+        if (!options.dryRun) await repo.deleteVersion(vm, disk, version);
+        report.deletedVersions.push(`${vm}/${disk}@${version}`);
+      }
+      for (const version of versions.slice(cut)) {
+        const m = await repo.readManifest(vm, disk, version);
+        for (const id of m.blocks) if (id !== null) referenced.add(id);
+        report.keptVersions++;
+      }
+    }
+  }
+  if (!options.dryRun) await repo.store.flush();
+  for await (const id of repo.listChunks()) {
+    if (referenced.has(id)) continue;
+    report.freedBytes += (await repo.store.head(chunkKey(id)))?.size ?? 0;
+    report.deletedChunks++;
+    if (!options.dryRun) await repo.deleteChunk(id);
+  }
+  if (!options.dryRun) await repo.store.flush();
+  return report;
+}

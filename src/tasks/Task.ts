@@ -1,0 +1,13 @@
+/** A task file, once validated against TASK_SCHEMA (docs/tasks.md). */
+export interface Task {
+  version: 1;
+  name?: string;
+  source: {
+    platform: 'local' | 'vmware' | 'openstack_ceph' | 'fusion_compute';
+    vm: string;
+    disks?: Array<{ id?: string; path: string } | string>;
+    connection?: Record<string, unknown>;
+  };
+  target?: string;
+  options?: { readers?: number; writers?: number; parallelDisks?: number; blockSizeMb?: number };
+}

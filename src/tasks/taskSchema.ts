@@ -1,0 +1,146 @@
+/**
+ * JSON Schema (draft-07) of a task file: one VM sync for any platform. docs/task.schema.json
+ * is generated from it (`npm run docs`); docs/tasks.md explains it.
+ */
+const secretRef = {
+  password: { type: 'string', minLength: 1, description: 'The secret itself. Prefer passwordFile or passwordEnv.' },
+  passwordFile: { type: 'string', minLength: 1, description: 'File holding the secret (trailing newline ignored).' },
+  passwordEnv: { type: 'string', minLength: 1, description: 'Environment variable holding the secret.' },
+} as const;
+
+const oneSecret = {
+  oneOf: [{ required: ['password'] }, { required: ['passwordFile'] }, { required: ['passwordEnv'] }],
+} as const;
+
+export const TASK_SCHEMA = {
+  $schema: 'http://json-schema.org/draft-07/schema#',
+  $id: 'hamal-task-v1',
+  title: 'hamal task',
+  type: 'object',
+  additionalProperties: false,
+  required: ['version', 'source'],
+  properties: {
+    $schema: { type: 'string' },
+    version: { const: 1, description: 'Task format version.' },
+    name: { type: 'string', description: 'Shown in logs and progress.' },
+    source: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['platform', 'vm'],
+      properties: {
+        platform: { enum: ['local', 'vmware', 'openstack_ceph', 'fusion_compute'] },
+        vm: { type: 'string', minLength: 1, description: 'VM name, or an id the platform knows (moref, UUID, server id).' },
+        disks: {
+          type: 'array',
+          description: 'local: the disk images. Other platforms: ids or labels of the disks to sync (all when absent).',
+        },
+        connection: { type: 'object', description: 'How to reach the platform; its fields depend on the platform.' },
+      },
+      allOf: [
+        {
+          if: { properties: { platform: { const: 'local' } } },
+          then: {
+            required: ['disks'],
+            not: { required: ['connection'] },
+            properties: {
+              disks: {
+                minItems: 1,
+                items: {
+                  type: 'object',
+                  additionalProperties: false,
+                  required: ['path'],
+                  properties: {
+                    id: { type: 'string', minLength: 1, description: 'Disk id in the repository; the file name when absent.' },
+                    path: { type: 'string', minLength: 1, description: 'Raw image file or block device.' },
+                  },
+                },
+              },
+            },
+          },
+        },
+        {
+          if: { properties: { platform: { const: 'vmware' } } },
+          then: {
+            required: ['connection'],
+            properties: {
+              disks: { items: { type: 'string', minLength: 1 } },
+              connection: {
+                additionalProperties: false,
+                required: ['host', 'username'],
+                properties: {
+                  host: { type: 'string', minLength: 1, description: 'vCenter or ESXi host name or address.' },
+                  port: { type: 'integer', minimum: 1, maximum: 65535 },
+                  username: { type: 'string', minLength: 1 },
+                  ...secretRef,
+                  thumbprint: { type: 'string', pattern: '^([0-9A-Fa-f]{2}:){19,31}[0-9A-Fa-f]{2}$', description: 'SHA-1 or SHA-256 certificate thumbprint to pin.' },
+                  caFile: { type: 'string', minLength: 1, description: 'CA bundle (PEM) that signs the server certificate.' },
+                  transport: { enum: ['nbd', 'https'], description: 'How disk data is read.' },
+                },
+                ...oneSecret,
+              },
+            },
+          },
+        },
+        {
+          if: { properties: { platform: { const: 'openstack_ceph' } } },
+          then: {
+            required: ['connection'],
+            properties: {
+              disks: { items: { type: 'string', minLength: 1 } },
+              connection: {
+                additionalProperties: false,
+                required: ['authUrl'],
+                properties: {
+                  authUrl: { type: 'string', pattern: '^https?://' },
+                  username: { type: 'string' },
+                  userDomainName: { type: 'string' },
+                  projectName: { type: 'string' },
+                  projectDomainName: { type: 'string' },
+                  applicationCredentialId: { type: 'string' },
+                  ...secretRef,
+                  caFile: { type: 'string' },
+                  cephConf: { type: 'string', description: 'ceph.conf of the cluster behind Cinder/Nova.' },
+                  cephUser: { type: 'string', description: 'Ceph client name, e.g. client.hamal.' },
+                  keyringFile: { type: 'string' },
+                },
+                ...oneSecret,
+              },
+            },
+          },
+        },
+        {
+          if: { properties: { platform: { const: 'fusion_compute' } } },
+          then: {
+            required: ['connection'],
+            properties: {
+              disks: { items: { type: 'string', minLength: 1 } },
+              connection: {
+                additionalProperties: false,
+                required: ['url', 'username'],
+                properties: {
+                  url: { type: 'string', pattern: '^https?://' },
+                  username: { type: 'string', minLength: 1 },
+                  ...secretRef,
+                  caFile: { type: 'string' },
+                  thumbprint: { type: 'string' },
+                },
+                ...oneSecret,
+              },
+            },
+          },
+        },
+      ],
+    },
+    target: { type: 'string', minLength: 1, description: 'Repository URL; [hamal] target when absent.' },
+    options: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        readers: { type: 'integer', minimum: 1, maximum: 1024, description: 'Reads per disk at once (pre_disk_readers_count).' },
+        writers: { type: 'integer', minimum: 1, maximum: 64, description: 'Chunk writes per disk at once.' },
+        parallelDisks: { type: 'integer', minimum: 1, maximum: 1024, description: 'Disks synced at once (parallel_sync_disks_count).' },
+        blockSizeMb: { type: 'integer', minimum: 1, maximum: 64, description: 'Block size of a repository created by this task.' },
+      },
+    },
+  },
+} as const;

@@ -1,0 +1,32 @@
+// Runs the built hamal CLI as a real child process and keeps everything it printed, so a
+// test can check that no secret ever reached the output.
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+export const HAMAL = fileURLToPath(new URL('../../src/cli/hamal.js', import.meta.url));
+export const allOutput: string[] = [];
+
+export interface Run {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+export function hamal(args: string[], env: Record<string, string> = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [HAMAL, ...args], {
+      env: { ...process.env, HAMAL_CONFIG: '' /* defaults, never /etc/hamal */, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      allOutput.push(stdout, stderr);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
