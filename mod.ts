@@ -3,7 +3,7 @@
  *
  * ```ts
  * import { LocalSource, FsStore, Repository, runVmSync, restoreDisk } from 'hamal';
- * const repo = await Repository.open(await FsStore.open('/backup'), { create: true });
+ * const repo = await Repository.open(await FsStore.open('/backup', { create: true }), { create: true });
  * const source = new LocalSource({ vms: { web: [{ id: 'root', path: '/dev/vg0/web' }] } });
  * const result = await runVmSync(source, 'web', repo, { parallelDisks: 2 });
  * ```

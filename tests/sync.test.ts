@@ -33,7 +33,7 @@ test.before(async () => {
   await makeImage(d.boot, 4 * GiB, Array.from({ length: 16 }, (_, i) => [i * 250 * MiB + 12345, pattern(4 * MiB, i + 1)] as [number, Buffer]));
   await makeImage(d.data, 48 * MiB, [[0, pattern(48 * MiB, 100)]]);
   await makeImage(d.small, 5 * MiB + 7, [[1, pattern(5 * MiB + 6, 200)]]);
-  repo = await Repository.open(await FsStore.open(join(dir, 'repo')), { create: true });
+  repo = await Repository.open(await FsStore.open(join(dir, 'repo'), { create: true }), { create: true });
   source = new LocalSource({ vms: { vm1: [{ id: 'boot', path: d.boot }, { id: 'data', path: d.data }, { id: 'small', path: d.small }] } });
 });
 

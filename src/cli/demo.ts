@@ -53,7 +53,7 @@ export async function demoCommand(opts: { dir?: string; keep?: boolean }): Promi
     await writeAt(data, 40 * MiB, shared);
 
     const repoDir = join(dir, 'repo');
-    const store = await FsStore.open(repoDir);
+    const store = await FsStore.open(repoDir, { create: true });
     const repo = await Repository.open(store, { create: true });
     const source = new LocalSource({ vms: { demo: [{ id: 'system', path: sys }, { id: 'data', path: data }] } });
 

@@ -23,6 +23,12 @@ function positiveInt(name: string) {
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
+/** The global flags given after a command name (`hamal sync ... --debug`). */
+const pick = (o: GlobalOptions): GlobalOptions => ({
+  ...(o.debug ? { debug: true } : {}),
+  ...(o.verbose ? { verbose: true } : {}),
+});
+
 /** Builds the `hamal` command; `setExit` receives each action's exit code. */
 export function buildProgram(setExit: (code: number) => void): Command {
   const program = new Command('hamal')
@@ -31,6 +37,8 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option('--config <path>', 'hamal.conf to read (default: $HAMAL_CONFIG, else /etc/hamal/hamal.conf when present)')
     .option('--debug', 'log at debug level; print stack traces with errors')
     .option('--verbose', 'log at verbose level')
+    // Options after a command are that command's: `restore --version ID` is not `hamal --version`.
+    .enablePositionalOptions()
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(log.redact(s)) })
     .showHelpAfterError('(run with --help for usage)');
@@ -39,7 +47,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
   const withConfig =
     <O>(fn: (o: O, config: Awaited<ReturnType<typeof setup>>) => Promise<number>) =>
     async (o: O) => {
-      const config = await setup(program.opts<GlobalOptions>());
+      const config = await setup({ ...program.opts<GlobalOptions>(), ...pick(o as GlobalOptions) });
       setExit(await fn(o, config));
     };
 
@@ -101,8 +109,8 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .command('check')
     .description('Load hamal.conf, report problems, print the effective config with secrets masked')
     .option('--config <path>', 'hamal.conf to check')
-    .action(async (o: { config?: string }) => {
-      const loaded = await setup({ ...program.opts<GlobalOptions>(), ...(o.config ? { config: o.config } : {}) });
+    .action(async (o: GlobalOptions) => {
+      const loaded = await setup({ ...program.opts<GlobalOptions>(), ...pick(o), ...(o.config ? { config: o.config } : {}) });
       process.stdout.write(`# ${loaded.file ?? 'no config file: built-in defaults'}\n${formatConfig(loaded)}`);
       setExit(0);
     });
@@ -114,6 +122,10 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option('--keep', 'keep the temporary directory')
     .action(async (o) => setExit(await demoCommand(o)));
 
+  for (const cmd of [...program.commands, ...config.commands]) {
+    if (cmd.name() === 'config') continue;
+    cmd.option('--debug', 'log at debug level; print stack traces with errors').option('--verbose', 'log at verbose level');
+  }
   return program;
 }
 

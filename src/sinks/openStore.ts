@@ -6,11 +6,11 @@ import { UsageError } from '../errors.ts';
 
 /**
  * The store a target URL names: `file:///abs/path` or a plain path (a directory).
- * Other schemes come with their stores.
+ * Other schemes come with their stores. `create`: a sync may create the target.
  */
-export async function openStore(target: string): Promise<ObjectStore> {
+export async function openStore(target: string, options: { create?: boolean } = {}): Promise<ObjectStore> {
   const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(target)?.[1]?.toLowerCase();
-  if (scheme === undefined) return FsStore.open(resolve(target));
+  if (scheme === undefined) return FsStore.open(resolve(target), options);
   if (scheme === 'file') {
     let path: string;
     try {
@@ -21,7 +21,7 @@ export async function openStore(target: string): Promise<ObjectStore> {
         cause: err,
       });
     }
-    return FsStore.open(path);
+    return FsStore.open(path, options);
   }
   throw new UsageError('BAD_TARGET', `target scheme ${scheme}:// is not supported; use file:///path or a directory path`, {
     subject: scheme,

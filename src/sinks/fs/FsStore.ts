@@ -11,6 +11,8 @@ export interface FsStoreOptions {
    * @default true
    */
   syncEachObject?: boolean;
+  /** Create the directory when missing; otherwise a missing one is REPOSITORY_NOT_FOUND. @default false */
+  create?: boolean;
 }
 
 /**
@@ -37,21 +39,27 @@ export class FsStore implements ObjectStore {
     this.location = `file://${root}`;
   }
 
-  /** Opens (creating if needed) the store at `root` and sweeps temporaries left by a crash. */
+  /**
+   * Opens the store at `root` (creating it with `create`) and sweeps temporaries a crash
+   * left. Opening for reading needs no write access.
+   */
   static async open(root: string, options: FsStoreOptions = {}): Promise<FsStore> {
     const store = new FsStore(root, options);
-    try {
-      await fsp.mkdir(store._tmp, { recursive: true });
-      await fsp.access(root, fsc.W_OK);
-      for (const name of await fsp.readdir(store._tmp)) {
-        await fsp.rm(join(store._tmp, name), { force: true });
+    if (options.create) {
+      try {
+        await fsp.mkdir(store._tmp, { recursive: true });
+        await fsp.access(root, fsc.W_OK);
+      } catch (err) {
+        throw new HamalError('TARGET_NOT_WRITABLE', `target directory ${root} is not writable`, { subject: root, cause: err });
       }
-    } catch (err) {
-      throw new HamalError('TARGET_NOT_WRITABLE', `target directory ${root} is not writable`, {
-        subject: root,
-        cause: err,
-      });
+    } else {
+      const st = await fsp.stat(root).catch(() => null);
+      if (!st?.isDirectory()) {
+        throw new NotFoundError('REPOSITORY_NOT_FOUND', `no hamal repository at ${store.location}`, { subject: root });
+      }
     }
+    const leftovers = await fsp.readdir(store._tmp).catch(() => [] as string[]);
+    for (const name of leftovers) await fsp.rm(join(store._tmp, name), { force: true }).catch(() => {});
     return store;
   }
 
@@ -71,6 +79,10 @@ export class FsStore implements ObjectStore {
     }
     const tmp = join(this._tmp, randomBytes(12).toString('hex'));
     try {
+      if (!this._madeDirs.has(this._tmp)) {
+        await fsp.mkdir(this._tmp, { recursive: true });
+        this._madeDirs.add(this._tmp);
+      }
       const handle = await fsp.open(tmp, 'w');
       try {
         await handle.writeFile(body);

@@ -1,0 +1,73 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { FsStore } from '../src/sinks/fs/FsStore.ts';
+import { NotFoundError } from '../src/errors.ts';
+import { tempDir } from './helpers/disks.ts';
+
+test('put, get, head, list, delete keep the ObjectStore contract', async () => {
+  const dir = await tempDir();
+  const store = await FsStore.open(join(dir, 's'), { create: true });
+  await store.put('a/b/c', Buffer.from('hello'));
+  await store.put('a/b/c', Buffer.from('hello')); // idempotent
+  await store.put('a/d', Buffer.from('x'));
+  await store.put('top', Buffer.from(''));
+  assert.is((await store.get('a/b/c')).toString(), 'hello');
+  assert.equal(await store.head('a/d'), { size: 1 });
+  assert.is(await store.head('a/nope'), null);
+  const all: string[] = [];
+  for await (const k of store.list('')) all.push(k);
+  assert.equal(all.sort(), ['a/b/c', 'a/d', 'top']);
+  const some: string[] = [];
+  for await (const k of store.list('a/b')) some.push(k);
+  assert.equal(some, ['a/b/c']);
+  await store.delete('a/d');
+  await store.delete('a/d');
+  try {
+    await store.get('a/d');
+    assert.unreachable();
+  } catch (err) {
+    assert.instance(err, NotFoundError);
+    assert.match((err as Error).message, 'object a/d not found');
+  }
+  await store.flush();
+  await fsp.rm(dir, { recursive: true });
+});
+
+test('temporaries a crash left are swept at open and never listed', async () => {
+  const dir = await tempDir();
+  const root = join(dir, 's');
+  await FsStore.open(root, { create: true });
+  await fsp.writeFile(join(root, '.tmp', 'half-written'), 'xx');
+  const store = await FsStore.open(root);
+  assert.equal(await fsp.readdir(join(root, '.tmp')), []);
+  const keys: string[] = [];
+  for await (const k of store.list('')) keys.push(k);
+  assert.equal(keys, []);
+  await fsp.rm(dir, { recursive: true });
+});
+
+test('keys that could escape the root are refused', async () => {
+  const dir = await tempDir();
+  const store = await FsStore.open(dir, { create: true });
+  for (const key of ['../x', 'a/../../x', '/etc/passwd', 'a//b', '']) {
+    await store.put(key, Buffer.from('x')).then(
+      () => assert.unreachable(key),
+      (err) => assert.instance(err, RangeError),
+    );
+  }
+  await fsp.rm(dir, { recursive: true });
+});
+
+test('opening a missing directory for reading is REPOSITORY_NOT_FOUND and creates nothing', async () => {
+  const dir = await tempDir();
+  await FsStore.open(join(dir, 'none')).then(
+    () => assert.unreachable(),
+    (err) => assert.is(err.code, 'REPOSITORY_NOT_FOUND'),
+  );
+  assert.equal(await fsp.readdir(dir), []);
+  await fsp.rm(dir, { recursive: true });
+});
+
+test.run();

@@ -1,0 +1,166 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { promises as fsp, readFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { allOutput, hamal } from './helpers/cli.ts';
+import { MiB, makeImage, pattern, sha256File, tempDir, writeAt } from './helpers/disks.ts';
+import { VERSION } from '../src/version.ts';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+let dir: string;
+let repo: string;
+let img: string;
+const shas: string[] = [];
+
+const sync = async () => {
+  const r = await hamal(['sync', '--vm', 'vm1', '--disk', `d0=${img}`, '--target', `file://${repo}`, '--json', '--block-size', String(MiB)]);
+  assert.is(r.code, 0, r.stderr);
+  shas.push(await sha256File(img));
+  return JSON.parse(r.stdout);
+};
+
+test.before(async () => {
+  dir = await tempDir();
+  repo = join(dir, 'repo');
+  img = join(dir, 'disk.img');
+  await makeImage(img, 6 * MiB, [[0, pattern(4 * MiB, 1)]]);
+});
+test.after(() => fsp.rm(dir, { recursive: true, force: true }));
+
+test('--version prints package.json version; --help of every command exits 0', async () => {
+  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
+  assert.is(VERSION, pkg.version);
+  const v = await hamal(['--version']);
+  assert.is(v.code, 0);
+  assert.is(v.stdout.trim(), VERSION);
+  for (const cmd of ['sync', 'restore', 'versions', 'verify', 'prune', 'config', 'demo']) {
+    const h = await hamal([cmd, '--help']);
+    assert.is(h.code, 0, cmd);
+    assert.match(h.stdout, 'Usage: hamal');
+  }
+});
+
+test('three syncs, then versions --json lists them with their fields', async () => {
+  await sync();
+  await writeAt(img, 2 * MiB + 5, pattern(10, 2));
+  await sync();
+  await writeAt(img, 5 * MiB, pattern(MiB, 3));
+  await sync();
+  const r = await hamal(['versions', '--target', repo, '--json']);
+  assert.is(r.code, 0, r.stderr);
+  const rows = JSON.parse(r.stdout);
+  assert.is(rows.length, 3);
+  for (const k of ['vm', 'disk', 'version', 'parent', 'createdAt', 'capacity', 'changedBytes', 'storedBytes']) assert.ok(k in rows[0], k);
+  assert.is(rows[1].parent, rows[0].version);
+  assert.is(rows[1].changedBytes, MiB);
+  const table = await hamal(['versions', '--target', repo]);
+  assert.match(table.stdout, rows[2].version);
+});
+
+test('verify passes on a sound repository', async () => {
+  const r = await hamal(['verify', '--target', repo, '--deep']);
+  assert.is(r.code, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, '3 versions, 6 chunks checked (deep): all restorable');
+});
+
+test('replica restore: v3 onto a replica of v1 writes only the differing blocks', async () => {
+  const versions = JSON.parse((await hamal(['versions', '--target', repo, '--json'])).stdout).map((v: { version: string }) => v.version);
+  const out = join(dir, 'replica.img');
+  let r = await hamal(['restore', '--target', repo, '--vm', 'vm1', '--disk', 'd0', '--version', versions[0], '--out', out]);
+  assert.is(r.code, 0, r.stderr);
+  assert.is(await sha256File(out), shas[0]);
+  r = await hamal(['restore', '--target', repo, '--vm', 'vm1', '--disk', 'd0', '--version', versions[2], '--from', versions[0], '--out', out, '--json']);
+  assert.is(r.code, 0, r.stderr);
+  const res = JSON.parse(r.stdout);
+  assert.is(res.writtenBlocks, 2); // block 2 (v2) and block 5 (v3)
+  assert.is(res.writtenBytes, 2 * MiB);
+  assert.is(await sha256File(out), shas[2]);
+});
+
+test('one flipped byte in a chunk: verify --deep names it and exits 1; restore fails naming it, leaving no output', async () => {
+  const chunkDir = join(repo, 'chunks');
+  const sub = (await fsp.readdir(chunkDir))[0]!;
+  const name = (await fsp.readdir(join(chunkDir, sub)))[0]!;
+  const file = join(chunkDir, sub, name);
+  const original = await fsp.readFile(file);
+  const bad = Buffer.from(original);
+  bad[1234] = bad[1234]! ^ 1;
+  await fsp.writeFile(file, bad);
+
+  const shallow = await hamal(['verify', '--target', repo]);
+  assert.is(shallow.code, 0, 'same size: only --deep can see it');
+  const deep = await hamal(['verify', '--target', repo, '--deep']);
+  assert.is(deep.code, 1);
+  assert.match(deep.stdout, `corrupt: chunks/${sub}/${name}: content does not match its hash`);
+
+  const vms = JSON.parse((await hamal(['versions', '--target', repo, '--json'])).stdout);
+  const out = join(dir, 'restore-bad', 'out.img');
+  await fsp.mkdir(join(dir, 'restore-bad'));
+  let failed = false;
+  for (const v of vms) {
+    const r = await hamal(['restore', '--target', repo, '--vm', 'vm1', '--disk', 'd0', '--version', v.version, '--out', out]);
+    if (r.code === 0) continue;
+    failed = true;
+    assert.is(r.code, 1);
+    assert.match(r.stderr, `chunk chunks/${sub}/${name} does not match its hash`);
+    assert.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.equal(await fsp.readdir(join(dir, 'restore-bad')), [], 'no output file, not even a partial one');
+  }
+  assert.ok(failed, 'some version needs the corrupt chunk');
+  await fsp.writeFile(file, original);
+});
+
+test('prune --keep-last 1 after three syncs: older versions and only their unique chunks go', async () => {
+  const before = JSON.parse((await hamal(['versions', '--target', repo, '--json'])).stdout);
+  const r = await hamal(['prune', '--target', repo, '--keep-last', '1', '--json']);
+  assert.is(r.code, 0, r.stderr);
+  const report = JSON.parse(r.stdout);
+  assert.is(report.deletedVersions.length, 2);
+  // Only v1's block 2 is in no kept version (v2's block 2 is still v3's).
+  assert.is(report.deletedChunks, 1);
+  const after = JSON.parse((await hamal(['versions', '--target', repo, '--json'])).stdout);
+  assert.equal(after.map((v: { version: string }) => v.version), [before[2].version]);
+  const v = await hamal(['verify', '--target', repo, '--deep']);
+  assert.is(v.code, 0, v.stdout);
+  const out = join(dir, 'after-prune.img');
+  const rr = await hamal(['restore', '--target', repo, '--vm', 'vm1', '--disk', 'd0', '--out', out]);
+  assert.is(rr.code, 0, rr.stderr);
+  assert.is(await sha256File(out), shas[2]);
+});
+
+test('usage and input errors: one line, exit 2 or 1, no stack trace', async () => {
+  const cases: Array<[string[], number, RegExp]> = [
+    [['sync', '--vm', 'x'], 2, /sync needs --task FILE, or --vm NAME with at least one --disk/],
+    [['sync', '--vm', 'x', '--disk', '/nonexistent.img', '--target', repo], 1, /disk nonexistent\.img: \/nonexistent\.img does not exist/],
+    [['restore', '--target', repo, '--vm', 'vm1', '--disk', 'nope', '--out', join(dir, 'x.img')], 1, /no versions of vm vm1 disk nope/],
+    [['versions', '--target', join(dir, 'nothing-here')], 1, /no hamal repository at file:\/\//],
+    [['sync', '--vm', 'x', '--disk', img, '--target', 's3://bucket/p', '--readers', '0'], 2, /--readers must be a whole number of at least 1/],
+    [['restore', '--target', 'ftp://h/x', '--vm', 'a', '--disk', 'b', '--out', '/tmp/x'], 2, /target scheme ftp:\/\/ is not supported/],
+    [['frobnicate'], 2, /unknown command 'frobnicate'/],
+  ];
+  for (const [args, code, message] of cases) {
+    const r = await hamal(args);
+    assert.is(r.code, code, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, message);
+    assert.not.match(r.stderr, /\n\s+at /, 'no stack trace');
+  }
+  const dbg = await hamal(['--debug', 'versions', '--target', join(dir, 'nothing-here')]);
+  assert.match(dbg.stderr, /\n\s+at /, 'stack trace with --debug');
+});
+
+test('secrets from the config and tasks never reach the output', async () => {
+  const conf = join(dir, 'secret.conf');
+  await fsp.writeFile(conf, '[mass]\nauth_key = ab#cd-auth-key-for-tests\n[DEFAULT]\ndebug = True\n');
+  const task = join(dir, 'vmw.json');
+  await fsp.writeFile(task, JSON.stringify({ version: 1, source: { platform: 'vmware', vm: 'w', connection: { host: 'h', username: 'u', password: 's3cr3t-Pa55word-for-tests' } }, target: repo }));
+  await hamal(['--config', conf, 'sync', '--task', task]);
+  await hamal(['--config', conf, 'config', 'check']);
+  await hamal(['--config', conf, 'sync', '--vm', 'vm1', '--disk', `d0=${img}`, '--target', repo]);
+  const secrets = readFileSync(join(root, 'tests/fixtures/secrets.txt'), 'utf8').split('\n').filter(Boolean);
+  const everything = allOutput.join('\n');
+  assert.ok(everything.length > 1000);
+  for (const s of secrets) assert.not.ok(everything.includes(s), `secret ${s.slice(0, 4)}… in output`);
+});
+
+test.run();
