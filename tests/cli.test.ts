@@ -3,7 +3,7 @@ import * as assert from 'uvu/assert';
 import { promises as fsp, readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { allOutput, hamal } from './helpers/cli.ts';
+import { allOutput, hamal, TEST_LIB_DIR } from './helpers/cli.ts';
 import { MiB, makeImage, pattern, sha256File, tempDir, writeAt } from './helpers/disks.ts';
 import { VERSION } from '../src/version.ts';
 
@@ -151,7 +151,7 @@ test('usage and input errors: one line, exit 2 or 1, no stack trace', async () =
 
 test('secrets from the config and tasks never reach the output', async () => {
   const conf = join(dir, 'secret.conf');
-  await fsp.writeFile(conf, '[mass]\nauth_key = ab#cd-auth-key-for-tests\n[DEFAULT]\ndebug = True\n');
+  await fsp.writeFile(conf, `[mass]\nauth_key = ab#cd-auth-key-for-tests\n[DEFAULT]\ndebug = True\nhamal_lib_dir = ${TEST_LIB_DIR}\n`);
   const task = join(dir, 'vmw.json');
   await fsp.writeFile(task, JSON.stringify({ version: 1, source: { platform: 'vmware', vm: 'w', connection: { host: 'h', username: 'u', password: 's3cr3t-Pa55word-for-tests' } }, target: repo }));
   await hamal(['--config', conf, 'sync', '--task', task]);

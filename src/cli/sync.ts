@@ -60,7 +60,21 @@ export async function syncCommand(opts: SyncCommandOptions, config: LoadedConfig
       progress.onSyncEvent(e);
       logEvent(e);
     };
-    const result = await runVmSync(source, vm, repo, { readers, writers, parallelDisks }, onEvent);
+    const result = await runVmSync(
+      source,
+      vm,
+      repo,
+      {
+        readers,
+        writers,
+        parallelDisks,
+        journalDir: c.DEFAULT.hamal_lib_dir,
+        checkpointSeconds: c.data_sync_v2.fsync_period_frequency,
+        checkpointTimeoutSeconds: c.data_sync_v2.fsync_timeout,
+        releaseCpuMsPerMb: c.hamal.local_release_cpu_time,
+      },
+      onEvent,
+    );
     progress.stop();
     if (opts.json) process.stdout.write(JSON.stringify(syncSummary(result), null, 2) + '\n');
     else process.stdout.write(syncTable(result) + '\n');
@@ -75,9 +89,11 @@ function logEvent(e: SyncEvent): void {
   const sub = log.child('sync');
   if (e.type === 'disk-start') {
     sub.verbose(`disk ${e.disk}: ${e.incremental ? 'incremental' : 'full'} sync started`, { capacity: e.capacity, parent: e.parent ?? undefined });
-    if (e.note) sub.warn(`disk ${e.disk}: ${e.note}`);
+    for (const note of e.notes) sub.warn(`disk ${e.disk}: ${note}`);
   } else if (e.type === 'block') {
     if (sub.enabled('debug')) sub.debug(`disk ${e.disk}: block ${e.index}`, { offset: e.offset, bytes: e.bytes, stored: e.stored });
+  } else if (e.type === 'checkpoint') {
+    sub.debug(`disk ${e.disk}: checkpoint`, { blocks: e.records });
   } else if (e.type === 'disk-done') {
     const s = e.manifest.stats;
     sub.info(`disk ${e.disk}: version ${e.manifest.version} committed`, {

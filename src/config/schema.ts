@@ -127,7 +127,7 @@ export const SCHEMA = {
     },
     writers_per_disk: int(4, 1, 64, 'threads', 'used', 'Chunk writes of one disk at once; each holds one block. Past 4-8 per target the latency of each write grows faster than throughput.'),
     block_size_mb: int(4, 1, 64, 'MB', 'used', 'Block size of a repository created by a sync; an existing repository keeps its own. Memory per block in flight.'),
-    local_release_cpu_time: int(0, 0, 10000, 'ms per MB', 'accepted', 'As `vmware_release_cpu_time`, for the local source.'),
+    local_release_cpu_time: int(0, 0, 10000, 'ms per MB', 'used', 'Pause in milliseconds after each MB read by the local source, as `vmware_release_cpu_time` does for VMware; 0 = off.'),
     restore_concurrency: int(4, 1, 64, 'threads', 'used', 'Chunks fetched and written at once by a restore; each holds one block.'),
   },
 } satisfies Record<string, ConfigSection>;

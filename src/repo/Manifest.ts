@@ -14,8 +14,10 @@ export interface VersionStats {
   storedBytes: number;
   /** Bytes of non-zero blocks read whose chunk the repository already had. */
   dedupBytes: number;
-  /** Bytes of zero blocks: holes not read plus zero blocks read. */
+  /** Bytes of zero blocks in this version (holes and zero blocks read). */
   zeroBytes: number;
+  /** Bytes taken from the journal of an interrupted run of this sync, not read again. */
+  resumedBytes?: number;
   durationMs: number;
 }
 

@@ -1,9 +1,20 @@
 import type { Manifest } from '../repo/Manifest.ts';
 
-/** What the stream graph of one VM sync emits, in order per disk: start, block*, done | failed. */
+/** What the stream graph of one VM sync emits, in order per disk: start, (block | checkpoint)*, done | failed. */
 export type SyncEvent =
   | { type: 'snapshot'; vm: string; snapshotId: string; disks: Array<{ id: string; capacity: number }> }
-  | { type: 'disk-start'; disk: string; capacity: number; parent: string | null; incremental: boolean; note?: string }
+  | {
+      type: 'disk-start';
+      disk: string;
+      capacity: number;
+      parent: string | null;
+      incremental: boolean;
+      /** Blocks taken from the journal of an interrupted sync: not read again. */
+      resumedBlocks: number;
+      /** Things an operator should know: a capacity change, a journal not trusted, a resume. */
+      notes: string[];
+    }
   | { type: 'block'; disk: string; index: number; offset: number; bytes: number; stored: boolean }
+  | { type: 'checkpoint'; disk: string; records: number }
   | { type: 'disk-done'; disk: string; manifest: Manifest }
   | { type: 'disk-failed'; disk: string; error: Error };

@@ -1,13 +1,16 @@
-import { concat, defer, from, map, mergeMap, type Observable } from 'rxjs';
+import { concat, defer, EMPTY, exhaustMap, filter, finalize, from, interval, map, merge, mergeMap, Subject, takeUntil, type Observable } from 'rxjs';
 import type { DiskInfo, Snapshot } from '../sources/Source.ts';
 import type { Repository } from '../repo/Repository.ts';
 import { MANIFEST_FORMAT, type Manifest, type VersionStats } from '../repo/Manifest.ts';
 import { chunkIdOf, type ChunkId } from '../repo/ChunkId.ts';
 import { newVersionId } from '../repo/VersionId.ts';
+import { Journal, JOURNAL_FORMAT, type JournalHeader } from '../repo/Journal.ts';
+import { HamalError } from '../errors.ts';
 import { blockCount, type BlockRef } from './BlockRef.ts';
 import { toBlocks } from './toBlocks.ts';
 import { isZero } from './isZero.ts';
 import { Slots } from './Slots.ts';
+import { sleepForRead } from './releaseCpu.ts';
 import type { SyncEvent } from './SyncEvent.ts';
 
 export interface DiskSyncOptions {
@@ -22,6 +25,21 @@ export interface DiskSyncOptions {
    * @default 4
    */
   writers?: number;
+  /**
+   * Where journals of syncs in progress live (seed: `hamal_lib_dir`). Without it there is
+   * no journal and a killed sync starts over.
+   */
+  journalDir?: string;
+  /**
+   * Seconds between checkpoints of the journal (seed: `fsync_period_frequency`). Each
+   * costs an fsync of the journal and of the directories chunks were written to.
+   * @default 3
+   */
+  checkpointSeconds?: number;
+  /** Longest one checkpoint may take before the sync fails (seed: `fsync_timeout`); 0 = no limit. @default 0 */
+  checkpointTimeoutSeconds?: number;
+  /** Pause after each read, in ms per MB (seed: `*_release_cpu_time`); 0 = none. @default 0 */
+  releaseCpuMsPerMb?: number;
   /** Every block's promise while it runs, so a failing sync can let them settle before cleanup. */
   inflight?: Set<Promise<unknown>>;
   /** Called with the bytes held by blocks in flight each time it changes (instrumentation). */
@@ -36,8 +54,10 @@ interface BlockOutcome {
 
 /**
  * One disk of a snapshot into one new version: extents -> blocks -> read, digest, store
- * -> manifest. Memory is bounded by (readers + writers) x blockSize: that is the
- * concurrency of the one mergeMap that holds block data, and Slots cap each phase in it.
+ * -> manifest, with a journal checkpointed by a timer so a killed sync resumes.
+ *
+ * Memory is bounded by (readers + writers) x blockSize: that is the concurrency of the
+ * one mergeMap that holds block data, and Slots cap each phase inside it.
  */
 export function syncDisk(
   vm: string,
@@ -49,19 +69,55 @@ export function syncDisk(
   const readers = new Slots(options.readers ?? 2, 'readers');
   const writers = new Slots(options.writers ?? 4, 'writers');
   const blockSize = repo.blockSize;
+  const msPerMb = options.releaseCpuMsPerMb ?? 0;
 
-  return defer(() =>
-    from(repo.latestVersion(vm, disk.id).then((id) => (id ? repo.readManifest(vm, disk.id, id) : null))),
-  ).pipe(
-    mergeMap((parent) => {
+  const prepare = async () => {
+    const latest = await repo.latestVersion(vm, disk.id);
+    const parent = latest ? await repo.readManifest(vm, disk.id, latest) : null;
+    const sameSize = parent !== null && parent.capacity === disk.capacity;
+    const since = sameSize && parent.source.changeId && disk.changeId ? parent.source.changeId : null;
+    let journal: Journal | null = null;
+    let resumed = new Map<number, ChunkId | null>();
+    let journalNote: string | undefined;
+    if (options.journalDir) {
+      const header: JournalHeader = {
+        format: JOURNAL_FORMAT,
+        repository: repo.config.id,
+        vm,
+        disk: disk.id,
+        capacity: disk.capacity,
+        blockSize,
+        parent: parent?.version ?? null,
+        since,
+        snapshotId: snapshot.id,
+      };
+      const path = Journal.pathFor(options.journalDir, header);
+      const recovery = await Journal.recover(path, header);
+      if (recovery.status === 'resumed') {
+        resumed = recovery.entries;
+        journal = await Journal.open(path, header, { bytes: recovery.bytes });
+      } else {
+        if (recovery.status !== 'none') {
+          journalNote = `journal of an interrupted sync not used (${recovery.status}: ${recovery.detail}); starting this version over`;
+        }
+        journal = await Journal.open(path, header);
+      }
+    }
+    return { parent, sameSize, since, journal, resumed, journalNote };
+  };
+
+  return defer(() => from(prepare())).pipe(
+    mergeMap(({ parent, sameSize, since, journal, resumed, journalNote }) => {
       const started = Date.now();
-      const sameSize = parent !== null && parent.capacity === disk.capacity;
-      const since = sameSize && parent.source.changeId && disk.changeId ? parent.source.changeId : null;
-      const parentBlocks = sameSize ? parent.blocks : null;
+      const parentBlocks = sameSize ? parent!.blocks : null;
       const n = blockCount(disk.capacity, blockSize);
       // Incremental: blocks no extent touches keep the parent's entry. Full: they are holes.
       const blocks: Array<ChunkId | null> = since !== null ? parent!.blocks.slice() : new Array(n).fill(null);
-      const stats: VersionStats = { readBytes: 0, changedBytes: 0, storedBytes: 0, dedupBytes: 0, zeroBytes: 0, durationMs: 0 };
+      const stats: VersionStats = { readBytes: 0, changedBytes: 0, storedBytes: 0, dedupBytes: 0, zeroBytes: 0, resumedBytes: 0, durationMs: 0 };
+      for (const [index, id] of resumed) {
+        blocks[index] = id;
+        stats.resumedBytes! += Math.min(blockSize, disk.capacity - index * blockSize);
+      }
       let inFlight = 0;
       const hold = (bytes: number) => {
         inFlight += bytes;
@@ -71,17 +127,17 @@ export function syncDisk(
       const processBlock = async (ref: BlockRef): Promise<BlockOutcome> => {
         hold(ref.length);
         try {
-          const data = await readers.use(() => snapshot.read(disk, ref.offset, ref.length));
+          const data = await readers.use(async () => {
+            const d = await snapshot.read(disk, ref.offset, ref.length);
+            await sleepForRead(ref.length, msPerMb);
+            return d;
+          });
           stats.readBytes += ref.length;
-          const was = parentBlocks ? parentBlocks[ref.index] : undefined;
-          if (isZero(data)) {
-            if (was !== undefined && was !== null) stats.changedBytes += ref.length;
-            return { ref, id: null, stored: false };
-          }
+          if (isZero(data)) return { ref, id: null, stored: false };
           const id = chunkIdOf(data);
-          if (was !== id) stats.changedBytes += ref.length;
           // A block equal to the parent's is in the repository (format invariant 3).
-          const stored = was !== id && (await writers.use(() => repo.storeChunk(id, data))) === 'stored';
+          const same = parentBlocks !== null && parentBlocks[ref.index] === id;
+          const stored = !same && (await writers.use(() => repo.storeChunk(id, data))) === 'stored';
           if (stored) stats.storedBytes += ref.length;
           else stats.dedupBytes += ref.length;
           return { ref, id, stored };
@@ -103,25 +159,51 @@ export function syncDisk(
         capacity: disk.capacity,
         parent: parent?.version ?? null,
         incremental: since !== null,
-        note:
-          parent && !sameSize
-            ? `capacity changed from ${parent.capacity} to ${disk.capacity} bytes since version ${parent.version}: full sync`
-            : undefined,
+        resumedBlocks: resumed.size,
+        notes: [
+          ...(parent && !sameSize ? [`capacity changed from ${parent.capacity} to ${disk.capacity} bytes since version ${parent.version}: full sync`] : []),
+          ...(journalNote ? [journalNote] : []),
+          ...(resumed.size ? [`resuming an interrupted sync: ${resumed.size} blocks already stored`] : []),
+        ],
       };
-      const body = snapshot.changes(disk, since).pipe(
+
+      const done$ = new Subject<void>();
+      const blocks$ = snapshot.changes(disk, since).pipe(
         toBlocks(blockSize, disk.capacity),
+        filter((ref) => !resumed.has(ref.index)),
         mergeMap((ref) => defer(() => track(processBlock(ref))), readers.size + writers.size),
         map((o): SyncEvent => {
           blocks[o.ref.index] = o.id;
+          journal?.record(o.ref.index, o.id);
           return { type: 'block', disk: disk.id, index: o.ref.index, offset: o.ref.offset, bytes: o.ref.length, stored: o.stored };
         }),
+        finalize(() => done$.next()),
       );
+      // The fsync stream: a checkpoint every period, never two at once.
+      const checkpoint = async (): Promise<SyncEvent> => {
+        const timeoutMs = (options.checkpointTimeoutSeconds ?? 0) * 1000;
+        const work = journal!.checkpoint(() => repo.store.flush());
+        if (timeoutMs > 0) {
+          let timer: ReturnType<typeof setTimeout> | undefined;
+          const expired = new Promise<never>((_, reject) => {
+            timer = setTimeout(
+              () => reject(new HamalError('FSYNC_TIMEOUT', `disk ${disk.id}: a checkpoint took longer than fsync_timeout (${timeoutMs / 1000} s)`, { subject: journal!.path, retryable: true })),
+              timeoutMs,
+            );
+          });
+          await Promise.race([work, expired]).finally(() => clearTimeout(timer));
+        } else await work;
+        return { type: 'checkpoint', disk: disk.id, records: journal!.records };
+      };
+      const checkpoints$ = journal
+        ? interval((options.checkpointSeconds ?? 3) * 1000).pipe(takeUntil(done$), exhaustMap(() => defer(checkpoint)))
+        : EMPTY;
+
       const commit = defer(async (): Promise<SyncEvent> => {
         for (let i = 0; i < n; i++) {
           if (blocks[i] === null) stats.zeroBytes += Math.min(blockSize, disk.capacity - i * blockSize);
         }
-        // Without a comparable parent, all data is new.
-        if (!parentBlocks) stats.changedBytes = disk.capacity - stats.zeroBytes;
+        stats.changedBytes = changedBytes(blocks, parentBlocks, disk.capacity, blockSize);
         stats.durationMs = Date.now() - started;
         const manifest: Manifest = {
           format: MANIFEST_FORMAT,
@@ -137,9 +219,19 @@ export function syncDisk(
           blocks,
         };
         await repo.commitVersion(manifest);
+        await journal?.remove();
         return { type: 'disk-done', disk: disk.id, manifest };
       });
-      return concat([start], body, commit);
+      return concat([start], merge(blocks$, checkpoints$), commit).pipe(finalize(() => void journal?.close()));
     }),
   );
+}
+
+/** Bytes of blocks whose content differs from the parent's; all data bytes without a comparable parent. */
+function changedBytes(blocks: Array<ChunkId | null>, parent: Array<ChunkId | null> | null, capacity: number, blockSize: number): number {
+  let bytes = 0;
+  blocks.forEach((id, i) => {
+    if (parent ? parent[i] !== id : id !== null) bytes += Math.min(blockSize, capacity - i * blockSize);
+  });
+  return bytes;
 }

@@ -1,10 +1,18 @@
 // Runs the built hamal CLI as a real child process and keeps everything it printed, so a
 // test can check that no secret ever reached the output.
 import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const HAMAL = fileURLToPath(new URL('../../src/cli/hamal.js', import.meta.url));
 export const allOutput: string[] = [];
+
+/** A hamal.conf whose hamal_lib_dir is a temporary directory, so tests never touch /var/lib/hamal. */
+export const TEST_LIB_DIR = mkdtempSync(join(tmpdir(), 'hamal-lib-'));
+export const TEST_CONFIG = join(TEST_LIB_DIR, 'hamal.conf');
+writeFileSync(TEST_CONFIG, `[DEFAULT]\nhamal_lib_dir = ${TEST_LIB_DIR}\n[data_sync_v2]\nfsync_period_frequency = 1\n`);
 
 export interface Run {
   code: number | null;
@@ -16,7 +24,7 @@ export interface Run {
 export function hamal(args: string[], env: Record<string, string> = {}): Promise<Run> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [HAMAL, ...args], {
-      env: { ...process.env, HAMAL_CONFIG: '' /* defaults, never /etc/hamal */, ...env },
+      env: { ...process.env, HAMAL_CONFIG: TEST_CONFIG, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';

@@ -1,0 +1,210 @@
+import { promises as fsp } from 'node:fs';
+import { createHash, type Hash } from 'node:crypto';
+import { dirname, join } from 'node:path';
+import { HamalError } from '../errors.ts';
+import type { ChunkId } from './ChunkId.ts';
+import { encodeName } from './names.ts';
+
+export const JOURNAL_FORMAT = 1;
+const RECORD = 36; // uint32 block index + 32-byte SHA-256 (all zero: a zero block)
+const ZERO_ID = Buffer.alloc(32);
+
+/** What a journal belongs to; a journal is only resumed when every field matches. */
+export interface JournalHeader {
+  format: number;
+  repository: string;
+  vm: string;
+  disk: string;
+  capacity: number;
+  blockSize: number;
+  parent: string | null;
+  since: string | null;
+  snapshotId: string;
+}
+
+export type Recovery =
+  | { status: 'resumed'; entries: Map<number, ChunkId | null>; bytes: number }
+  | { status: 'none' | 'mismatch' | 'truncated' | 'corrupt'; detail: string };
+
+/**
+ * The journal of one disk version in progress (docs/format.md, Journal): every stored
+ * block, appended in memory and made durable by `checkpoint()`, which the fsync stream
+ * calls every `fsync_period_frequency` seconds.
+ *
+ *   <hamal_lib_dir>/journals/<repository id>/<vm>/<disk>.journal     header line + records
+ *   <hamal_lib_dir>/journals/<repository id>/<vm>/<disk>.checkpoint  {bytes, sha256} of the journal
+ *
+ * Order at a checkpoint: the store is flushed (the chunks are durable), then the journal
+ * is written and fsync'd, then the checkpoint file replaces the old one atomically. A
+ * journal shorter than its checkpoint says, or whose bytes hash otherwise, is not trusted.
+ */
+export class Journal {
+  readonly path: string;
+  private readonly _handle: fsp.FileHandle;
+  private _bytes: number;
+  private readonly _hash: Hash;
+  private _pending: Buffer[] = [];
+  private _pendingRecords = 0;
+  private _records: number;
+
+  private constructor(path: string, handle: fsp.FileHandle, bytes: number, hash: Hash, records: number) {
+    this.path = path;
+    this._handle = handle;
+    this._bytes = bytes;
+    this._hash = hash;
+    this._records = records;
+  }
+
+  static pathFor(libDir: string, header: Pick<JournalHeader, 'repository' | 'vm' | 'disk'>): string {
+    return join(libDir, 'journals', header.repository, encodeName(header.vm), `${encodeName(header.disk)}.journal`);
+  }
+
+  /** Reads the journal left at `path` by an interrupted sync and says whether it can be resumed. */
+  static async recover(path: string, expected: JournalHeader): Promise<Recovery> {
+    let ckpt: { bytes: number; sha256: string };
+    let data: Buffer;
+    try {
+      ckpt = JSON.parse(await fsp.readFile(checkpointPath(path), 'utf8'));
+    } catch (err) {
+      const none = (err as NodeJS.ErrnoException).code === 'ENOENT';
+      return { status: none ? 'none' : 'corrupt', detail: none ? 'no checkpoint' : 'checkpoint file unreadable' };
+    }
+    try {
+      data = await fsp.readFile(path);
+    } catch {
+      return { status: 'truncated', detail: 'journal missing' };
+    }
+    if (!Number.isSafeInteger(ckpt.bytes) || typeof ckpt.sha256 !== 'string') return { status: 'corrupt', detail: 'bad checkpoint file' };
+    if (data.length < ckpt.bytes) return { status: 'truncated', detail: `journal has ${data.length} bytes, its checkpoint covers ${ckpt.bytes}` };
+    const covered = data.subarray(0, ckpt.bytes);
+    if (createHash('sha256').update(covered).digest('hex') !== ckpt.sha256) {
+      return { status: 'corrupt', detail: 'journal does not match its checkpoint hash' };
+    }
+    const nl = covered.indexOf(10);
+    let header: JournalHeader;
+    try {
+      header = JSON.parse(covered.subarray(0, nl).toString('utf8'));
+    } catch {
+      return { status: 'corrupt', detail: 'bad journal header' };
+    }
+    for (const k of Object.keys(expected) as Array<keyof JournalHeader>) {
+      if (header[k] !== expected[k]) {
+        return { status: 'mismatch', detail: `${k} was ${JSON.stringify(header[k])}, now ${JSON.stringify(expected[k])}` };
+      }
+    }
+    const body = covered.subarray(nl + 1);
+    if (body.length % RECORD !== 0) return { status: 'corrupt', detail: 'partial record inside the checkpoint' };
+    const entries = new Map<number, ChunkId | null>();
+    const blocks = Math.ceil(expected.capacity / expected.blockSize);
+    for (let at = 0; at < body.length; at += RECORD) {
+      const index = body.readUInt32BE(at);
+      if (index >= blocks) return { status: 'corrupt', detail: `record for block ${index} beyond the disk` };
+      const id = body.subarray(at + 4, at + RECORD);
+      entries.set(index, id.equals(ZERO_ID) ? null : id.toString('hex'));
+    }
+    return { status: 'resumed', entries, bytes: ckpt.bytes };
+  }
+
+  /**
+   * Starts a journal at `path`: a new one with `header`, or (with `resume`) the recovered
+   * one, cut back to its checkpointed bytes.
+   */
+  static async open(path: string, header: JournalHeader, resume?: { bytes: number }): Promise<Journal> {
+    const fail = (err: unknown) =>
+      new HamalError('JOURNAL_WRITE_FAILED', `cannot write journal ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`, {
+        subject: path,
+        cause: err,
+      });
+    try {
+      await fsp.mkdir(dirname(path), { recursive: true });
+      if (resume) {
+        const handle = await fsp.open(path, 'r+');
+        await handle.truncate(resume.bytes);
+        const data = Buffer.alloc(resume.bytes);
+        await handle.read(data, 0, resume.bytes, 0);
+        const records = (resume.bytes - data.indexOf(10) - 1) / RECORD;
+        return new Journal(path, handle, resume.bytes, createHash('sha256').update(data), records);
+      }
+      await fsp.rm(checkpointPath(path), { force: true });
+      const handle = await fsp.open(path, 'w');
+      const journal = new Journal(path, handle, 0, createHash('sha256'), 0);
+      journal._pending.push(Buffer.from(JSON.stringify(header) + '\n'));
+      await journal.checkpoint();
+      return journal;
+    } catch (err) {
+      throw err instanceof HamalError ? err : fail(err);
+    }
+  }
+
+  /** Records a stored block; durable at the next checkpoint. */
+  record(index: number, id: ChunkId | null): void {
+    const rec = Buffer.allocUnsafe(RECORD);
+    rec.writeUInt32BE(index, 0);
+    if (id === null) ZERO_ID.copy(rec, 4);
+    else rec.write(id, 4, 32, 'hex');
+    this._pending.push(rec);
+    this._pendingRecords++;
+  }
+
+  /** Blocks recorded and checkpointed, in this run and the runs it resumes. */
+  get records(): number {
+    return this._records;
+  }
+
+  /**
+   * Makes every block recorded so far durable. `flushStore` runs after the batch is taken
+   * and before it is written: it must make the chunks of those blocks durable.
+   */
+  async checkpoint(flushStore?: () => Promise<void>): Promise<void> {
+    const batch = this._pending;
+    const records = this._pendingRecords;
+    this._pending = [];
+    this._pendingRecords = 0;
+    await flushStore?.();
+    try {
+      if (batch.length) {
+        const data = Buffer.concat(batch);
+        let done = 0;
+        while (done < data.length) done += (await this._handle.write(data, done, data.length - done, this._bytes + done)).bytesWritten;
+        this._hash.update(data);
+        this._bytes += data.length;
+        this._records += records;
+      }
+      await this._handle.datasync();
+      const ckpt = checkpointPath(this.path);
+      const tmp = `${ckpt}.tmp`;
+      await fsp.writeFile(tmp, JSON.stringify({ format: JOURNAL_FORMAT, bytes: this._bytes, records: this._records, sha256: this._hash.copy().digest('hex'), at: new Date().toISOString() }));
+      const h = await fsp.open(tmp, 'r');
+      await h.datasync().finally(() => h.close());
+      await fsp.rename(tmp, ckpt);
+      const dir = await fsp.open(dirname(this.path), 'r');
+      await dir.sync().finally(() => dir.close());
+    } catch (err) {
+      throw new HamalError('JOURNAL_WRITE_FAILED', `cannot write journal ${this.path}: ${(err as NodeJS.ErrnoException).code ?? err}`, {
+        subject: this.path,
+        cause: err,
+      });
+    }
+  }
+
+  async close(): Promise<void> {
+    await this._handle.close().catch(() => {});
+  }
+
+  /** The version is committed: the journal is no longer needed. */
+  async remove(): Promise<void> {
+    await this.close();
+    await fsp.rm(checkpointPath(this.path), { force: true });
+    await fsp.rm(this.path, { force: true });
+  }
+
+  /** Deletes a journal that will not be resumed. */
+  static async discard(path: string): Promise<void> {
+    await fsp.rm(checkpointPath(path), { force: true });
+    await fsp.rm(path, { force: true });
+  }
+}
+
+function checkpointPath(journal: string): string {
+  return journal.replace(/\.journal$/, '.checkpoint');
+}

@@ -1,0 +1,25 @@
+import { concatMap, delay, of, type MonoTypeOperatorFunction, type SchedulerLike, asyncScheduler } from 'rxjs';
+
+const MB = 1024 * 1024;
+
+/** Milliseconds to pause after reading `bytes` at `msPerMb` (the seed's *_release_cpu_time keys). */
+export function releaseCpuDelay(bytes: number, msPerMb: number): number {
+  return msPerMb > 0 ? (bytes / MB) * msPerMb : 0;
+}
+
+/**
+ * Throttle for any source: after each item of `length` bytes, waits `msPerMb` ms per MB
+ * before passing the next, leaving CPU (and disk) to the platform. 0 = off, no delay at
+ * all. Items keep their order.
+ */
+export function releaseCpu<T extends { length: number }>(msPerMb: number, scheduler: SchedulerLike = asyncScheduler): MonoTypeOperatorFunction<T> {
+  if (!(msPerMb >= 0)) throw new RangeError(`release CPU time must be 0 or more ms per MB, got ${msPerMb}`);
+  if (msPerMb === 0) return (source) => source;
+  return concatMap((item: T) => of(item).pipe(delay(releaseCpuDelay(item.length, msPerMb), scheduler)));
+}
+
+/** The same pause for code that reads with promises (the pipeline's read step). */
+export function sleepForRead(bytes: number, msPerMb: number): Promise<void> {
+  const ms = releaseCpuDelay(bytes, msPerMb);
+  return ms > 0 ? new Promise((resolve) => setTimeout(resolve, ms)) : Promise.resolve();
+}
