@@ -38,9 +38,14 @@ export class IntegrityError extends HamalError {}
 /** A named object (version, chunk, VM, disk) does not exist. */
 export class NotFoundError extends HamalError {}
 
-/** One line for an operator: the message, plus the cause's message when it adds something. */
+/**
+ * One line for an operator: the message, plus the cause's message when it adds something
+ * (not when the message already names the cause's errno code).
+ */
 export function describeError(err: unknown): string {
   if (!(err instanceof Error)) return String(err);
-  const cause = err.cause instanceof Error ? err.cause.message : undefined;
-  return cause && !err.message.includes(cause) ? `${err.message}: ${cause}` : err.message;
+  const cause = err.cause instanceof Error ? err.cause : undefined;
+  const code = (cause as NodeJS.ErrnoException | undefined)?.code;
+  if (!cause || err.message.includes(cause.message) || (code && err.message.includes(code))) return err.message;
+  return `${err.message}: ${cause.message}`;
 }

@@ -110,4 +110,28 @@ test('two VMs whose disks share content store it once', async () => {
   assert.equal(await repo.listVms(), ['vm1', 'vm2']);
 });
 
+test('a disk whose capacity changed gets a new full version of the new size; old versions stay restorable', async () => {
+  const img = join(dir, 'grow.img');
+  await makeImage(img, 6 * MiB, [[0, pattern(6 * MiB, 40)]]);
+  const src = new LocalSource({ vms: { vm3: [{ id: 'g', path: img }] } });
+  const first = await runVmSync(src, 'vm3', repo);
+  const before = await sha256File(img);
+  await fsp.truncate(img, 10 * MiB + 512);
+  const notes: string[] = [];
+  const second = await runVmSync(src, 'vm3', repo, {}, (e) => {
+    if (e.type === 'disk-start') notes.push(...e.notes);
+  });
+  assert.match(notes.join(), /capacity changed from 6291456 to 10486272 bytes since version .*: full sync/);
+  const m = second.versions[0]!;
+  assert.is(m.capacity, 10 * MiB + 512);
+  assert.is(m.parent, first.versions[0]!.version);
+  assert.is(m.stats.storedBytes, 4 * MiB, 'block 0 deduplicated; block 1 grew from 2 to 4 MiB: a new chunk');
+  const old = join(dir, 'grow-old.img');
+  await restoreDisk(repo, first.versions[0]!, old);
+  assert.is(await sha256File(old), before);
+  const now = join(dir, 'grow-new.img');
+  await restoreDisk(repo, m, now);
+  assert.is(await sha256File(now), await sha256File(img));
+});
+
 test.run();

@@ -60,7 +60,7 @@ export async function demoCommand(opts: { dir?: string; keep?: boolean }): Promi
     const expected: Array<{ sync: number; disk: string; sha: string }> = [];
     const rows = [['sync', 'disk', 'capacity', 'read', 'stored', 'dedup', 'zero-skipped', 'time', 'rate']];
     const syncOnce = async (n: number) => {
-      const r = await runVmSync(source, 'demo', repo);
+      const r = await runVmSync(source, 'demo', repo, { journalDir: join(dir, 'lib') });
       if (r.failed.length) throw r.failed[0]!.error;
       for (const m of r.versions) {
         const s = m.stats;

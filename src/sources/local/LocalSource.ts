@@ -1,4 +1,5 @@
 import { promises as fsp } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { defer, from, mergeMap, of, type Observable } from 'rxjs';
 import type { DiskInfo, Snapshot, Source } from '../Source.ts';
 import type { ChangeId } from '../ChangeId.ts';
@@ -69,14 +70,23 @@ export class LocalSource implements Source {
       await Promise.all(opened.map((o) => o.handle.close()));
       throw err;
     }
-    return new LocalSnapshot(vm, opened, this._options.detectHoles ?? true);
+    // The "snapshot" id stands for the files' state: equal ids, unchanged files, so the
+    // journal of an interrupted sync may be resumed. Block devices show no mtime change.
+    const state = await Promise.all(
+      opened.map(async (o) => {
+        const st = await o.handle.stat({ bigint: true });
+        return [o.info.id, o.path, String(st.dev), String(st.ino), o.info.capacity, String(st.mtimeNs)];
+      }),
+    );
+    const id = `local-${createHash('sha256').update(JSON.stringify(state)).digest('hex').slice(0, 16)}`;
+    return new LocalSnapshot(vm, id, opened, this._options.detectHoles ?? true);
   }
 }
 
 class LocalSnapshot implements Snapshot {
   readonly platform = 'local';
   readonly vm: { id: string; name: string };
-  readonly id = `local-${new Date().toISOString()}`;
+  readonly id: string;
   readonly disks: readonly DiskInfo[];
   private readonly _open: Map<string, { path: string; handle: fsp.FileHandle }>;
   private readonly _detectHoles: boolean;
@@ -84,10 +94,12 @@ class LocalSnapshot implements Snapshot {
 
   constructor(
     vm: string,
+    id: string,
     opened: Array<{ info: DiskInfo; path: string; handle: fsp.FileHandle }>,
     detectHoles: boolean,
   ) {
     this.vm = { id: vm, name: vm };
+    this.id = id;
     this.disks = opened.map((o) => o.info);
     this._open = new Map(opened.map((o) => [o.info.id, { path: o.path, handle: o.handle }]));
     this._detectHoles = detectHoles;

@@ -1,0 +1,37 @@
+// Test instrumentation, not a fake: the real FsStore with a delay before each put, so a
+// test can make the target slow (bounded memory) or kill a sync part way (resume).
+import type { ObjectStore } from '../../src/sinks/ObjectStore.ts';
+
+export class SlowStore implements ObjectStore {
+  readonly location: string;
+  puts = 0;
+  constructor(
+    private readonly inner: ObjectStore,
+    private readonly delayMs: number,
+  ) {
+    this.location = inner.location;
+  }
+  async put(key: string, body: Uint8Array): Promise<void> {
+    if (key.startsWith('chunks/')) await new Promise((r) => setTimeout(r, this.delayMs));
+    this.puts++;
+    return this.inner.put(key, body);
+  }
+  get(key: string) {
+    return this.inner.get(key);
+  }
+  head(key: string) {
+    return this.inner.head(key);
+  }
+  list(prefix: string) {
+    return this.inner.list(prefix);
+  }
+  delete(key: string) {
+    return this.inner.delete(key);
+  }
+  flush() {
+    return this.inner.flush();
+  }
+  close() {
+    return this.inner.close();
+  }
+}
