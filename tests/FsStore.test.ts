@@ -48,6 +48,37 @@ test('temporaries a crash left are swept at open and never listed', async () => 
   await fsp.rm(dir, { recursive: true });
 });
 
+test('batched: an object is visible at once, under its name only after flush; a crash before flush leaves nothing', async () => {
+  const dir = await tempDir();
+  const root = join(dir, 's');
+  const store = await FsStore.open(root, { create: true });
+  await store.put('chunks/ab/abcd', Buffer.from('data'));
+  assert.is((await store.get('chunks/ab/abcd')).toString(), 'data');
+  assert.equal(await store.head('chunks/ab/abcd'), { size: 4 });
+  const listed: string[] = [];
+  for await (const k of store.list('chunks/')) listed.push(k);
+  assert.equal(listed, ['chunks/ab/abcd']);
+  await fsp.stat(join(root, 'chunks/ab/abcd')).then(() => assert.unreachable('renamed before flush'), () => {});
+  // "Crash": another store opens the directory without this one having flushed.
+  const after = await FsStore.open(root);
+  assert.is(await after.head('chunks/ab/abcd'), null);
+  assert.equal(await fsp.readdir(join(root, '.tmp')), []);
+  // A flushed object survives.
+  const again = await FsStore.open(root, { create: true });
+  await again.put('k', Buffer.from('v'));
+  await again.flush();
+  assert.is((await fsp.readFile(join(root, 'k'))).toString(), 'v');
+  await fsp.rm(dir, { recursive: true });
+});
+
+test('syncEachObject: renamed into place as put resolves', async () => {
+  const dir = await tempDir();
+  const store = await FsStore.open(dir, { create: true, syncEachObject: true });
+  await store.put('a/b', Buffer.from('x'));
+  assert.is((await fsp.readFile(join(dir, 'a/b'))).toString(), 'x');
+  await fsp.rm(dir, { recursive: true });
+});
+
 test('keys that could escape the root are refused', async () => {
   const dir = await tempDir();
   const store = await FsStore.open(dir, { create: true });

@@ -35,9 +35,11 @@ export interface Snapshot {
 
   /**
    * Exactly `length` bytes of `disk` at `offset`, from the snapshot. Precondition:
-   * the range lies within the disk's capacity. Rejects naming the disk and offset.
+   * the range lies within the disk's capacity. Reads into `into` (at least `length`
+   * long) when the source can and returns that part of it; the caller reuses `into`
+   * afterwards, so a source must not keep it. Rejects naming the disk and offset.
    */
-  read(disk: DiskInfo, offset: number, length: number): Promise<Buffer>;
+  read(disk: DiskInfo, offset: number, length: number, into?: Buffer): Promise<Buffer>;
 
   /** Removes the platform snapshot and frees handles. Idempotent. */
   release(): Promise<void>;

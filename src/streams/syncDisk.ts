@@ -11,6 +11,7 @@ import { toBlocks } from './toBlocks.ts';
 import { isZero } from './isZero.ts';
 import { Slots } from './Slots.ts';
 import { sleepForRead } from './releaseCpu.ts';
+import { BufferPool } from './BufferPool.ts';
 import type { SyncEvent } from './SyncEvent.ts';
 
 export interface DiskSyncOptions {
@@ -124,11 +125,13 @@ export function syncDisk(
         options.onInFlight?.(inFlight);
       };
 
+      const pool = new BufferPool(blockSize);
       const processBlock = async (ref: BlockRef): Promise<BlockOutcome> => {
         hold(ref.length);
+        const buf = pool.take();
         try {
           const data = await readers.use(async () => {
-            const d = await snapshot.read(disk, ref.offset, ref.length);
+            const d = await snapshot.read(disk, ref.offset, ref.length, buf);
             await sleepForRead(ref.length, msPerMb);
             return d;
           });
@@ -142,6 +145,7 @@ export function syncDisk(
           else stats.dedupBytes += ref.length;
           return { ref, id, stored };
         } finally {
+          pool.give(buf);
           hold(-ref.length);
         }
       };

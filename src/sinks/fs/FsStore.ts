@@ -6,11 +6,19 @@ import { HamalError, NotFoundError } from '../../errors.ts';
 
 export interface FsStoreOptions {
   /**
-   * fsync each object's data before its rename. Off trades durability after a power
-   * loss (not after a crash of the process) for about 2x write throughput.
-   * @default true
+   * fsync and rename each object as it is put. Off (the default), objects wait under
+   * `.tmp/` and `flush()` fsyncs them together, then renames them into place: the same
+   * guarantees (whole objects only, durable after flush), with the fsyncs batched and
+   * parallel instead of one per object in the write path (2 GiB: ~35% faster here).
+   * Cost of off: up to one checkpoint period of writes waits in `.tmp/` on disk.
+   * @default false
    */
   syncEachObject?: boolean;
+  /**
+   * Objects fsync'd at once by `flush()` when batched.
+   * @default 8
+   */
+  flushConcurrency?: number;
   /** Create the directory when missing; otherwise a missing one is REPOSITORY_NOT_FOUND. @default false */
   create?: boolean;
 }
@@ -19,23 +27,30 @@ export interface FsStoreOptions {
  * An object store in a local directory.
  *
  *   <root>/
- *   ├── .tmp/<random>      objects being written; swept when the store opens
- *   └── <key>              one file per object, renamed into place when whole
+ *   ├── .tmp/<random>      objects written but not yet flushed; swept when the store opens
+ *   └── <key>              one file per object, renamed into place once durable
  *
- * Directory entries of renames are fsync'd in `flush()`, once per directory, not per put.
+ * An object is renamed into place only after its data is fsync'd, so a power loss can
+ * never leave a file under a chunk's name with other bytes than the name says. Directory
+ * entries are fsync'd in `flush()`, once per directory. Objects waiting under `.tmp/` are
+ * already visible to this store's `get`, `head` and `list`.
  */
 export class FsStore implements ObjectStore {
   readonly location: string;
   private readonly _root: string;
   private readonly _tmp: string;
   private readonly _syncEach: boolean;
+  private readonly _flushConcurrency: number;
   private readonly _madeDirs = new Set<string>();
   private _dirtyDirs = new Set<string>();
+  /** Key -> temporary file, for objects put but not yet flushed (batched mode). */
+  private _waiting = new Map<string, string>();
 
   private constructor(root: string, options: FsStoreOptions) {
     this._root = root;
     this._tmp = join(root, '.tmp');
-    this._syncEach = options.syncEachObject ?? true;
+    this._syncEach = options.syncEachObject ?? false;
+    this._flushConcurrency = options.flushConcurrency ?? 8;
     this.location = `file://${root}`;
   }
 
@@ -90,8 +105,14 @@ export class FsStore implements ObjectStore {
       } finally {
         await handle.close();
       }
-      await fsp.rename(tmp, path);
-      this._dirtyDirs.add(dir);
+      if (this._syncEach) {
+        await fsp.rename(tmp, path);
+        this._dirtyDirs.add(dir);
+      } else {
+        const before = this._waiting.get(key);
+        this._waiting.set(key, tmp);
+        if (before) await fsp.rm(before, { force: true });
+      }
     } catch (err) {
       await fsp.rm(tmp, { force: true }).catch(() => {});
       throw new HamalError('STORE_WRITE_FAILED', `cannot write object ${key} under ${this._root}`, {
@@ -104,7 +125,7 @@ export class FsStore implements ObjectStore {
 
   async get(key: string): Promise<Buffer> {
     try {
-      return await fsp.readFile(this._path(key));
+      return await fsp.readFile(this._waiting.get(key) ?? this._path(key));
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
         throw new NotFoundError('OBJECT_NOT_FOUND', `object ${key} not found in ${this.location}`, { subject: key });
@@ -118,7 +139,7 @@ export class FsStore implements ObjectStore {
 
   async head(key: string): Promise<{ size: number } | null> {
     try {
-      const st = await fsp.stat(this._path(key));
+      const st = await fsp.stat(this._waiting.get(key) ?? this._path(key));
       return { size: st.size };
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
@@ -131,7 +152,12 @@ export class FsStore implements ObjectStore {
     const cut = prefix.lastIndexOf('/');
     const base = cut < 0 ? '' : prefix.slice(0, cut);
     const start = base ? join(this._root, ...base.split('/')) : this._root;
-    yield* this._walk(start, base, prefix);
+    const seen = new Set<string>();
+    for await (const key of this._walk(start, base, prefix)) {
+      seen.add(key);
+      yield key;
+    }
+    for (const key of this._waiting.keys()) if (key.startsWith(prefix) && !seen.has(key)) yield key;
   }
 
   private async *_walk(dir: string, keyDir: string, prefix: string): AsyncIterable<string> {
@@ -154,11 +180,33 @@ export class FsStore implements ObjectStore {
   }
 
   async delete(key: string): Promise<void> {
+    const waiting = this._waiting.get(key);
+    this._waiting.delete(key);
+    if (waiting) await fsp.rm(waiting, { force: true });
     await fsp.rm(this._path(key), { force: true });
     this._dirtyDirs.add(dirname(this._path(key)));
   }
 
   async flush(): Promise<void> {
+    // Batched mode: data first (fsync'd in parallel), then the renames, then directories.
+    const waiting = this._waiting;
+    this._waiting = new Map();
+    const entries = [...waiting];
+    const worker = async () => {
+      for (let e = entries.pop(); e; e = entries.pop()) {
+        const [key, tmp] = e;
+        try {
+          const handle = await fsp.open(tmp, 'r');
+          await handle.datasync().finally(() => handle.close());
+          const path = this._path(key);
+          await fsp.rename(tmp, path);
+          this._dirtyDirs.add(dirname(path));
+        } catch (err) {
+          throw new HamalError('STORE_WRITE_FAILED', `cannot make object ${key} durable under ${this._root}`, { subject: key, cause: err });
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(this._flushConcurrency, entries.length) }, worker));
     const dirs = this._dirtyDirs;
     this._dirtyDirs = new Set();
     for (const dir of dirs) {

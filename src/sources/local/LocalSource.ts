@@ -114,9 +114,9 @@ class LocalSnapshot implements Snapshot {
     );
   }
 
-  async read(disk: DiskInfo, offset: number, length: number): Promise<Buffer> {
+  async read(disk: DiskInfo, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const { path, handle } = this._disk(disk);
-    const buf = Buffer.allocUnsafe(length);
+    const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length);
     let done = 0;
     try {
       while (done < length) {
