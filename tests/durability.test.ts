@@ -123,6 +123,28 @@ test('a journal of another snapshot (the disk changed since) is not resumed', as
   await fsp.rm(dir, { recursive: true });
 });
 
+test('a checkpoint slower than fsync_timeout fails the disk cleanly; a rerun completes', async () => {
+  const dir = await tempDir();
+  const image = join(dir, 'd.img');
+  await makeImage(image, 16 * BS, [[0, pattern(16 * BS, 4)]]);
+  const inner = await FsStore.open(join(dir, 'repo'), { create: true });
+  const slow = new SlowStore(inner, 20, 400);
+  const repo = await Repository.open(slow, { create: true, blockSize: BS });
+  const source = new LocalSource({ vms: { vm: [{ id: 'd', path: image }] } });
+  const failed = await runVmSync(source, 'vm', repo, { journalDir: join(dir, 'lib'), checkpointSeconds: 0.05, checkpointTimeoutSeconds: 0.1 });
+  assert.is(failed.failed.length, 1);
+  assert.is((failed.failed[0]!.error as { code?: string }).code, 'FSYNC_TIMEOUT');
+  assert.match(failed.failed[0]!.error.message, 'disk d: a checkpoint took longer than fsync_timeout (0.1 s)');
+  assert.equal(await repo.listVersions('vm', 'd'), []);
+  const fast = await Repository.open(inner, {});
+  const ok = await runVmSync(source, 'vm', fast, { journalDir: join(dir, 'lib') });
+  assert.equal(ok.failed, []);
+  const out = join(dir, 'out.img');
+  await restoreDisk(fast, ok.versions[0]!, out);
+  assert.is(await sha256File(out), await sha256File(image));
+  await fsp.rm(dir, { recursive: true });
+});
+
 test('bytes in flight never exceed (readers + writers) x block size against a slow store', async () => {
   const dir = await tempDir();
   const image = join(dir, 'd.img');

@@ -8,6 +8,7 @@ export class SlowStore implements ObjectStore {
   constructor(
     private readonly inner: ObjectStore,
     private readonly delayMs: number,
+    private readonly flushDelayMs = 0,
   ) {
     this.location = inner.location;
   }
@@ -28,7 +29,8 @@ export class SlowStore implements ObjectStore {
   delete(key: string) {
     return this.inner.delete(key);
   }
-  flush() {
+  async flush() {
+    if (this.flushDelayMs) await new Promise((r) => setTimeout(r, this.flushDelayMs));
     return this.inner.flush();
   }
   close() {
