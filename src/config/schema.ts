@@ -130,6 +130,30 @@ export const SCHEMA = {
     local_release_cpu_time: int(0, 0, 10000, 'ms per MB', 'used', 'Pause in milliseconds after each MB read by the local source, as `vmware_release_cpu_time` does for VMware; 0 = off.'),
     restore_concurrency: int(4, 1, 64, 'threads', 'used', 'Chunks fetched and written at once by a restore; each holds one block.'),
   },
+  s3: {
+    endpoint: {
+      type: { kind: 'url', schemes: ['https', 'http'], optional: true },
+      default: '',
+      status: 'used',
+      doc: 'S3 endpoint of `s3://` targets (Ceph RGW, MinIO, OSS, OBS); empty: AWS, or AWS_ENDPOINT_URL. An `endpoint=` in the target URL wins.',
+    },
+    region: { type: { kind: 'string' }, default: '', status: 'used', doc: 'Region; empty: AWS_REGION, else us-east-1. A `region=` in the target URL wins.' },
+    path_style: {
+      type: { kind: 'enum', values: ['auto', 'true', 'false'] },
+      default: 'auto',
+      status: 'used',
+      doc: 'Path-style addressing (`endpoint/bucket/key`); auto: on with a custom endpoint, off for AWS. A `path_style=` in the target URL wins.',
+    },
+    access_key_id: { type: { kind: 'string' }, default: '', status: 'used', doc: "Access key; empty: the SDK's default chain (AWS_ACCESS_KEY_ID, shared files). Never taken from the target URL." },
+    secret_access_key: { type: { kind: 'string' }, default: '', secret: true, status: 'used', doc: 'Secret key, with `access_key_id`. A secret: never printed or logged.' },
+    session_token: { type: { kind: 'string' }, default: '', secret: true, status: 'used', doc: 'Session token for temporary credentials. A secret.' },
+    max_sockets: int(16, 1, 1024, 'connections', 'used', 'Connections to the endpoint at once (keep-alive).'),
+    retry_mode: { type: { kind: 'enum', values: ['standard', 'adaptive'] }, default: 'standard', status: 'used', doc: "The SDK's retry strategy on 5xx, SlowDown and connection resets; adaptive also slows the client down when throttled." },
+    max_attempts: int(5, 1, 100, undefined, 'used', 'Attempts per request, the first included.'),
+    part_size_mb: int(8, 5, 5120, 'MB', 'used', 'Objects larger than this go up as multipart uploads in parts of this size. Memory: queue_size x part size per large object.'),
+    queue_size: int(4, 1, 64, undefined, 'used', 'Parts of one multipart upload in flight.'),
+    ca_file: { type: { kind: 'string' }, default: '', status: 'used', doc: 'PEM bundle that signs the endpoint certificate, for private CAs. TLS is always verified.' },
+  },
 } satisfies Record<string, ConfigSection>;
 
 type ValueOf<K> = K extends { type: { kind: 'bool' } } ? boolean : K extends { type: { kind: 'int' } } ? number : string;

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { ObjectStore } from '../sinks/ObjectStore.ts';
-import { IntegrityError, NotFoundError, UsageError } from '../errors.ts';
+import { HamalError, IntegrityError, NotFoundError, UsageError } from '../errors.ts';
 import { chunkIdOf, chunkKey, type ChunkId } from './ChunkId.ts';
 import { encodeManifest, parseManifest, type Manifest } from './Manifest.ts';
 import { isVersionId, type VersionId } from './VersionId.ts';
@@ -36,8 +36,16 @@ export interface RepositoryOptions {
 export class Repository {
   readonly store: ObjectStore;
   readonly config: RepositoryConfig;
-  /** Chunks known to exist: written or seen by this process. Saves a head per block. */
+  /**
+   * The chunk index: chunks known to exist, from one listing of `chunks/` (built on first
+   * need) plus those this process wrote. Dedup asks it, not the store: no HEAD per block.
+   */
   private readonly _known = new Set<ChunkId>();
+  private _indexing: Promise<void> | undefined;
+  /** The repository's generation when it was opened; prune bumps it. */
+  private _openGeneration = 0;
+  /** Chunks this process wrote: certainly there, whatever a prune elsewhere did. */
+  private readonly _written = new Set<ChunkId>();
   /** Chunk writes under way, so two equal blocks in flight store once. */
   private readonly _writing = new Map<ChunkId, Promise<void>>();
 
@@ -58,6 +66,11 @@ export class Repository {
       if (!(err instanceof NotFoundError)) throw err;
     }
     if (raw === undefined) {
+      for await (const key of store.list('')) {
+        throw new HamalError('NOT_A_REPOSITORY', `${store.location} holds objects (${key}, ...) but no hamal repository: refusing to write there`, {
+          subject: store.location,
+        });
+      }
       if (!options.create) {
         throw new NotFoundError('REPOSITORY_NOT_FOUND', `no hamal repository at ${store.location}`, {
           subject: store.location,
@@ -77,7 +90,7 @@ export class Repository {
       };
       await store.put('config', Buffer.from(JSON.stringify(config, null, 2) + '\n'));
       await store.flush();
-      return new Repository(store, config);
+      return new Repository(store, config);  // generation 0: no prune yet
     }
     let config: RepositoryConfig;
     try {
@@ -93,18 +106,36 @@ export class Repository {
         `${store.location} holds a repository of kind ${config.kind} format ${config.format}; this hamal reads hamal-repository format ${REPOSITORY_FORMAT}`,
       );
     }
-    return new Repository(store, config);
+    const repo = new Repository(store, config);
+    repo._openGeneration = await repo.generation();
+    return repo;
   }
 
   // ---- chunks
 
+  /** The generation prune bumps before it deletes chunks (docs/format.md, Generation). */
+  async generation(): Promise<number> {
+    try {
+      const n = Number((await this.store.get('generation')).toString('utf8').trim());
+      return Number.isSafeInteger(n) ? n : 0;
+    } catch (err) {
+      if (err instanceof NotFoundError) return 0;
+      throw err;
+    }
+  }
+
+  /** Lists `chunks/` once into the index. */
+  private _index(): Promise<void> {
+    this._indexing ??= (async () => {
+      for await (const id of this.listChunks()) this._known.add(id);
+    })();
+    return this._indexing;
+  }
+
   async hasChunk(id: ChunkId): Promise<boolean> {
     if (this._known.has(id)) return true;
-    if (await this.store.head(chunkKey(id))) {
-      this._known.add(id);
-      return true;
-    }
-    return false;
+    await this._index();
+    return this._known.has(id);
   }
 
   /** Stores `data` as chunk `id` unless the repository has it. Precondition: id = chunkIdOf(data). */
@@ -121,8 +152,9 @@ export class Repository {
       await again;
       return 'existing';
     }
-    const write = this.store.put(chunkKey(id), data).then(() => {
+    const write = this.store.put(chunkKey(id), data, { sha256: id }).then(() => {
       this._known.add(id);
+      this._written.add(id);
     });
     this._writing.set(id, write);
     try {
@@ -153,7 +185,16 @@ export class Repository {
 
   async deleteChunk(id: ChunkId): Promise<void> {
     this._known.delete(id);
+    this._written.delete(id);
     await this.store.delete(chunkKey(id));
+  }
+
+  /** Tells syncs elsewhere that chunks may go: their indexes are stale from now. */
+  async bumpGeneration(): Promise<number> {
+    const next = (await this.generation()) + 1;
+    await this.store.put('generation', Buffer.from(`${next}\n`));
+    await this.store.flush();
+    return next;
   }
 
   // ---- versions
@@ -209,10 +250,27 @@ export class Repository {
     return manifest;
   }
 
-  /** Makes a version visible: flushes the store (its chunks are durable), then writes the manifest. */
+  /**
+   * Makes a version visible: flushes the store (its chunks are durable), checks no prune
+   * took chunks the index vouched for, then writes the manifest, never over another.
+   */
   async commitVersion(manifest: Manifest): Promise<void> {
     await this.store.flush();
-    await this.store.put(this._versionsPrefix(manifest.vm, manifest.disk) + manifest.version + '.json', encodeManifest(manifest));
+    if ((await this.generation()) !== this._openGeneration) {
+      const missing: ChunkId[] = [];
+      for (const id of new Set(manifest.blocks)) {
+        if (id !== null && !this._written.has(id) && !(await this.store.head(chunkKey(id)))) missing.push(id);
+      }
+      if (missing.length) {
+        for (const id of missing) this._known.delete(id);
+        throw new HamalError(
+          'CHUNKS_PRUNED',
+          `a prune deleted ${missing.length} chunks that version ${manifest.version} of ${manifest.vm}/${manifest.disk} needs (first: ${chunkKey(missing[0]!)}); nothing was committed: run the sync again`,
+          { subject: chunkKey(missing[0]!), retryable: true },
+        );
+      }
+    }
+    await this.store.put(this._versionsPrefix(manifest.vm, manifest.disk) + manifest.version + '.json', encodeManifest(manifest), { ifAbsent: true });
     await this.store.flush();
   }
 

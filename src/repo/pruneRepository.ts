@@ -46,7 +46,11 @@ export async function pruneRepository(repo: Repository, options: PruneOptions): 
       }
     }
   }
-  if (!options.dryRun) await repo.store.flush();
+  if (!options.dryRun) {
+    await repo.store.flush();
+    // Syncs elsewhere re-check the chunks they deduplicated against before committing.
+    await repo.bumpGeneration();
+  }
   for await (const id of repo.listChunks()) {
     if (referenced.has(id)) continue;
     report.freedBytes += (await repo.store.head(chunkKey(id)))?.size ?? 0;

@@ -12,10 +12,17 @@
  * - `list(prefix)` yields every key under the prefix, in no particular order, and never
  *   a temporary object.
  */
+export interface PutOptions {
+  /** Lowercase hex SHA-256 of the body when the caller has it (a chunk's id): saves hashing it again. */
+  sha256?: string;
+  /** Fail with OBJECT_EXISTS instead of replacing an existing object (manifests). */
+  ifAbsent?: boolean;
+}
+
 export interface ObjectStore {
   /** Where the store points, printable: never holds a secret. */
   readonly location: string;
-  put(key: string, body: Uint8Array): Promise<void>;
+  put(key: string, body: Uint8Array, options?: PutOptions): Promise<void>;
   get(key: string): Promise<Buffer>;
   head(key: string): Promise<{ size: number } | null>;
   list(prefix: string): AsyncIterable<string>;

@@ -3,12 +3,22 @@ import { fileURLToPath } from 'node:url';
 import type { ObjectStore } from './ObjectStore.ts';
 import { FsStore } from './fs/FsStore.ts';
 import { UsageError } from '../errors.ts';
+import type { HamalConfig } from '../config/schema.ts';
+import { S3Store } from './s3/S3Store.ts';
+import { parseS3Target } from './s3/S3Target.ts';
+
+export interface OpenStoreOptions {
+  /** A sync may create the target (a directory; S3 buckets are never created). */
+  create?: boolean;
+  /** hamal.conf: [s3] and the request timeout ceiling. */
+  config?: HamalConfig;
+}
 
 /**
- * The store a target URL names: `file:///abs/path` or a plain path (a directory).
- * Other schemes come with their stores. `create`: a sync may create the target.
+ * The store a target URL names: `file:///abs/path` or a plain path (a directory), or
+ * `s3://bucket/prefix[?endpoint=&region=&path_style=]`.
  */
-export async function openStore(target: string, options: { create?: boolean } = {}): Promise<ObjectStore> {
+export async function openStore(target: string, options: OpenStoreOptions = {}): Promise<ObjectStore> {
   const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(target)?.[1]?.toLowerCase();
   if (scheme === undefined) return FsStore.open(resolve(target), options);
   if (scheme === 'file') {
@@ -23,7 +33,22 @@ export async function openStore(target: string, options: { create?: boolean } = 
     }
     return FsStore.open(path, options);
   }
-  throw new UsageError('BAD_TARGET', `target scheme ${scheme}:// is not supported; use file:///path or a directory path`, {
+  if (scheme === 's3') {
+    const c = options.config;
+    const s3 = parseS3Target(target, c?.s3);
+    const store = await S3Store.open(s3, {
+      maxSockets: c?.s3.max_sockets,
+      retryMode: c?.s3.retry_mode as 'standard' | 'adaptive' | undefined,
+      maxAttempts: c?.s3.max_attempts,
+      partSize: c ? c.s3.part_size_mb * 1024 * 1024 : undefined,
+      queueSize: c?.s3.queue_size,
+      caFile: c?.s3.ca_file || undefined,
+      requestTimeoutMs: c ? c.mass.default_request_timeout * 1000 : undefined,
+    });
+    if (options.create) await store.sweepStaleUploads();
+    return store;
+  }
+  throw new UsageError('BAD_TARGET', `target scheme ${scheme}:// is not supported; use s3://bucket/prefix, file:///path or a directory path`, {
     subject: scheme,
   });
 }

@@ -1,7 +1,7 @@
 import { promises as fsp, constants as fsc } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { ObjectStore } from '../ObjectStore.ts';
+import type { ObjectStore, PutOptions } from '../ObjectStore.ts';
 import { HamalError, NotFoundError } from '../../errors.ts';
 
 export interface FsStoreOptions {
@@ -85,7 +85,7 @@ export class FsStore implements ObjectStore {
     return join(this._root, ...key.split('/'));
   }
 
-  async put(key: string, body: Uint8Array): Promise<void> {
+  async put(key: string, body: Uint8Array, options: PutOptions = {}): Promise<void> {
     const path = this._path(key);
     const dir = dirname(path);
     if (!this._madeDirs.has(dir)) {
@@ -99,13 +99,20 @@ export class FsStore implements ObjectStore {
         this._madeDirs.add(this._tmp);
       }
       const handle = await fsp.open(tmp, 'w');
+      const now = this._syncEach || options.ifAbsent;
       try {
         await handle.writeFile(body);
-        if (this._syncEach) await handle.datasync();
+        if (now) await handle.datasync();
       } finally {
         await handle.close();
       }
-      if (this._syncEach) {
+      if (options.ifAbsent) {
+        // link() fails when the name exists, where rename() would replace it.
+        if (this._waiting.has(key)) throw Object.assign(new Error('exists'), { code: 'EEXIST' });
+        await fsp.link(tmp, path);
+        await fsp.rm(tmp);
+        this._dirtyDirs.add(dir);
+      } else if (now) {
         await fsp.rename(tmp, path);
         this._dirtyDirs.add(dir);
       } else {
@@ -115,6 +122,9 @@ export class FsStore implements ObjectStore {
       }
     } catch (err) {
       await fsp.rm(tmp, { force: true }).catch(() => {});
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+        throw new HamalError('OBJECT_EXISTS', `object ${key} already exists in ${this.location}`, { subject: key });
+      }
       throw new HamalError('STORE_WRITE_FAILED', `cannot write object ${key} under ${this._root}`, {
         subject: key,
         cause: err,
