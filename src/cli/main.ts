@@ -75,7 +75,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .requiredOption('--out <path>', 'file or block device to write')
     .option('--from <version>', '--out already holds this version: write only the blocks that differ')
     .option('--json', 'print a JSON summary')
-    .action(withConfig((o: Parameters<typeof restoreCommand>[0], c) => restoreCommand({ ...o, concurrency: c.values.hamal.restore_concurrency })));
+    .action(withConfig(restoreCommand));
 
   program
     .command('versions')

@@ -1,11 +1,12 @@
+import type { LoadedConfig } from '../config/loadConfig.ts';
 import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
 import { pruneRepository } from '../repo/pruneRepository.ts';
 import { formatBytes } from './format.ts';
 
 /** `hamal prune --keep-last N`. */
-export async function pruneCommand(opts: { target: string; keepLast: number; vm?: string; dryRun?: boolean; json?: boolean }): Promise<number> {
-  const store = await openStore(opts.target);
+export async function pruneCommand(opts: { target: string; keepLast: number; vm?: string; dryRun?: boolean; json?: boolean }, config?: LoadedConfig): Promise<number> {
+  const store = await openStore(opts.target, { config: config?.values });
   try {
     const report = await pruneRepository(await Repository.open(store), opts);
     if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');

@@ -1,3 +1,4 @@
+import type { LoadedConfig } from '../config/loadConfig.ts';
 import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
 import { restoreDisk } from '../streams/restoreDisk.ts';
@@ -11,18 +12,16 @@ export interface RestoreCommandOptions {
   out: string;
   from?: string;
   json?: boolean;
-  /** Chunks fetched and written at once. @default 4 */
-  concurrency?: number;
 }
 
 /** `hamal restore`: one version of one disk to a raw image. Returns the exit code. */
-export async function restoreCommand(opts: RestoreCommandOptions): Promise<number> {
-  const store = await openStore(opts.target);
+export async function restoreCommand(opts: RestoreCommandOptions, config?: LoadedConfig): Promise<number> {
+  const store = await openStore(opts.target, { config: config?.values });
   try {
     const repo = await Repository.open(store);
     const manifest = await repo.readManifest(opts.vm, opts.disk, opts.version ?? 'latest');
     const from = opts.from ? await repo.readManifest(opts.vm, opts.disk, opts.from) : null;
-    const result = await restoreDisk(repo, manifest, opts.out, { from, concurrency: opts.concurrency });
+    const result = await restoreDisk(repo, manifest, opts.out, { from, concurrency: config?.values.hamal.restore_concurrency });
     if (opts.json) {
       process.stdout.write(JSON.stringify({ vm: opts.vm, disk: opts.disk, out: opts.out, from: from?.version ?? null, ...result }, null, 2) + '\n');
     } else {

@@ -50,7 +50,7 @@ export async function syncCommand(opts: SyncCommandOptions, config: LoadedConfig
   const blockSize = opts.blockSize ?? (task?.options?.blockSizeMb ?? c.hamal.block_size_mb) * 1024 * 1024;
 
   const source = new LocalSource({ vms: { [vm]: disks } });
-  const store = await openStore(target, { create: true });
+  const store = await openStore(target, { create: true, config: c });
   try {
     const repo = await Repository.open(store, { create: true, blockSize });
     const progress = new Progress(!opts.json);

@@ -1,3 +1,4 @@
+import type { LoadedConfig } from '../config/loadConfig.ts';
 import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
 import { formatBytes, formatTable } from './format.ts';
@@ -41,8 +42,8 @@ export async function listVersionRows(repo: Repository, vm?: string): Promise<Ve
 }
 
 /** `hamal versions`. Returns the exit code. */
-export async function versionsCommand(opts: { target: string; vm?: string; json?: boolean }): Promise<number> {
-  const store = await openStore(opts.target);
+export async function versionsCommand(opts: { target: string; vm?: string; json?: boolean }, config?: LoadedConfig): Promise<number> {
+  const store = await openStore(opts.target, { config: config?.values });
   try {
     const rows = await listVersionRows(await Repository.open(store), opts.vm);
     if (opts.json) {

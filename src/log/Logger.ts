@@ -4,9 +4,10 @@ const RANK: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, verbose: 3,
 const REDACTED = '***';
 /** Field names whose values are secrets whatever they hold. */
 const SECRET_KEY = /pass(word|wd|phrase)?|secret|token|auth_?key|api_?key|access_?key|private_?key|credential|keyring|cookie|authorization/i;
-/** `password=...`, `"token": "..."`, `auth_key: ...` inside free text. */
+/** `password=...`, `"token": "..."`, `auth_key: ...` inside free text (not `...Error: text`). */
+const PAIR_KEY = /pass(word|wd|phrase)?|secret|token|auth_?key|api_?key|access_?key|private_?key|keyring/i;
 const SECRET_PAIR = new RegExp(
-  `(["']?\\b(?:[\\w-]*(?:${SECRET_KEY.source})[\\w-]*)["']?\\s*[=:]\\s*)("[^"]*"|'[^']*'|[^\\s,;&}]+)`,
+  `(["']?\\b(?:[\\w-]*(?:${PAIR_KEY.source})(?!\\w*(?:Error|Exception|Provider))[\\w-]*)["']?\\s*[=:]\\s*)("[^"]*"|'[^']*'|[^\\s,;&}]+)`,
   'gi',
 );
 /** Userinfo of a URL: `scheme://user:pass@host`. */

@@ -5,9 +5,9 @@ import {
   AbortMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
-  HeadBucketCommand,
   HeadObjectCommand,
   ListMultipartUploadsCommand,
+  ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
   paginateListObjectsV2,
@@ -63,6 +63,9 @@ export class S3Store implements ObjectStore {
   private readonly _queueSize: number;
 
   private constructor(target: S3Target, options: S3StoreOptions) {
+    // package.json pins the SDK at a release that supports Node 20; its notice that later
+    // releases will not is for people who upgrade it, not for operators.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     this.target = target;
     this.location = `s3://${target.bucket}/${target.prefix}${target.endpoint ? ` at ${new URL(target.endpoint).origin}` : ''}`;
     this._partSize = options.partSize ?? 8 * MiB;
@@ -100,11 +103,14 @@ export class S3Store implements ObjectStore {
     );
   }
 
-  /** Opens the store; checks the bucket is reachable with these credentials. */
+  /**
+   * Opens the store; checks the bucket is there and the credentials work, with a LIST
+   * (a HEAD's errors have no body, so no SignatureDoesNotMatch or NoSuchBucket to report).
+   */
   static async open(target: S3Target, options: S3StoreOptions = {}): Promise<S3Store> {
     const store = new S3Store(target, options);
     try {
-      await store._client.send(new HeadBucketCommand({ Bucket: target.bucket }));
+      await store._client.send(new ListObjectsV2Command({ Bucket: target.bucket, Prefix: target.prefix, MaxKeys: 1 }));
     } catch (err) {
       store._client.destroy();
       throw store._error(err, 'open bucket', target.bucket);
