@@ -60,7 +60,7 @@ test('unreadable disk: exit 1 naming it; the repository stays valid', async () =
   const secret = join(dir, 'private.img');
   await makeImage(secret, MiB, [[0, pattern(MiB, 1)]]);
   await fsp.chmod(secret, 0o600);
-  await fsp.chmod(repo, 0o777);
+  await new Promise((resolve) => spawn('chmod', ['-R', 'a+rwX', repo]).on('close', resolve));
   const r = await asNobody(['sync', '--vm', 'vm2', '--disk', `p=${secret}`, '--target', repo], config);
   assert.is(r.code, 1, r.stderr);
   assert.match(r.stderr, `disk p: cannot open ${secret} for reading (EACCES)`);

@@ -119,19 +119,17 @@ test('a prefix holding something that is not a repository is refused, not overwr
   assert.is(await still.Body!.transformToString(), 'a,b\n');
 });
 
-test('a prune elsewhere during a sync: the sync refuses to commit a version missing chunks; the rerun completes; verify passes', async () => {
+/** Two images sharing their first 2 MiB; VM a's v1 alone holds that chunk once a has v2. */
+async function sharedSetup(prefix: string) {
   const shared = pattern(2 * MiB, 6);
-  const a = join(dir, 'pa.img');
+  const a = join(dir, `${RUN}-${prefix.length}-a.img`);
   await makeImage(a, 4 * MiB, [[0, shared]]);
-  const b = join(dir, 'pb.img');
+  const b = join(dir, `${RUN}-${prefix.length}-b.img`);
   await makeImage(b, 4 * MiB, [[0, shared], [2 * MiB, pattern(2 * MiB, 8)]]);
-  const prefix = url('prune/');
-  // VM a: v1 holds the shared chunk, v2 does not: pruning v1 deletes it.
   assert.is((await hamal(['sync', '--vm', 'a', '--disk', `d=${a}`, '--target', prefix, '--block-size', String(2 * MiB)], creds)).code, 0);
   await writeAt(a, 0, pattern(2 * MiB, 7));
   assert.is((await hamal(['sync', '--vm', 'a', '--disk', `d=${a}`, '--target', prefix], creds)).code, 0);
-
-  // VM b syncs in this process, held before its last block until the prune is done.
+  // VM b syncs in this process, held before its second block until released.
   let release!: () => void;
   const gate = new Promise<void>((r) => (release = r));
   const local = new LocalSource({ vms: { b: [{ id: 'd', path: b }] } });
@@ -147,9 +145,42 @@ test('a prune elsewhere during a sync: the sync refuses to commit a version miss
       }) as Snapshot;
     },
   };
+  return { b, gated, release };
+}
+
+async function verifiedAndRestorable(prefix: string, b: string) {
+  const v = await hamal(['verify', '--target', prefix, '--deep'], creds);
+  assert.is(v.code, 0, v.stdout);
+  const out = join(dir, `${RUN}-restored-b.img`);
+  assert.is((await hamal(['restore', '--target', prefix, '--vm', 'b', '--disk', 'd', '--out', out], creds)).code, 0);
+  assert.is(await sha256File(out), await sha256File(b));
+}
+
+test('two proxies, one bucket: a prune started while a sync runs is refused by the lock; after it, no referenced chunk is lost', async () => {
+  const prefix = url('lock/');
+  const { b, gated, release } = await sharedSetup(prefix);
   const repo = await Repository.open(await openStore(prefix));
   const running = runVmSync(gated, 'b', repo, { readers: 1, writers: 1 });
-  await new Promise((r) => setTimeout(r, 300)); // b has deduplicated block 0 against a's v1
+  await new Promise((r) => setTimeout(r, 300)); // b holds its shared lock and has deduplicated block 0
+  const p = await hamal(['prune', '--target', prefix, '--keep-last', '1'], creds);
+  assert.is(p.code, 1, p.stderr);
+  assert.match(p.stderr, /repository s3:\/\/hamal-tests\/.* is in use: sync of VM b by .* until .*; try again later/);
+  release();
+  assert.equal((await running).failed, []);
+  const after = await hamal(['prune', '--target', prefix, '--keep-last', '1', '--json'], creds);
+  assert.is(after.code, 0, after.stderr);
+  assert.is(JSON.parse(after.stdout).deletedChunks, 0, 'the shared chunk is b\'s now');
+  const sync = await hamal(['sync', '--vm', 'b', '--disk', `d=${b}`, '--target', prefix, '--json'], creds);
+  assert.is(sync.code, 0, sync.stderr);
+  await verifiedAndRestorable(prefix, b);
+});
+
+test('without locks, the prune generation still stops a sync from committing a version whose chunks a prune took', async () => {
+  const prefix = url('generation/');
+  const { b, gated, release } = await sharedSetup(prefix);
+  const repo = await Repository.open(await openStore(prefix));
+  const running = runVmSync(gated, 'b', repo, { readers: 1, writers: 1, lock: false });
+  await new Promise((r) => setTimeout(r, 300));
   const p = await hamal(['prune', '--target', prefix, '--keep-last', '1', '--json'], creds);
   assert.is(p.code, 0, p.stderr);
   assert.is(JSON.parse(p.stdout).deletedChunks, 1, p.stdout);
@@ -159,11 +190,7 @@ test('a prune elsewhere during a sync: the sync refuses to commit a version miss
   assert.match(result.failed[0]!.error.message, /a prune deleted 1 chunks that version .* of b\/d needs .*run the sync again/);
   const again = await hamal(['sync', '--vm', 'b', '--disk', `d=${b}`, '--target', prefix], creds);
   assert.is(again.code, 0, again.stderr);
-  const v = await hamal(['verify', '--target', prefix, '--deep'], creds);
-  assert.is(v.code, 0, v.stdout);
-  const out = join(dir, 'pb-out.img');
-  assert.is((await hamal(['restore', '--target', prefix, '--vm', 'b', '--disk', 'd', '--out', out], creds)).code, 0);
-  assert.is(await sha256File(out), await sha256File(b));
+  await verifiedAndRestorable(prefix, b);
 });
 
 test.run();

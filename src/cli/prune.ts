@@ -8,7 +8,8 @@ import { formatBytes } from './format.ts';
 export async function pruneCommand(opts: { target: string; keepLast: number; vm?: string; dryRun?: boolean; json?: boolean }, config?: LoadedConfig): Promise<number> {
   const store = await openStore(opts.target, { config: config?.values });
   try {
-    const report = await pruneRepository(await Repository.open(store), opts);
+    const lock = config ? { ttlSeconds: config.values.hamal.lock_ttl, clockSkewSeconds: config.values.hamal.lock_clock_skew } : {};
+    const report = await pruneRepository(await Repository.open(store), { ...opts, lock });
     if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
     else {
       for (const v of report.deletedVersions) process.stdout.write(`${opts.dryRun ? 'would delete' : 'deleted'} version ${v}\n`);

@@ -72,6 +72,7 @@ export async function syncCommand(opts: SyncCommandOptions, config: LoadedConfig
         checkpointSeconds: c.data_sync_v2.fsync_period_frequency,
         checkpointTimeoutSeconds: c.data_sync_v2.fsync_timeout,
         releaseCpuMsPerMb: c.hamal.local_release_cpu_time,
+        lock: { ttlSeconds: c.hamal.lock_ttl, clockSkewSeconds: c.hamal.lock_clock_skew },
       },
       onEvent,
     );

@@ -1,4 +1,5 @@
 import type { Repository } from './Repository.ts';
+import { RepositoryLock, type LockOptions } from './RepositoryLock.ts';
 import type { ChunkId } from './ChunkId.ts';
 import { chunkKey } from './ChunkId.ts';
 
@@ -9,6 +10,8 @@ export interface PruneOptions {
   vm?: string;
   /** Report what would go, delete nothing. @default false */
   dryRun?: boolean;
+  /** The exclusive repository lock; `false`: none. @default {} */
+  lock?: LockOptions | false;
 }
 
 export interface PruneReport {
@@ -22,13 +25,23 @@ export interface PruneReport {
  * Deletes all but the last `keepLast` versions of each disk, then every chunk no remaining
  * version names (docs/format.md, invariant 6: manifests first, then chunks).
  *
- * Precondition: no sync writes to the repository meanwhile; its new chunks are not named
- * by any manifest yet and would be deleted.
+ * It holds the exclusive repository lock, so no sync runs meanwhile (a running sync's new
+ * chunks are named by no manifest yet), and works in two phases: mark (what no kept
+ * version names), then, after checking the locks again, sweep.
  */
 export async function pruneRepository(repo: Repository, options: PruneOptions): Promise<PruneReport> {
   if (!Number.isSafeInteger(options.keepLast) || options.keepLast < 1) {
     throw new RangeError(`keepLast must be a whole number of at least 1, got ${options.keepLast}`);
   }
+  const lock = options.lock === false || options.dryRun ? null : await RepositoryLock.acquire(repo.store, 'exclusive', { ...options.lock, purpose: 'prune' });
+  try {
+    return await prune(repo, options, lock);
+  } finally {
+    await lock?.release();
+  }
+}
+
+async function prune(repo: Repository, options: PruneOptions, lock: RepositoryLock | null): Promise<PruneReport> {
   const report: PruneReport = { deletedVersions: [], keptVersions: 0, deletedChunks: 0, freedBytes: 0 };
   const referenced = new Set<ChunkId>();
   for (const vm of await repo.listVms()) {
@@ -51,8 +64,11 @@ export async function pruneRepository(repo: Repository, options: PruneOptions): 
     // Syncs elsewhere re-check the chunks they deduplicated against before committing.
     await repo.bumpGeneration();
   }
-  for await (const id of repo.listChunks()) {
-    if (referenced.has(id)) continue;
+  // Mark, then sweep.
+  const unreferenced: ChunkId[] = [];
+  for await (const id of repo.listChunks()) if (!referenced.has(id)) unreferenced.push(id);
+  await lock?.assertHeld();
+  for (const id of unreferenced) {
     report.freedBytes += (await repo.store.head(chunkKey(id)))?.size ?? 0;
     report.deletedChunks++;
     if (!options.dryRun) await repo.deleteChunk(id);

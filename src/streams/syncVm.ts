@@ -1,4 +1,5 @@
 import { catchError, concat, defer, from, ignoreElements, mergeMap, Observable, of } from 'rxjs';
+import { RepositoryLock, type LockOptions } from '../repo/RepositoryLock.ts';
 import type { Source } from '../sources/Source.ts';
 import type { Repository } from '../repo/Repository.ts';
 import { syncDisk, type DiskSyncOptions } from './syncDisk.ts';
@@ -13,6 +14,12 @@ export interface VmSyncOptions extends Omit<DiskSyncOptions, 'inflight'> {
   parallelDisks?: number;
   /** Only these disk ids; all disks when absent. */
   disks?: readonly string[];
+  /**
+   * The shared repository lock held for the whole sync (a prune elsewhere waits for it);
+   * `false`: none, for a repository no prune touches meanwhile.
+   * @default {}
+   */
+  lock?: LockOptions | false;
 }
 
 /**
@@ -26,7 +33,7 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
   if (!Number.isSafeInteger(parallelDisks) || parallelDisks < 1) {
     throw new RangeError(`parallelDisks must be an integer of at least 1, got ${parallelDisks}`);
   }
-  return defer(() => from(source.snapshot(vm))).pipe(
+  const sync$ = defer(() => from(source.snapshot(vm))).pipe(
     mergeMap((snapshot) => {
       const inflight = new Set<Promise<unknown>>();
       let released: Promise<void> | undefined;
@@ -69,6 +76,24 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
             return () => {
               sub.unsubscribe();
               void release().catch(() => {});
+            };
+          }),
+      );
+    }),
+  );
+  if (options.lock === false) return sync$;
+  const lockOptions = { ...options.lock, purpose: `sync of VM ${vm}` };
+  return defer(() => from(RepositoryLock.acquire(repo.store, 'shared', lockOptions))).pipe(
+    mergeMap((lock) => {
+      const release = defer(() => lock.release()).pipe(ignoreElements());
+      return concat(sync$, release).pipe(
+        catchError((err) => concat(release, defer(() => Promise.reject(err)))),
+        (events) =>
+          new Observable<SyncEvent>((subscriber) => {
+            const sub = events.subscribe(subscriber);
+            return () => {
+              sub.unsubscribe();
+              void lock.release().catch(() => {});
             };
           }),
       );

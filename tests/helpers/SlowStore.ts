@@ -4,7 +4,7 @@ import type { ObjectStore } from '../../src/sinks/ObjectStore.ts';
 
 export class SlowStore implements ObjectStore {
   readonly location: string;
-  puts = 0;
+  chunkPuts = 0;
   constructor(
     private readonly inner: ObjectStore,
     private readonly delayMs: number,
@@ -14,7 +14,7 @@ export class SlowStore implements ObjectStore {
   }
   async put(key: string, body: Uint8Array): Promise<void> {
     if (key.startsWith('chunks/')) await new Promise((r) => setTimeout(r, this.delayMs));
-    this.puts++;
+    if (key.startsWith('chunks/')) this.chunkPuts++;
     return this.inner.put(key, body);
   }
   get(key: string) {

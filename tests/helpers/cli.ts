@@ -1,7 +1,7 @@
 // Runs the built hamal CLI as a real child process and keeps everything it printed, so a
 // test can check that no secret ever reached the output.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,6 +13,7 @@ export const allOutput: string[] = [];
 export const TEST_LIB_DIR = mkdtempSync(join(tmpdir(), 'hamal-lib-'));
 export const TEST_CONFIG = join(TEST_LIB_DIR, 'hamal.conf');
 writeFileSync(TEST_CONFIG, `[DEFAULT]\nhamal_lib_dir = ${TEST_LIB_DIR}\n[data_sync_v2]\nfsync_period_frequency = 1\n`);
+process.on('exit', () => rmSync(TEST_LIB_DIR, { recursive: true, force: true }));
 
 export interface Run {
   code: number | null;
