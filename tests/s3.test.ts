@@ -8,6 +8,7 @@ import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, S3Client } fro
 import { LocalSource, Repository, openStore, runVmSync, type Snapshot, type Source } from '../mod.ts';
 import { allOutput, hamal, TEST_LIB_DIR } from './helpers/cli.ts';
 import { killAndResume } from './helpers/killAndResume.ts';
+import { FaultProxy } from './helpers/FaultProxy.ts';
 import { MiB, makeImage, pattern, sha256File, tempDir, writeAt } from './helpers/disks.ts';
 
 const endpoint = process.env.HAMAL_TEST_S3_ENDPOINT ?? '';
@@ -191,6 +192,83 @@ test('without locks, the prune generation still stops a sync from committing a v
   const again = await hamal(['sync', '--vm', 'b', '--disk', `d=${b}`, '--target', prefix], creds);
   assert.is(again.code, 0, again.stderr);
   await verifiedAndRestorable(prefix, b);
+});
+
+test('faults between hamal and radosgw: drops mid-PUT, 503 SlowDown bursts and a stall are retried through', async () => {
+  const rgw = new URL(endpoint);
+  const proxy = new FaultProxy({ host: rgw.hostname, port: Number(rgw.port) });
+  const via = await proxy.start();
+  const conf = join(dir, 'faults.conf');
+  await fsp.writeFile(conf, `[DEFAULT]\nhamal_lib_dir = ${TEST_LIB_DIR}\n[mass]\ndefault_request_timeout = 3\n`);
+  const target = `s3://${BUCKET}/${RUN}/faults/?endpoint=${via}`;
+  const img = join(dir, 'faults.img');
+  await makeImage(img, 24 * MiB, [[0, pattern(24 * MiB, 21)]]);
+  try {
+    proxy.faults.dropPuts = 3;
+    let r = await hamal(['--config', conf, 'sync', '--vm', 'vm', '--disk', `d=${img}`, '--target', target, '--debug'], creds);
+    assert.is(r.code, 0, r.stderr);
+    assert.is(proxy.injected.drops, 3);
+    assert.match(r.stderr, /DEBUG   \[s3\] retry 2 of 5/);
+
+    await writeAt(img, 0, pattern(8 * MiB, 22));
+    proxy.faults.slowDowns = 4;
+    r = await hamal(['--config', conf, 'sync', '--vm', 'vm', '--disk', `d=${img}`, '--target', target], creds);
+    assert.is(r.code, 0, r.stderr);
+    assert.is(proxy.injected.slowDowns, 4);
+
+    await writeAt(img, 12 * MiB, pattern(MiB, 23));
+    proxy.faults.stallMs = 10_000;
+    r = await hamal(['--config', conf, 'sync', '--vm', 'vm', '--disk', `d=${img}`, '--target', target], creds);
+    assert.is(r.code, 0, r.stderr);
+    assert.is(proxy.injected.stalls, 1);
+
+    const v = await hamal(['verify', '--target', url('faults/'), '--deep'], creds);
+    assert.is(v.code, 0, v.stdout);
+    const out = join(dir, 'faults-out.img');
+    assert.is((await hamal(['restore', '--target', url('faults/'), '--vm', 'vm', '--disk', 'd', '--out', out], creds)).code, 0);
+    assert.is(await sha256File(out), await sha256File(img));
+  } finally {
+    await proxy.stop();
+  }
+});
+
+test('past its retry budget a sync fails with a clear error; no manifest names a missing chunk; a rerun completes', async () => {
+  const rgw = new URL(endpoint);
+  const proxy = new FaultProxy({ host: rgw.hostname, port: Number(rgw.port) });
+  const via = await proxy.start();
+  const target = `s3://${BUCKET}/${RUN}/budget/?endpoint=${via}`;
+  const img = join(dir, 'budget.img');
+  await makeImage(img, 12 * MiB, [[0, pattern(12 * MiB, 31)]]);
+  try {
+    // The first sync creates the repository; then every chunk PUT loses its connection.
+    assert.is((await hamal(['sync', '--vm', 'vm', '--disk', `d=${img}`, '--target', target], creds)).code, 0);
+    await writeAt(img, 0, pattern(12 * MiB, 32));
+    proxy.faults.dropPuts = 10_000;
+    const r = await hamal(['sync', '--vm', 'vm', '--disk', `d=${img}`, '--target', target], creds);
+    assert.is(r.code, 1);
+    assert.match(r.stderr, /disk d failed: put chunks\/[0-9a-f]{2}\/[0-9a-f]{64} in s3:\/\/hamal-tests\/.* failed/);
+    assert.ok(proxy.injected.drops >= 5, 'retried before giving up');
+    proxy.faults.dropPuts = 0;
+    const versions = JSON.parse((await hamal(['versions', '--target', url('budget/'), '--json'], creds)).stdout);
+    assert.is(versions.length, 1, 'the failed sync left no version');
+    assert.is((await hamal(['verify', '--target', url('budget/'), '--deep'], creds)).code, 0);
+    const again = await hamal(['sync', '--vm', 'vm', '--disk', `d=${img}`, '--target', target], creds);
+    assert.is(again.code, 0, again.stderr);
+    const out = join(dir, 'budget-out.img');
+    assert.is((await hamal(['restore', '--target', url('budget/'), '--vm', 'vm', '--disk', 'd', '--out', out], creds)).code, 0);
+    assert.is(await sha256File(out), await sha256File(img));
+  } finally {
+    await proxy.stop();
+  }
+});
+
+test('large objects go up as multipart uploads and read back whole', async () => {
+  const store = await openStore(url('multipart/'), { create: true });
+  const big = pattern(20 * MiB + 3, 41);
+  await store.put('meta/big.json', big);
+  assert.equal(await store.head('meta/big.json'), { size: big.length });
+  assert.ok((await store.get('meta/big.json')).equals(big));
+  await store.close();
 });
 
 test.run();
