@@ -163,4 +163,22 @@ test('secrets from the config and tasks never reach the output', async () => {
   for (const s of secrets) assert.not.ok(everything.includes(s), `secret ${s.slice(0, 4)}… in output`);
 });
 
+test('[sync] keys: the VM metadata goes beside its versions and under hamal_lib_dir', async () => {
+  const lib = join(dir, 'meta-lib');
+  const conf = join(dir, 'meta.conf');
+  await fsp.writeFile(conf, `[DEFAULT]\nhamal_lib_dir = ${lib}\n[sync]\nupload_metadata_to_oss = True\nsave_local_snapshot_metadata = True\n`);
+  const target = join(dir, 'meta-repo');
+  const r = await hamal(['--config', conf, 'sync', '--vm', 'web 1', '--disk', `d0=${img}`, '--target', target, '--json']);
+  assert.is(r.code, 0, r.stderr);
+  const version = JSON.parse(r.stdout).disks[0].version;
+  const inRepo = await fsp.readdir(join(target, 'vms', 'web%201', 'metadata'));
+  assert.is(inRepo.length, 1);
+  const doc = JSON.parse(await fsp.readFile(join(target, 'vms', 'web%201', 'metadata', inRepo[0]!), 'utf8'));
+  assert.is(doc.vm.name, 'web 1');
+  assert.is(doc.platform, 'local');
+  assert.equal(doc.disks.map((d: { id: string; version: string }) => [d.id, d.version]), [['d0', version]]);
+  const local = await fsp.readdir(join(lib, 'metadata', 'web%201'));
+  assert.equal(JSON.parse(await fsp.readFile(join(lib, 'metadata', 'web%201', local[0]!), 'utf8')), doc);
+});
+
 test.run();

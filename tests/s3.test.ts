@@ -163,6 +163,11 @@ test('two proxies, one bucket: a prune started while a sync runs is refused by t
   const repo = await Repository.open(await openStore(prefix));
   const running = runVmSync(gated, 'b', repo, { readers: 1, writers: 1 });
   await new Promise((r) => setTimeout(r, 300)); // b holds its shared lock and has deduplicated block 0
+  // A second proxy syncs VM c meanwhile: shared locks coexist.
+  const c = join(dir, `${RUN}-c.img`);
+  await makeImage(c, 4 * MiB, [[0, pattern(3 * MiB, 9)]]);
+  const other = await hamal(['sync', '--vm', 'c', '--disk', `d=${c}`, '--target', prefix], creds);
+  assert.is(other.code, 0, other.stderr);
   const p = await hamal(['prune', '--target', prefix, '--keep-last', '1'], creds);
   assert.is(p.code, 1, p.stderr);
   assert.match(p.stderr, /repository s3:\/\/hamal-tests\/.* is in use: sync of VM b by .* until .*; try again later/);

@@ -73,6 +73,10 @@ export async function syncCommand(opts: SyncCommandOptions, config: LoadedConfig
         checkpointTimeoutSeconds: c.data_sync_v2.fsync_timeout,
         releaseCpuMsPerMb: c.hamal.local_release_cpu_time,
         lock: { ttlSeconds: c.hamal.lock_ttl, clockSkewSeconds: c.hamal.lock_clock_skew },
+        metadata: {
+          upload: c.sync.upload_metadata_to_oss,
+          localDir: c.sync.save_local_snapshot_metadata ? c.DEFAULT.hamal_lib_dir : undefined,
+        },
       },
       onEvent,
     );
@@ -93,6 +97,8 @@ function logEvent(e: SyncEvent): void {
     for (const note of e.notes) sub.warn(`disk ${e.disk}: ${note}`);
   } else if (e.type === 'block') {
     if (sub.enabled('debug')) sub.debug(`disk ${e.disk}: block ${e.index}`, { offset: e.offset, bytes: e.bytes, stored: e.stored });
+  } else if (e.type === 'metadata') {
+    sub.verbose(`VM ${e.vm}: metadata saved`, { key: e.key, path: e.path });
   } else if (e.type === 'checkpoint') {
     sub.debug(`disk ${e.disk}: checkpoint`, { blocks: e.records });
   } else if (e.type === 'disk-done') {

@@ -88,8 +88,8 @@ export const SCHEMA = {
     disk_flag_size: int(48, 0, 1048576, 'MB', 'accepted', 'As in `[vmware]`, for OpenStack volumes. Used by the OpenStack source.'),
   },
   sync: {
-    save_local_snapshot_metadata: bool(false, 'accepted', "Keep a copy of each version's manifest under `hamal_lib_dir` as well. Accepted and ignored: the manifest in the repository is the only copy hamal trusts, and `hamal versions` reads it."),
-    upload_metadata_to_oss: bool(false, 'accepted', 'Upload VM metadata (hardware description) next to the disks. Used by the platform sources.'),
+    save_local_snapshot_metadata: bool(false, 'used', "After each VM sync, write the VM's metadata (platform, hardware, NICs and guest IPs where the source knows them, the snapshot, each disk and its new version) to `hamal_lib_dir/metadata/<vm>/<time>.json`."),
+    upload_metadata_to_oss: bool(false, 'used', 'After each VM sync, store the same metadata in the repository beside its versions, as `vms/<vm>/metadata/<time>.json`.'),
   },
   data_sync_v2: {
     fsync_period_frequency: int(3, 1, 3600, 'seconds', 'used', 'Seconds between two checkpoints of the journal of a sync in progress (fsync): a killed sync resumes from the last one.'),

@@ -3,7 +3,7 @@ import type { ObjectStore } from '../sinks/ObjectStore.ts';
 import { HamalError, IntegrityError, NotFoundError, UsageError } from '../errors.ts';
 import { chunkIdOf, chunkKey, type ChunkId } from './ChunkId.ts';
 import { encodeManifest, parseManifest, type Manifest } from './Manifest.ts';
-import { isVersionId, type VersionId } from './VersionId.ts';
+import { isVersionId, newVersionId, type VersionId } from './VersionId.ts';
 import { decodeName, encodeName } from './names.ts';
 
 export const REPOSITORY_FORMAT = 1;
@@ -272,6 +272,14 @@ export class Repository {
     }
     await this.store.put(this._versionsPrefix(manifest.vm, manifest.disk) + manifest.version + '.json', encodeManifest(manifest), { ifAbsent: true });
     await this.store.flush();
+  }
+
+  /** Stores a VM sync's metadata beside its versions; returns the key. */
+  async putVmMetadata(vm: string, doc: { createdAt: string }): Promise<string> {
+    const key = `vms/${encodeName(vm)}/metadata/${newVersionId(new Date(doc.createdAt))}.json`;
+    await this.store.put(key, Buffer.from(JSON.stringify(doc, null, 2)));
+    await this.store.flush();
+    return key;
   }
 
   async deleteVersion(vm: string, disk: string, version: VersionId): Promise<void> {

@@ -24,6 +24,8 @@ export interface Snapshot {
   readonly id: string;
   readonly platform: string;
   readonly disks: readonly DiskInfo[];
+  /** What the platform says of the VM (hardware, NICs, guest IPs), for the VM metadata. */
+  readonly info?: Record<string, unknown>;
 
   /**
    * The areas of `disk` to read, in ascending offset order (see toBlocks). With

@@ -17,4 +17,5 @@ export type SyncEvent =
   | { type: 'block'; disk: string; index: number; offset: number; bytes: number; stored: boolean }
   | { type: 'checkpoint'; disk: string; records: number }
   | { type: 'disk-done'; disk: string; manifest: Manifest }
-  | { type: 'disk-failed'; disk: string; error: Error };
+  | { type: 'disk-failed'; disk: string; error: Error }
+  | { type: 'metadata'; vm: string; key?: string; path?: string };

@@ -1,5 +1,8 @@
-import { catchError, concat, defer, from, ignoreElements, mergeMap, Observable, of } from 'rxjs';
+import { catchError, concat, defer, from, ignoreElements, mergeMap, Observable, of, tap } from 'rxjs';
 import { RepositoryLock, type LockOptions } from '../repo/RepositoryLock.ts';
+import type { Manifest } from '../repo/Manifest.ts';
+import { vmMetadata } from './VmMetadata.ts';
+import { saveLocalMetadata } from './saveLocalMetadata.ts';
 import type { Source } from '../sources/Source.ts';
 import type { Repository } from '../repo/Repository.ts';
 import { syncDisk, type DiskSyncOptions } from './syncDisk.ts';
@@ -20,6 +23,12 @@ export interface VmSyncOptions extends Omit<DiskSyncOptions, 'inflight'> {
    * @default {}
    */
   lock?: LockOptions | false;
+  /**
+   * The VM's metadata (VmMetadata) after its disks: `upload` beside its versions in the
+   * repository (seed: `upload_metadata_to_oss`), `localDir` under that directory (seed:
+   * `save_local_snapshot_metadata`, with hamal_lib_dir).
+   */
+  metadata?: { upload?: boolean; localDir?: string };
 }
 
 /**
@@ -52,6 +61,9 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
         }
       }
       const disks = snapshot.disks.filter((d) => !wanted || wanted.has(d.id));
+      const takenAt = new Date();
+      const versions: Manifest[] = [];
+      const failed: Array<{ disk: string; error: Error }> = [];
       const head: SyncEvent = {
         type: 'snapshot',
         vm,
@@ -63,11 +75,23 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
           (disk) =>
             syncDisk(vm, snapshot, disk, repo, { ...options, inflight }).pipe(
               catchError((error: Error) => of<SyncEvent>({ type: 'disk-failed', disk: disk.id, error })),
+              tap((e) => {
+                if (e.type === 'disk-done') versions.push(e.manifest);
+                else if (e.type === 'disk-failed') failed.push({ disk: e.disk, error: e.error });
+              }),
             ),
           parallelDisks,
         ),
       );
-      return concat(of(head), perDisk, defer(release).pipe(ignoreElements())).pipe(
+      const wantMeta = options.metadata?.upload || options.metadata?.localDir;
+      const metadata = defer(async (): Promise<SyncEvent[]> => {
+        if (!wantMeta) return [];
+        const doc = vmMetadata(snapshot, versions, failed, takenAt);
+        const key = options.metadata?.upload ? await repo.putVmMetadata(vm, doc) : undefined;
+        const path = options.metadata?.localDir ? await saveLocalMetadata(options.metadata.localDir, vm, doc) : undefined;
+        return [{ type: 'metadata', vm, key, path }];
+      }).pipe(mergeMap((events) => from(events)));
+      return concat(of(head), perDisk, metadata, defer(release).pipe(ignoreElements())).pipe(
         catchError((err) => concat(defer(release).pipe(ignoreElements()), defer(() => Promise.reject(err)))),
         // Unsubscribed early: still release, once everything in flight has settled.
         (events) =>

@@ -1,0 +1,22 @@
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { encodeName } from '../repo/names.ts';
+import { newVersionId } from '../repo/VersionId.ts';
+import { HamalError } from '../errors.ts';
+
+/** Writes a VM sync's metadata to `<dir>/metadata/<vm>/<stamp>.json`, whole or not at all. */
+export async function saveLocalMetadata(dir: string, vm: string, doc: { createdAt: string }): Promise<string> {
+  const folder = join(dir, 'metadata', encodeName(vm));
+  const path = join(folder, `${newVersionId(new Date(doc.createdAt))}.json`);
+  const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
+  try {
+    await fsp.mkdir(folder, { recursive: true });
+    await fsp.writeFile(tmp, JSON.stringify(doc, null, 2));
+    await fsp.rename(tmp, path);
+  } catch (err) {
+    await fsp.rm(tmp, { force: true }).catch(() => {});
+    throw new HamalError('METADATA_WRITE_FAILED', `cannot write VM metadata ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`, { subject: path, cause: err });
+  }
+  return path;
+}
