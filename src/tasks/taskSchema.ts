@@ -12,6 +12,20 @@ const oneSecret = {
   oneOf: [{ required: ['password'] }, { required: ['passwordFile'] }, { required: ['passwordEnv'] }],
 } as const;
 
+/** The branch of a platform: disks are ids or labels, a connection with one secret is required. */
+function platform(name: string, required: string[], connection: Record<string, object>) {
+  return {
+    if: { properties: { platform: { const: name } } },
+    then: {
+      required: ['connection'],
+      properties: {
+        disks: { items: { type: 'string', minLength: 1 } },
+        connection: { additionalProperties: false, required, properties: { ...connection, ...secretRef }, ...oneSecret },
+      },
+    },
+  };
+}
+
 export const TASK_SCHEMA = {
   $schema: 'http://json-schema.org/draft-07/schema#',
   $id: 'hamal-task-v1',
@@ -58,77 +72,32 @@ export const TASK_SCHEMA = {
             },
           },
         },
-        {
-          if: { properties: { platform: { const: 'vmware' } } },
-          then: {
-            required: ['connection'],
-            properties: {
-              disks: { items: { type: 'string', minLength: 1 } },
-              connection: {
-                additionalProperties: false,
-                required: ['host', 'username'],
-                properties: {
-                  host: { type: 'string', minLength: 1, description: 'vCenter or ESXi host name or address.' },
-                  port: { type: 'integer', minimum: 1, maximum: 65535 },
-                  username: { type: 'string', minLength: 1 },
-                  ...secretRef,
-                  thumbprint: { type: 'string', pattern: '^([0-9A-Fa-f]{2}:){19,31}[0-9A-Fa-f]{2}$', description: 'SHA-1 or SHA-256 certificate thumbprint to pin.' },
-                  caFile: { type: 'string', minLength: 1, description: 'CA bundle (PEM) that signs the server certificate.' },
-                  transport: { enum: ['nbd', 'https'], description: 'How disk data is read.' },
-                },
-                ...oneSecret,
-              },
-            },
-          },
-        },
-        {
-          if: { properties: { platform: { const: 'openstack_ceph' } } },
-          then: {
-            required: ['connection'],
-            properties: {
-              disks: { items: { type: 'string', minLength: 1 } },
-              connection: {
-                additionalProperties: false,
-                required: ['authUrl'],
-                properties: {
-                  authUrl: { type: 'string', pattern: '^https?://' },
-                  username: { type: 'string' },
-                  userDomainName: { type: 'string' },
-                  projectName: { type: 'string' },
-                  projectDomainName: { type: 'string' },
-                  applicationCredentialId: { type: 'string' },
-                  ...secretRef,
-                  caFile: { type: 'string' },
-                  cephConf: { type: 'string', description: 'ceph.conf of the cluster behind Cinder/Nova.' },
-                  cephUser: { type: 'string', description: 'Ceph client name, e.g. client.hamal.' },
-                  keyringFile: { type: 'string' },
-                },
-                ...oneSecret,
-              },
-            },
-          },
-        },
-        {
-          if: { properties: { platform: { const: 'fusion_compute' } } },
-          then: {
-            required: ['connection'],
-            properties: {
-              disks: { items: { type: 'string', minLength: 1 } },
-              connection: {
-                additionalProperties: false,
-                required: ['url', 'username'],
-                properties: {
-                  url: { type: 'string', pattern: '^https?://' },
-                  username: { type: 'string', minLength: 1 },
-                  ...secretRef,
-                  caFile: { type: 'string' },
-                  thumbprint: { type: 'string' },
-                },
-                ...oneSecret,
-              },
-            },
-          },
-        },
+        platform('vmware', ['host', 'username'], {
+          host: { type: 'string', minLength: 1, description: 'vCenter or ESXi host name or address.' },
+          port: { type: 'integer', minimum: 1, maximum: 65535 },
+          username: { type: 'string', minLength: 1 },
+          thumbprint: { type: 'string', pattern: '^([0-9A-Fa-f]{2}:){19,31}[0-9A-Fa-f]{2}$', description: 'SHA-1 or SHA-256 certificate thumbprint to pin.' },
+          caFile: { type: 'string', minLength: 1, description: 'CA bundle (PEM) that signs the server certificate.' },
+          transport: { enum: ['nbd', 'https'], description: 'How disk data is read.' },
+        }),
+        platform('openstack_ceph', ['authUrl'], {
+          authUrl: { type: 'string', pattern: '^https?://' },
+          username: { type: 'string' },
+          userDomainName: { type: 'string' },
+          projectName: { type: 'string' },
+          projectDomainName: { type: 'string' },
+          applicationCredentialId: { type: 'string' },
+          caFile: { type: 'string' },
+          cephConf: { type: 'string', description: 'ceph.conf of the cluster behind Cinder/Nova.' },
+          cephUser: { type: 'string', description: 'Ceph client name, e.g. client.hamal.' },
+          keyringFile: { type: 'string' },
+        }),
+        platform('fusion_compute', ['url', 'username'], {
+          url: { type: 'string', pattern: '^https?://' },
+          username: { type: 'string', minLength: 1 },
+          caFile: { type: 'string' },
+          thumbprint: { type: 'string' },
+        }),
       ],
     },
     target: { type: 'string', minLength: 1, description: 'Repository URL; [hamal] target when absent.' },

@@ -22,9 +22,11 @@ export interface Run {
   stderr: string;
 }
 
-export function hamal(args: string[], env: Record<string, string> = {}): Promise<Run> {
+/** Runs `hamal ARGS`; `via` runs it under another command (e.g. setpriv to drop privileges). */
+export function hamal(args: string[], env: Record<string, string> = {}, via: string[] = []): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [HAMAL, ...args], {
+    const argv = [...via, process.execPath, HAMAL, ...args];
+    const child = spawn(argv[0]!, argv.slice(1), {
       env: { ...process.env, HAMAL_CONFIG: TEST_CONFIG, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
