@@ -1,9 +1,10 @@
-import { catchError, concat, defer, from, ignoreElements, mergeMap, Observable, of, tap } from 'rxjs';
+import { catchError, concat, defer, from, mergeMap, of, tap, throwError, type Observable } from 'rxjs';
+import { usingResource } from './usingResource.ts';
 import { RepositoryLock, type LockOptions } from '../repo/RepositoryLock.ts';
 import type { Manifest } from '../repo/Manifest.ts';
 import { vmMetadata } from './VmMetadata.ts';
 import { saveLocalMetadata } from './saveLocalMetadata.ts';
-import type { Source } from '../sources/Source.ts';
+import type { Snapshot, Source } from '../sources/Source.ts';
 import type { Repository } from '../repo/Repository.ts';
 import { syncDisk, type DiskSyncOptions } from './syncDisk.ts';
 import type { SyncEvent } from './SyncEvent.ts';
@@ -42,23 +43,15 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
   if (!Number.isSafeInteger(parallelDisks) || parallelDisks < 1) {
     throw new RangeError(`parallelDisks must be an integer of at least 1, got ${parallelDisks}`);
   }
-  const sync$ = defer(() => from(source.snapshot(vm))).pipe(
-    mergeMap((snapshot) => {
-      const inflight = new Set<Promise<unknown>>();
-      let released: Promise<void> | undefined;
-      const release = () =>
-        (released ??= Promise.allSettled([...inflight]).then(() => snapshot.release()));
+  const sync$ = () => {
+    const inflight = new Set<Promise<unknown>>();
+    // The snapshot goes once every block in flight has settled.
+    const release = (snapshot: Snapshot) => Promise.allSettled([...inflight]).then(() => snapshot.release());
+    return usingResource(() => source.snapshot(vm), release, (snapshot) => {
       const wanted = options.disks ? new Set(options.disks) : null;
-      if (wanted) {
-        const unknown = [...wanted].filter((id) => !snapshot.disks.some((d) => d.id === id));
-        if (unknown.length) {
-          return concat(
-            defer(release).pipe(ignoreElements()),
-            defer(() => {
-              throw new RangeError(`VM ${vm} has no disk ${unknown.join(', ')}; it has ${snapshot.disks.map((d) => d.id).join(', ')}`);
-            }),
-          );
-        }
+      const unknown = [...(wanted ?? [])].filter((id) => !snapshot.disks.some((d) => d.id === id));
+      if (unknown.length) {
+        return throwError(() => new RangeError(`VM ${vm} has no disk ${unknown.join(', ')}; it has ${snapshot.disks.map((d) => d.id).join(', ')}`));
       }
       const disks = snapshot.disks.filter((d) => !wanted || wanted.has(d.id));
       const takenAt = new Date();
@@ -83,44 +76,22 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
           parallelDisks,
         ),
       );
-      const wantMeta = options.metadata?.upload || options.metadata?.localDir;
       const metadata = defer(async (): Promise<SyncEvent[]> => {
-        if (!wantMeta) return [];
+        const { upload, localDir } = options.metadata ?? {};
+        if (!upload && !localDir) return [];
         const doc = vmMetadata(snapshot, versions, failed, takenAt);
-        const key = options.metadata?.upload ? await repo.putVmMetadata(vm, doc) : undefined;
-        const path = options.metadata?.localDir ? await saveLocalMetadata(options.metadata.localDir, vm, doc) : undefined;
+        const key = upload ? await repo.putVmMetadata(vm, doc) : undefined;
+        const path = localDir ? await saveLocalMetadata(localDir, vm, doc) : undefined;
         return [{ type: 'metadata', vm, key, path }];
       }).pipe(mergeMap((events) => from(events)));
-      return concat(of(head), perDisk, metadata, defer(release).pipe(ignoreElements())).pipe(
-        catchError((err) => concat(defer(release).pipe(ignoreElements()), defer(() => Promise.reject(err)))),
-        // Unsubscribed early: still release, once everything in flight has settled.
-        (events) =>
-          new Observable<SyncEvent>((subscriber) => {
-            const sub = events.subscribe(subscriber);
-            return () => {
-              sub.unsubscribe();
-              void release().catch(() => {});
-            };
-          }),
-      );
-    }),
-  );
-  if (options.lock === false) return sync$;
+      return concat(of(head), perDisk, metadata);
+    });
+  };
+  if (options.lock === false) return sync$();
   const lockOptions = { ...options.lock, purpose: `sync of VM ${vm}` };
-  return defer(() => from(RepositoryLock.acquire(repo.store, 'shared', lockOptions))).pipe(
-    mergeMap((lock) => {
-      const release = defer(() => lock.release()).pipe(ignoreElements());
-      return concat(sync$, release).pipe(
-        catchError((err) => concat(release, defer(() => Promise.reject(err)))),
-        (events) =>
-          new Observable<SyncEvent>((subscriber) => {
-            const sub = events.subscribe(subscriber);
-            return () => {
-              sub.unsubscribe();
-              void lock.release().catch(() => {});
-            };
-          }),
-      );
-    }),
+  return usingResource(
+    () => RepositoryLock.acquire(repo.store, 'shared', lockOptions),
+    (lock) => lock.release(),
+    () => sync$(),
   );
 }
