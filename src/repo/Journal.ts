@@ -196,6 +196,10 @@ export class Journal {
     await this.close();
     await fsp.rm(checkpointPath(this.path), { force: true });
     await fsp.rm(this.path, { force: true });
+    // Leave no empty <vm>/ and <repository>/ directories behind (others' journals stay).
+    for (let dir = dirname(this.path), i = 0; i < 2; dir = dirname(dir), i++) {
+      if (!(await fsp.rmdir(dir).then(() => true, () => false))) break;
+    }
   }
 
   /** Deletes a journal that will not be resumed. */
