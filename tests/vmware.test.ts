@@ -1,0 +1,111 @@
+// The vSphere client against vcsim, VMware's own simulator (tests/vcsim/main.go, built by
+// scripts/test from Debian's govmomi; HAMAL_VCSIM is the binary).
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import tls from 'node:tls';
+import { VsphereClient, xml } from '../src/sources/vmware/VsphereClient.ts';
+import { findVm, listObjects, vmDisks } from '../src/sources/vmware/inventory.ts';
+
+const PASSWORD = 'vc-Pa55-for-tests';
+let sim: ChildProcess;
+let url: string;
+let thumbprint: string;
+const connect = (over: Partial<Parameters<typeof VsphereClient.connect>[0]> = {}) =>
+  VsphereClient.connect({ url, username: 'hamal', password: PASSWORD, thumbprint, ...over });
+
+test.before(async () => {
+  assert.ok(process.env.HAMAL_VCSIM, 'HAMAL_VCSIM is not set: scripts/test builds tests/vcsim');
+  sim = spawn(process.env.HAMAL_VCSIM!, [], { env: { ...process.env, VCSIM_PASSWORD: PASSWORD }, stdio: ['ignore', 'pipe', 'inherit'] });
+  for await (const line of createInterface({ input: sim.stdout! })) {
+    url = line.trim();
+    break;
+  }
+  const u = new URL(url);
+  thumbprint = await new Promise((resolve) => {
+    const s = tls.connect({ host: u.hostname, port: Number(u.port), rejectUnauthorized: false }, () => {
+      resolve(s.getPeerCertificate().fingerprint256);
+      s.end();
+    });
+  });
+});
+test.after(() => {
+  sim.kill();
+});
+
+test('logs in over TLS pinned by thumbprint and lists the VMs', async () => {
+  const c = await connect();
+  const vms = await listObjects(c, 'VirtualMachine', ['name']);
+  assert.ok(vms.length >= 4);
+  assert.ok(vms.every((v) => v.mor.type === 'VirtualMachine' && /^vm-\d+$/.test(v.mor.value)));
+  await c.logout();
+});
+
+test('TLS is verified: a wrong thumbprint is refused, and so is an unpinned self-signed certificate', async () => {
+  await connect({ thumbprint: 'AA:' + thumbprint.slice(3) }).then(
+    () => assert.unreachable(),
+    (e) => assert.is(e.code, 'TLS_THUMBPRINT_MISMATCH'),
+  );
+  await connect({ thumbprint: undefined }).then(
+    () => assert.unreachable(),
+    (e) => assert.match(e.message, /self-signed certificate/),
+  );
+});
+
+test('a wrong password is "login failed", without the password', async () => {
+  const wrong = 'Wr0ng-vc-password';
+  await connect({ password: wrong }).then(
+    () => assert.unreachable(),
+    (e) => {
+      assert.is(e.code, 'VSPHERE_LOGIN_FAILED');
+      assert.match(e.message, /login to 127\.0\.0\.1:\d+ as hamal failed: wrong user name or password/);
+      assert.not.match(e.message, wrong);
+    },
+  );
+});
+
+test('finds a VM by name, managed object id, instance UUID and BIOS UUID; lists its disks', async () => {
+  const c = await connect();
+  const vm = await findVm(c, 'DC0_H0_VM0');
+  for (const sel of [vm.mor.value, vm.instanceUuid!, vm.biosUuid!.toUpperCase()]) assert.equal((await findVm(c, sel)).mor, vm.mor);
+  const disks = await vmDisks(c, vm.mor);
+  assert.is(disks.length, 1);
+  assert.is(disks[0]!.capacity, 1024 * 1024);
+  assert.match(disks[0]!.fileName, /^\[LocalDS_0\] DC0_H0_VM0\/.*\.vmdk$/);
+  assert.is(disks[0]!.notSyncable, undefined);
+  await findVm(c, 'no-such-vm').then(
+    () => assert.unreachable(),
+    (e) => assert.match(e.message, /no VM no-such-vm on 127\.0\.0\.1/),
+  );
+  await c.logout();
+});
+
+test('an ambiguous name is an error listing the candidates', async () => {
+  const c = await connect();
+  const other = await findVm(c, 'DC0_H0_VM1');
+  // Names are unique per folder: move the other VM into a folder of its own first.
+  const [dc] = await listObjects(c, 'Datacenter', ['vmFolder']);
+  const [folder] = (await c.call('CreateFolder', { type: 'Folder', value: String(dc!.props.vmFolder) }, '<name>hamal-test</name>')) as Array<{ '#text': string }>;
+  await c.call('MoveIntoFolder_Task', { type: 'Folder', value: folder!['#text'] }, `<list type="VirtualMachine">${other.mor.value}</list>`);
+  await c.call('Rename_Task', other.mor, `<newName>${xml('DC0_H0_VM0')}</newName>`);
+  await findVm(c, 'DC0_H0_VM0').then(
+    () => assert.unreachable(),
+    (e) => {
+      assert.is(e.code, 'VM_AMBIGUOUS');
+      assert.match(e.message, /2 VMs are named DC0_H0_VM0 .*vm-\d+ \(.*\), vm-\d+ \(.*\); give the id or instance UUID/);
+    },
+  );
+  await c.call('Rename_Task', other.mor, `<newName>DC0_H0_VM1</newName>`);
+  await c.logout();
+});
+
+test('a session that ended is renewed once (NotAuthenticated)', async () => {
+  const c = await connect();
+  await c.call('Logout', c.mor('sessionManager'), '', false);
+  const vms = await listObjects(c, 'VirtualMachine', ['name']);
+  assert.ok(vms.length >= 4);
+  await c.logout();
+});
+
+test.run();
