@@ -6,7 +6,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import tls from 'node:tls';
 import { VsphereClient, xml } from '../src/sources/vmware/VsphereClient.ts';
-import { findVm, listObjects, vmDisks } from '../src/sources/vmware/inventory.ts';
+import { findVm, listObjects, objectProps, vmDisks } from '../src/sources/vmware/inventory.ts';
+import { SNAPSHOT_PREFIX, createSnapshot, ensureChangeTracking, listSnapshots, removeLeftoverSnapshots, removeSnapshot } from '../src/sources/vmware/snapshots.ts';
 
 const PASSWORD = 'vc-Pa55-for-tests';
 let sim: ChildProcess;
@@ -105,6 +106,31 @@ test('a session that ended is renewed once (NotAuthenticated)', async () => {
   await c.call('Logout', c.mor('sessionManager'), '', false);
   const vms = await listObjects(c, 'VirtualMachine', ['name']);
   assert.ok(vms.length >= 4);
+  await c.logout();
+});
+
+test('snapshots: created and removed through their tasks; leftovers of ours swept, others kept', async () => {
+  const c = await connect();
+  const vm = (await findVm(c, 'DC0_C0_RP0_VM0')).mor;
+  const mine = await createSnapshot(c, vm, `${SNAPSHOT_PREFIX}1`);
+  assert.is(mine.type, 'VirtualMachineSnapshot');
+  const theirs = await createSnapshot(c, vm, 'operator-backup');
+  await createSnapshot(c, vm, `${SNAPSHOT_PREFIX}2`);
+  assert.equal((await listSnapshots(c, vm)).map((s) => s.name), [`${SNAPSHOT_PREFIX}1`, 'operator-backup', `${SNAPSHOT_PREFIX}2`]);
+  assert.equal((await removeLeftoverSnapshots(c, vm)).sort(), [`${SNAPSHOT_PREFIX}1`, `${SNAPSHOT_PREFIX}2`]);
+  assert.equal((await listSnapshots(c, vm)).map((s) => s.name), ['operator-backup']);
+  await removeSnapshot(c, theirs);
+  assert.equal(await listSnapshots(c, vm), []);
+  await c.logout();
+});
+
+test('change tracking is turned on when off, and activated with a snapshot cycle', async () => {
+  const c = await connect();
+  const vm = (await findVm(c, 'DC0_C0_RP0_VM1')).mor;
+  assert.is(await ensureChangeTracking(c, vm), true);
+  assert.is(String((await objectProps(c, vm, ['config.changeTrackingEnabled']))['config.changeTrackingEnabled']), 'true');
+  assert.equal(await listSnapshots(c, vm), [], 'the activation snapshot is gone');
+  assert.is(await ensureChangeTracking(c, vm), false, 'already on: nothing to do');
   await c.logout();
 });
 
