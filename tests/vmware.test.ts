@@ -7,6 +7,10 @@ import { createInterface } from 'node:readline';
 import tls from 'node:tls';
 import { VsphereClient, xml } from '../src/sources/vmware/VsphereClient.ts';
 import { findVm, listObjects, objectProps, vmDisks } from '../src/sources/vmware/inventory.ts';
+import { DatastoreFile } from '../src/sources/vmware/DatastoreFile.ts';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pattern } from './helpers/disks.ts';
 import { SNAPSHOT_PREFIX, createSnapshot, ensureChangeTracking, listSnapshots, removeLeftoverSnapshots, removeSnapshot } from '../src/sources/vmware/snapshots.ts';
 
 const PASSWORD = 'vc-Pa55-for-tests';
@@ -131,6 +135,26 @@ test('change tracking is turned on when off, and activated with a snapshot cycle
   assert.is(String((await objectProps(c, vm, ['config.changeTrackingEnabled']))['config.changeTrackingEnabled']), 'true');
   assert.equal(await listSnapshots(c, vm), [], 'the activation snapshot is gone');
   assert.is(await ensureChangeTracking(c, vm), false, 'already on: nothing to do');
+  await c.logout();
+});
+
+test('https transport: Range reads of a datastore file through /folder with the session', async () => {
+  const c = await connect();
+  const [ds] = await listObjects(c, 'Datastore', ['name', 'summary.url']);
+  const dir = String(ds!.props['summary.url']);
+  const data = pattern(3 * 1024 * 1024 + 5, 77);
+  await writeFile(join(dir, 'hamal-test-flat.vmdk'), data);
+  const file = new DatastoreFile(c, 'DC0', `[${String(ds!.props.name)}] hamal-test-flat.vmdk`);
+  for (const [o, n] of [[0, 4096], [1024 * 1024 - 3, 1024 * 1024 + 9], [data.length - 5, 5]] as const) {
+    assert.ok((await file.read(o, n)).equals(data.subarray(o, o + n)), `${o}+${n}`);
+  }
+  const into = Buffer.alloc(1024 * 1024);
+  const view = await file.read(4096, 65536, into);
+  assert.ok(view.equals(data.subarray(4096, 4096 + 65536)));
+  await new DatastoreFile(c, 'DC0', `[${String(ds!.props.name)}] missing-flat.vmdk`).read(0, 10).then(
+    () => assert.unreachable(),
+    (e) => assert.match(e.message, /read of \[.*\] missing-flat\.vmdk at 0 failed: HTTP 404/),
+  );
   await c.logout();
 });
 

@@ -98,7 +98,10 @@ export class VsphereClient {
       `<${method} xmlns="urn:vim25"><_this type="${xml(target.type)}">${xml(target.value)}</_this>${body}</${method}>` +
       '</soapenv:Body></soapenv:Envelope>';
     const { status, text, cookie } = await this._post(envelope);
-    if (cookie) this._cookie = cookie;
+    if (cookie) {
+      this._cookie = cookie;
+      log.addSecret(cookie.slice(cookie.indexOf('=') + 1));
+    }
     const doc = parser.parse(text);
     const envelopeKey = Object.keys(doc).find((k) => k.endsWith('Envelope'))!;
     const bodyKey = Object.keys(doc[envelopeKey]).find((k) => k.endsWith('Body'))!;
@@ -151,6 +154,38 @@ export class VsphereClient {
         ),
       );
       req.end(envelope);
+    });
+  }
+
+  /**
+   * A GET with the session (datastore `/folder` reads): `range` as [offset, length].
+   * Resolves with the status and the body written into `into` when given.
+   */
+  get(path: string, range?: [number, number], into?: Buffer): Promise<{ status: number; body: Buffer }> {
+    return new Promise((resolve, reject) => {
+      const req = https.request(
+        new URL(path, this.url),
+        {
+          method: 'GET',
+          agent: this._agent,
+          timeout: this._options.timeoutMs ?? 600_000,
+          headers: { Cookie: this._cookie, ...(range ? { Range: `bytes=${range[0]}-${range[0] + range[1] - 1}` } : {}) },
+        },
+        (res) => {
+          const parts: Buffer[] = [];
+          let got = 0;
+          res.on('data', (d: Buffer) => {
+            if (into && got + d.length <= into.length) d.copy(into, got);
+            else parts.push(d);
+            got += d.length;
+          });
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: into && !parts.length ? into.subarray(0, got) : Buffer.concat(parts) }));
+          res.on('error', reject);
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error('timed out')));
+      req.on('error', (err) => reject(new HamalError('VSPHERE_UNREACHABLE', `cannot reach ${this.url.host}: ${err.message}`, { subject: this.url.host, cause: err, retryable: true })));
+      req.end();
     });
   }
 
