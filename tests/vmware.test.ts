@@ -8,7 +8,10 @@ import tls from 'node:tls';
 import { VsphereClient, xml } from '../src/sources/vmware/VsphereClient.ts';
 import { findVm, listObjects, objectProps, vmDisks } from '../src/sources/vmware/inventory.ts';
 import { DatastoreFile } from '../src/sources/vmware/DatastoreFile.ts';
-import { writeFile } from 'node:fs/promises';
+import { writeFile, truncate } from 'node:fs/promises';
+import { lastValueFrom, toArray } from 'rxjs';
+import { changedAreas, changeIdEpoch } from '../src/sources/vmware/changedAreas.ts';
+import { writeAt } from './helpers/disks.ts';
 import { join } from 'node:path';
 import { pattern } from './helpers/disks.ts';
 import { SNAPSHOT_PREFIX, createSnapshot, ensureChangeTracking, listSnapshots, removeLeftoverSnapshots, removeSnapshot } from '../src/sources/vmware/snapshots.ts';
@@ -155,6 +158,51 @@ test('https transport: Range reads of a datastore file through /folder with the 
     () => assert.unreachable(),
     (e) => assert.match(e.message, /read of \[.*\] missing-flat\.vmdk at 0 failed: HTTP 404/),
   );
+  await c.logout();
+});
+
+test('CBT (emulated by tests/vcsim/cbt.go): allocated areas, changes since a snapshot across pages, reset', async () => {
+  const c = await connect();
+  const vm = await findVm(c, 'DC0_H0_VM0');
+  const [disk] = await vmDisks(c, vm.mor);
+  const [ds] = await listObjects(c, 'Datastore', ['name', 'summary.url']);
+  const local = join(String(ds!.props['summary.url']), disk!.fileName.replace(/^\[[^\]]+\]\s*/, ''));
+  const MiB = 1024 * 1024;
+  await truncate(local, 24 * MiB);
+  await writeAt(local, 3 * MiB + 100, pattern(MiB, 1));
+  await writeAt(local, 17 * MiB, pattern(4096, 2));
+  await ensureChangeTracking(c, vm.mor);
+  const s1 = await createSnapshot(c, vm.mor, `${SNAPSHOT_PREFIX}a`);
+  const [d1] = await vmDisks(c, s1);
+  assert.ok(d1!.changeId, 'the snapshot\'s disk has a changeId');
+  assert.is(d1!.capacity, 24 * MiB);
+  const all = await lastValueFrom(changedAreas(c, vm.mor, s1, d1!.key, d1!.capacity, '*').pipe(toArray()));
+  const covers = (areas: Array<{ offset: number; length: number }>, o: number) => areas.some((a) => a.offset <= o && o < a.offset + a.length);
+  for (const o of [3 * MiB + 100, 4 * MiB, 17 * MiB]) assert.ok(covers(all, o), `allocated at ${o}`);
+  assert.not.ok(covers(all, 10 * MiB));
+  // The snapshot's data stays frozen while the disk changes.
+  const frozen = new DatastoreFile(c, 'DC0', d1!.fileName);
+  await writeAt(local, 3 * MiB + 100, pattern(10, 3));
+  await writeAt(local, 20 * MiB - 1, pattern(2, 4));
+  assert.ok((await frozen.read(3 * MiB + 100, 16)).equals(pattern(MiB, 1).subarray(0, 16)));
+  const s2 = await createSnapshot(c, vm.mor, `${SNAPSHOT_PREFIX}b`);
+  const [d2] = await vmDisks(c, s2);
+  const since = await lastValueFrom(changedAreas(c, vm.mor, s2, d2!.key, d2!.capacity, d1!.changeId!).pipe(toArray()));
+  assert.equal(since, [
+    { offset: 3 * MiB, length: 64 * 1024 },
+    { offset: 20 * MiB - 64 * 1024, length: 128 * 1024 },
+  ]);
+  assert.is(changeIdEpoch(d2!.changeId!), changeIdEpoch(d1!.changeId!));
+  // A reset: the old changeId is refused, and the epoch of new changeIds differs.
+  await c.get(`/hamal/reset-cbt?vm=${vm.mor.value}`);
+  const s3 = await createSnapshot(c, vm.mor, `${SNAPSHOT_PREFIX}c`);
+  const [d3] = await vmDisks(c, s3);
+  assert.is.not(changeIdEpoch(d3!.changeId!), changeIdEpoch(d2!.changeId!));
+  await lastValueFrom(changedAreas(c, vm.mor, s3, d3!.key, d3!.capacity, d2!.changeId!)).then(
+    () => assert.unreachable(),
+    (e) => assert.match(e.message, /changed areas of disk .* since .* are not available/),
+  );
+  await removeLeftoverSnapshots(c, vm.mor);
   await c.logout();
 });
 

@@ -40,6 +40,9 @@ func main() {
 	}
 	server := model.Service.NewServer()
 	defer server.Close()
+	// CBT emulation in front of the simulator's handlers (cbt.go); no request has been
+	// served yet, so swapping the handler here is safe.
+	server.Config.Handler = newCBT().wrap(server.Config.Handler)
 	u := *server.URL
 	u.User = nil
 	fmt.Println(u.String())
