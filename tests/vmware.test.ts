@@ -11,7 +11,10 @@ import { DatastoreFile } from '../src/sources/vmware/DatastoreFile.ts';
 import { writeFile, truncate } from 'node:fs/promises';
 import { lastValueFrom, toArray } from 'rxjs';
 import { changedAreas, changeIdEpoch } from '../src/sources/vmware/changedAreas.ts';
-import { writeAt } from './helpers/disks.ts';
+import { writeAt, sha256File, tempDir } from './helpers/disks.ts';
+import { FsStore, Repository, restoreDisk, runVmSync, type SyncEvent } from '../mod.ts';
+import { VmwareSource } from '../src/sources/vmware/VmwareSource.ts';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pattern } from './helpers/disks.ts';
 import { SNAPSHOT_PREFIX, createSnapshot, ensureChangeTracking, listSnapshots, removeLeftoverSnapshots, removeSnapshot } from '../src/sources/vmware/snapshots.ts';
@@ -203,6 +206,52 @@ test('CBT (emulated by tests/vcsim/cbt.go): allocated areas, changes since a sna
     (e) => assert.match(e.message, /changed areas of disk .* since .* are not available/),
   );
   await removeLeftoverSnapshots(c, vm.mor);
+  await c.logout();
+});
+
+test('VMware source end to end (https transport): full, incremental, CBT reset -> full; restores equal the disk at each snapshot; no snapshot left', async () => {
+  const c = await connect();
+  const vm = await findVm(c, 'DC0_C0_RP0_VM1');
+  const [disk] = await vmDisks(c, vm.mor);
+  const [ds] = await listObjects(c, 'Datastore', ['name', 'summary.url']);
+  const local = join(String(ds!.props['summary.url']), disk!.fileName.replace(/^\[[^\]]+\]\s*/, ''));
+  const MiB = 1024 * 1024;
+  await truncate(local, 64 * MiB);
+  await writeAt(local, 5 * MiB + 3, pattern(9 * MiB, 11));
+  await writeAt(local, 60 * MiB, pattern(MiB, 12));
+  const dir = await tempDir();
+  const repo = await Repository.open(await FsStore.open(join(dir, 'repo'), { create: true }), { create: true });
+  const source = new VmwareSource({ connection: { url, username: 'hamal', password: PASSWORD, thumbprint }, skipDiskFlag: false });
+  const shas: string[] = [];
+  const sync = async () => {
+    shas.push(await sha256File(local));
+    const starts: Array<Extract<SyncEvent, { type: 'disk-start' }>> = [];
+    const r = await runVmSync(source, 'DC0_C0_RP0_VM1', repo, { journalDir: join(dir, 'lib') }, (e) => {
+      if (e.type === 'disk-start') starts.push(e);
+    });
+    assert.equal(r.failed, []);
+    assert.equal(await listSnapshots(c, vm.mor), [], 'no snapshot of ours is left');
+    return { m: r.versions[0]!, start: starts[0]! };
+  };
+  const v1 = await sync();
+  assert.is(v1.start.incremental, false);
+  assert.is(v1.m.stats.storedBytes, 4 * 4 * MiB, 'allocated areas only: blocks 1-3 and 15');
+  await writeAt(local, 8 * MiB - 5, pattern(10, 13));
+  await writeAt(local, 40 * MiB, pattern(MiB, 14));
+  const v2 = await sync();
+  assert.is(v2.start.incremental, true);
+  assert.is(v2.m.stats.readBytes, 3 * 4 * MiB, 'only the changed blocks are read');
+  await c.get(`/hamal/reset-cbt?vm=${vm.mor.value}`);
+  await writeAt(local, 0, pattern(100, 15));
+  const v3 = await sync();
+  assert.is(v3.start.incremental, false);
+  assert.match(v3.start.notes.join(), /change tracking was reset .*: full sync/);
+  for (const [i, v] of [v1, v2, v3].entries()) {
+    const out = join(dir, `out-${i}.img`);
+    await restoreDisk(repo, v.m, out);
+    assert.is(await sha256File(out), shas[i], `version ${i + 1}`);
+  }
+  await rm(dir, { recursive: true, force: true });
   await c.logout();
 });
 

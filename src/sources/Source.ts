@@ -43,6 +43,12 @@ export interface Snapshot {
    */
   read(disk: DiskInfo, offset: number, length: number, into?: Buffer): Promise<Buffer>;
 
+  /**
+   * Why changes since `since` cannot be asked for (tracking was reset, ...): the pipeline
+   * then syncs the disk in full and reports the reason. `null`: they can. Optional.
+   */
+  checkSince?(disk: DiskInfo, since: ChangeId): Promise<string | null>;
+
   /** Removes the platform snapshot and frees handles. Idempotent. */
   release(): Promise<void>;
 }

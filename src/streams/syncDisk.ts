@@ -76,7 +76,13 @@ export function syncDisk(
     const latest = await repo.latestVersion(vm, disk.id);
     const parent = latest ? await repo.readManifest(vm, disk.id, latest) : null;
     const sameSize = parent !== null && parent.capacity === disk.capacity;
-    const since = sameSize && parent.source.changeId && disk.changeId ? parent.source.changeId : null;
+    let since = sameSize && parent.source.changeId && disk.changeId ? parent.source.changeId : null;
+    let sinceNote: string | undefined;
+    const why = since !== null && snapshot.checkSince ? await snapshot.checkSince(disk, since) : null;
+    if (why) {
+      sinceNote = `${why}: full sync`;
+      since = null;
+    }
     let journal: Journal | null = null;
     let resumed = new Map<number, ChunkId | null>();
     let journalNote: string | undefined;
@@ -104,11 +110,11 @@ export function syncDisk(
         journal = await Journal.open(path, header);
       }
     }
-    return { parent, sameSize, since, journal, resumed, journalNote };
+    return { parent, sameSize, since, journal, resumed, journalNote, sinceNote };
   };
 
   return defer(() => from(prepare())).pipe(
-    mergeMap(({ parent, sameSize, since, journal, resumed, journalNote }) => {
+    mergeMap(({ parent, sameSize, since, journal, resumed, journalNote, sinceNote }) => {
       const started = Date.now();
       const parentBlocks = sameSize ? parent!.blocks : null;
       const n = blockCount(disk.capacity, blockSize);
@@ -166,6 +172,7 @@ export function syncDisk(
         resumedBlocks: resumed.size,
         notes: [
           ...(parent && !sameSize ? [`capacity changed from ${parent.capacity} to ${disk.capacity} bytes since version ${parent.version}: full sync`] : []),
+          ...(sinceNote ? [sinceNote] : []),
           ...(journalNote ? [journalNote] : []),
           ...(resumed.size ? [`resuming an interrupted sync: ${resumed.size} blocks already stored`] : []),
         ],
