@@ -153,7 +153,7 @@ test('secrets from the config and tasks never reach the output', async () => {
   const conf = join(dir, 'secret.conf');
   await fsp.writeFile(conf, `[mass]\nauth_key = ab#cd-auth-key-for-tests\n[DEFAULT]\ndebug = True\nhamal_lib_dir = ${TEST_LIB_DIR}\n`);
   const task = join(dir, 'vmw.json');
-  await fsp.writeFile(task, JSON.stringify({ version: 1, source: { platform: 'vmware', vm: 'w', connection: { host: 'h', username: 'u', password: 's3cr3t-Pa55word-for-tests' } }, target: repo }));
+  await fsp.writeFile(task, JSON.stringify({ version: 1, source: { platform: 'vmware', vm: 'w', connection: { host: '127.0.0.1', port: 1, username: 'u', password: 's3cr3t-Pa55word-for-tests' } }, target: repo }));
   await hamal(['--config', conf, 'sync', '--task', task]);
   await hamal(['--config', conf, 'config', 'check']);
   await hamal(['--config', conf, 'sync', '--vm', 'vm1', '--disk', `d0=${img}`, '--target', repo]);

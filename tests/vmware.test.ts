@@ -15,6 +15,7 @@ import { writeAt, sha256File, tempDir } from './helpers/disks.ts';
 import { FsStore, Repository, restoreDisk, runVmSync, type SyncEvent } from '../mod.ts';
 import { VmwareSource } from '../src/sources/vmware/VmwareSource.ts';
 import { rm } from 'node:fs/promises';
+import { hamal, TEST_LIB_DIR } from './helpers/cli.ts';
 import { join } from 'node:path';
 import { pattern } from './helpers/disks.ts';
 import { SNAPSHOT_PREFIX, createSnapshot, ensureChangeTracking, listSnapshots, removeLeftoverSnapshots, removeSnapshot } from '../src/sources/vmware/snapshots.ts';
@@ -253,6 +254,28 @@ test('VMware source end to end (https transport): full, incremental, CBT reset -
   }
   await rm(dir, { recursive: true, force: true });
   await c.logout();
+});
+
+test('hamal sync --task with a vmware task; a wrong password exits 1 saying login failed, the password nowhere', async () => {
+  const dir = await tempDir();
+  const u = new URL(url);
+  const conf = join(dir, 'hamal.conf');
+  await writeFile(conf, `[DEFAULT]\nhamal_lib_dir = ${TEST_LIB_DIR}\n[vmware]\nskip_disk_flag = True\n`);
+  const task = (passwordEnv: string) =>
+    JSON.stringify({ version: 1, source: { platform: 'vmware', vm: 'DC0_H0_VM1', connection: { host: u.hostname, port: Number(u.port), username: 'hamal', passwordEnv, thumbprint } }, target: join(dir, 'repo') });
+  await writeFile(join(dir, 'ok.json'), task('VC_PASSWORD'));
+  const ok = await hamal(['--config', conf, 'sync', '--task', join(dir, 'ok.json'), '--json'], { VC_PASSWORD: PASSWORD });
+  assert.is(ok.code, 0, ok.stderr);
+  const summary = JSON.parse(ok.stdout);
+  assert.is(summary.disks.length, 1);
+  assert.match(summary.disks[0].disk, /^disk-\d+$/);
+  const wrong = 'Wr0ng-vc-pass-for-tests';
+  const bad = await hamal(['--config', conf, '--debug', 'sync', '--task', join(dir, 'ok.json')], { VC_PASSWORD: wrong });
+  assert.is(bad.code, 1);
+  assert.match(bad.stderr, /login to 127\.0\.0\.1:\d+ as hamal failed: wrong user name or password/);
+  assert.not.ok((bad.stdout + bad.stderr).includes(wrong));
+  assert.not.ok((ok.stdout + ok.stderr).includes(PASSWORD));
+  await rm(dir, { recursive: true, force: true });
 });
 
 test.run();

@@ -1,5 +1,8 @@
 import { LocalSource } from '../sources/local/LocalSource.ts';
-import { parseLocalDisk, type LocalDisk } from '../sources/local/LocalDisk.ts';
+import { VmwareSource } from '../sources/vmware/VmwareSource.ts';
+import type { Source } from '../sources/Source.ts';
+import { resolveSecret } from '../tasks/resolveSecret.ts';
+import { parseLocalDisk } from '../sources/local/LocalDisk.ts';
 import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
 import { runVmSync, type VmSyncResult } from '../streams/runVmSync.ts';
@@ -34,7 +37,9 @@ export async function syncCommand(opts: SyncCommandOptions, config: LoadedConfig
     throw new UsageError('USAGE', 'sync needs --task FILE, or --vm NAME with at least one --disk');
   }
   const vm = task?.source.vm ?? opts.vm!;
-  const disks = task ? await taskDisks(task, opts.task!) : opts.disk!.map(parseLocalDisk);
+  const { source, disks, releaseCpuMsPerMb } = task
+    ? await taskSource(task, opts.task!, config)
+    : { source: new LocalSource({ vms: { [vm]: opts.disk!.map(parseLocalDisk) } }), disks: undefined, releaseCpuMsPerMb: config.values.hamal.local_release_cpu_time };
   const target = opts.target ?? task?.target ?? (config.values.hamal.target || undefined);
   if (!target) throw new UsageError('USAGE', 'no target: give --target, a "target" in the task, or [hamal] target in hamal.conf');
   const c = config.values;
@@ -49,13 +54,12 @@ export async function syncCommand(opts: SyncCommandOptions, config: LoadedConfig
   const writers = opts.writers ?? task?.options?.writers ?? c.hamal.writers_per_disk;
   const blockSize = opts.blockSize ?? (task?.options?.blockSizeMb ?? c.hamal.block_size_mb) * 1024 * 1024;
 
-  const source = new LocalSource({ vms: { [vm]: disks } });
   const store = await openStore(target, { create: true, config: c });
   try {
     const repo = await Repository.open(store, { create: true, blockSize });
     const progress = new Progress(!opts.json);
     const sub = log.child('sync');
-    sub.info(`syncing VM ${vm} to ${store.location}`, { disks: disks.length, readers, writers, parallelDisks });
+    sub.info(`syncing ${source.platform} VM ${vm} to ${store.location}`, { readers, writers, parallelDisks });
     const onEvent = (e: SyncEvent) => {
       progress.onSyncEvent(e);
       logEvent(e);
@@ -71,7 +75,8 @@ export async function syncCommand(opts: SyncCommandOptions, config: LoadedConfig
         journalDir: c.DEFAULT.hamal_lib_dir,
         checkpointSeconds: c.data_sync_v2.fsync_period_frequency,
         checkpointTimeoutSeconds: c.data_sync_v2.fsync_timeout,
-        releaseCpuMsPerMb: c.hamal.local_release_cpu_time,
+        releaseCpuMsPerMb,
+        disks,
         lock: { ttlSeconds: c.hamal.lock_ttl, clockSkewSeconds: c.hamal.lock_clock_skew },
         metadata: {
           upload: c.sync.upload_metadata_to_oss,
@@ -112,14 +117,35 @@ function logEvent(e: SyncEvent): void {
   }
 }
 
-async function taskDisks(task: Task, file: string): Promise<LocalDisk[]> {
-  if (task.source.platform !== 'local') {
-    throw new HamalError('PLATFORM_UNAVAILABLE', `task ${file}: platform ${task.source.platform} is not available in this build of hamal`, {
-      subject: 'source.platform',
-    });
+/** The source a task names, with its disk selection and the throttle of its platform. */
+async function taskSource(task: Task, file: string, config: LoadedConfig): Promise<{ source: Source; disks?: string[]; releaseCpuMsPerMb: number }> {
+  const c = config.values;
+  const src = task.source;
+  if (src.platform === 'local') {
+    const disks = (src.disks ?? []) as Array<{ id?: string; path: string }>;
+    const local = disks.map((d) => (d.id ? { id: d.id, path: d.path } : parseLocalDisk(d.path)));
+    return { source: new LocalSource({ vms: { [src.vm]: local } }), releaseCpuMsPerMb: c.hamal.local_release_cpu_time };
   }
-  const disks = (task.source.disks ?? []) as Array<{ id?: string; path: string }>;
-  return disks.map((d) => (d.id ? { id: d.id, path: d.path } : parseLocalDisk(d.path)));
+  if (src.platform === 'vmware') {
+    const conn = src.connection as { host: string; port?: number; username: string; thumbprint?: string; caFile?: string; transport?: string };
+    if (conn.transport === 'nbd') {
+      throw new HamalError('PLATFORM_UNAVAILABLE', `task ${file}: the nbd transport of VMware is not available in this build; use "transport": "https"`, { subject: 'source.connection.transport' });
+    }
+    const password = await resolveSecret(src.connection!, `task ${file}`);
+    return {
+      source: new VmwareSource({
+        connection: { url: `https://${conn.host}${conn.port ? `:${conn.port}` : ''}/sdk`, username: conn.username, password, thumbprint: conn.thumbprint, caFile: conn.caFile, timeoutMs: c.mass.default_request_timeout * 1000 },
+        skipDiskFlag: c.vmware.skip_disk_flag,
+        diskFlagSizeMb: c.vmware.disk_flag_size,
+        maxReadBytes: c.vmware.max_read_blocks * 512,
+      }),
+      disks: src.disks as string[] | undefined,
+      releaseCpuMsPerMb: c.period.vmware_release_cpu_time,
+    };
+  }
+  throw new HamalError('PLATFORM_UNAVAILABLE', `task ${file}: platform ${src.platform} is not available in this build of hamal`, {
+    subject: 'source.platform',
+  });
 }
 
 export function syncSummary(result: VmSyncResult) {

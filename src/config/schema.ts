@@ -45,7 +45,7 @@ export const SCHEMA = {
     interval: int(60, 1, 86400, 'seconds', 'accepted', 'Seconds between two polls of the control plane for tasks. Used by service mode.'),
     task_update_wait_time: int(1, 1, 3600, 'seconds', 'accepted', 'Seconds between two progress reports of a running task. Used by service mode.'),
     openstack_release_cpu_time: int(0, 0, 10000, 'ms per MB', 'accepted', 'Pause in milliseconds after each MB read from OpenStack/Ceph, to leave CPU to others; 0 = off. Used by the OpenStack source.'),
-    vmware_release_cpu_time: int(0, 0, 10000, 'ms per MB', 'accepted', 'Pause in milliseconds after each MB read from VMware; 0 = off. Used by the VMware source.'),
+    vmware_release_cpu_time: int(0, 0, 10000, 'ms per MB', 'used', 'Pause in milliseconds after each MB read from VMware; 0 = off.'),
   },
   mass: {
     mass_endpoint: {
@@ -79,9 +79,9 @@ export const SCHEMA = {
     enable_heartbeat_msg: bool(true, 'accepted', 'Send heartbeats to the control plane. Used by service mode.'),
   },
   vmware: {
-    skip_disk_flag: bool(false, 'accepted', 'True: sync every disk, skipping the flag-disk check. False: a disk smaller than `disk_flag_size` MB is a marker disk, not data, and is not synced. Used by the VMware source.'),
-    disk_flag_size: int(48, 0, 1048576, 'MB', 'accepted', 'Disks smaller than this are flag disks (see `skip_disk_flag`). Used by the VMware source.'),
-    max_read_blocks: int(1024, 1, 65536, 'blocks', 'accepted', 'Most blocks asked of VMware in one read request; larger changed areas are split. Used by the VMware source.'),
+    skip_disk_flag: bool(false, 'used', 'True: sync every disk, skipping the flag-disk check. False: a disk smaller than `disk_flag_size` MB is a marker disk, not data, and is not synced (logged as a warning). Our reading of the seed.'),
+    disk_flag_size: int(48, 0, 1048576, 'MB', 'used', 'Disks smaller than this are flag disks (see `skip_disk_flag`).'),
+    max_read_blocks: int(1024, 1, 65536, 'blocks', 'used', 'Largest read request to VMware, in 512-byte sectors (1024 = 512 KiB); a block is read in several requests when larger.'),
   },
   openstack_ceph: {
     skip_disk_flag: bool(false, 'accepted', 'As in `[vmware]`, for OpenStack volumes. Used by the OpenStack source.'),
