@@ -210,9 +210,9 @@ test('CBT (emulated by tests/vcsim/cbt.go): allocated areas, changes since a sna
   await c.logout();
 });
 
-test('VMware source end to end (https transport): full, incremental, CBT reset -> full; restores equal the disk at each snapshot; no snapshot left', async () => {
+async function endToEnd(vmName: string, transport: 'https' | 'nbd') {
   const c = await connect();
-  const vm = await findVm(c, 'DC0_C0_RP0_VM1');
+  const vm = await findVm(c, vmName);
   const [disk] = await vmDisks(c, vm.mor);
   const [ds] = await listObjects(c, 'Datastore', ['name', 'summary.url']);
   const local = join(String(ds!.props['summary.url']), disk!.fileName.replace(/^\[[^\]]+\]\s*/, ''));
@@ -222,12 +222,14 @@ test('VMware source end to end (https transport): full, incremental, CBT reset -
   await writeAt(local, 60 * MiB, pattern(MiB, 12));
   const dir = await tempDir();
   const repo = await Repository.open(await FsStore.open(join(dir, 'repo'), { create: true }), { create: true });
-  const source = new VmwareSource({ connection: { url, username: 'hamal', password: PASSWORD, thumbprint }, skipDiskFlag: false });
+  // nbd: nbdkit's file plugin on the snapshot's frozen file stands in for nbdkit vddk.
+  const nbdkitTemplate = `nbdkit --foreground --readonly --unix {socket} file ${String(ds!.props['summary.url'])}/{path}`;
+  const source = new VmwareSource({ connection: { url, username: 'hamal', password: PASSWORD, thumbprint }, transport, nbdkitTemplate, workDir: dir });
   const shas: string[] = [];
   const sync = async () => {
     shas.push(await sha256File(local));
     const starts: Array<Extract<SyncEvent, { type: 'disk-start' }>> = [];
-    const r = await runVmSync(source, 'DC0_C0_RP0_VM1', repo, { journalDir: join(dir, 'lib') }, (e) => {
+    const r = await runVmSync(source, vmName, repo, { journalDir: join(dir, 'lib') }, (e) => {
       if (e.type === 'disk-start') starts.push(e);
     });
     assert.equal(r.failed, []);
@@ -254,7 +256,12 @@ test('VMware source end to end (https transport): full, incremental, CBT reset -
   }
   await rm(dir, { recursive: true, force: true });
   await c.logout();
-});
+}
+
+test('VMware source end to end, https transport: full, incremental, CBT reset -> full; restores equal the disk at each snapshot; no snapshot left', () =>
+  endToEnd('DC0_C0_RP0_VM1', 'https'));
+
+test('VMware source end to end, nbd transport (nbdkit started per disk from a command template)', () => endToEnd('DC0_C0_RP0_VM0', 'nbd'));
 
 test('hamal sync --task with a vmware task; a wrong password exits 1 saying login failed, the password nowhere', async () => {
   const dir = await tempDir();

@@ -128,9 +128,6 @@ async function taskSource(task: Task, file: string, config: LoadedConfig): Promi
   }
   if (src.platform === 'vmware') {
     const conn = src.connection as { host: string; port?: number; username: string; thumbprint?: string; caFile?: string; transport?: string };
-    if (conn.transport === 'nbd') {
-      throw new HamalError('PLATFORM_UNAVAILABLE', `task ${file}: the nbd transport of VMware is not available in this build; use "transport": "https"`, { subject: 'source.connection.transport' });
-    }
     const password = await resolveSecret(src.connection!, `task ${file}`);
     return {
       source: new VmwareSource({
@@ -138,6 +135,9 @@ async function taskSource(task: Task, file: string, config: LoadedConfig): Promi
         skipDiskFlag: c.vmware.skip_disk_flag,
         diskFlagSizeMb: c.vmware.disk_flag_size,
         maxReadBytes: c.vmware.max_read_blocks * 512,
+        transport: conn.transport === 'nbd' ? 'nbd' : 'https',
+        nbdkitTemplate: c.hamal.vmware_nbdkit_command || undefined,
+        workDir: c.DEFAULT.hamal_lib_dir,
       }),
       disks: src.disks as string[] | undefined,
       releaseCpuMsPerMb: c.period.vmware_release_cpu_time,

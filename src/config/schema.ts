@@ -129,6 +129,12 @@ export const SCHEMA = {
     block_size_mb: int(4, 1, 64, 'MB', 'used', 'Block size of a repository created by a sync; an existing repository keeps its own. Memory per block in flight.'),
     local_release_cpu_time: int(0, 0, 10000, 'ms per MB', 'used', 'Pause in milliseconds after each MB read by the local source, as `vmware_release_cpu_time` does for VMware; 0 = off.'),
     restore_concurrency: int(4, 1, 64, 'threads', 'used', 'Chunks fetched and written at once by a restore; each holds one block.'),
+    vmware_nbdkit_command: {
+      type: { kind: 'string' },
+      default: '',
+      status: 'used',
+      doc: 'Command that serves one VMware disk of one snapshot over NBD for the `nbd` transport; empty: `nbdkit vddk` with VDDK in /opt/vmware-vix-disklib-distrib (which the operator installs). Placeholders: {socket} {server} {user} {password_file} (a 0600 file; the password is never on a command line) {thumbprint} {moref} {snapshot} {file} {datastore} {path}.',
+    },
     lock_ttl: int(120, 10, 86400, 'seconds', 'used', 'Life of a repository lock (syncs: shared, prune: exclusive) without renewal; holders renew every third of it. A crashed holder blocks prune or syncs at most this long plus `lock_clock_skew`.'),
     lock_clock_skew: int(60, 0, 3600, 'seconds', 'used', 'How far the clocks of proxies sharing a repository may differ; a lock counts as held this much past its expiry.'),
   },

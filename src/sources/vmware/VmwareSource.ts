@@ -1,4 +1,5 @@
 import type { Observable } from 'rxjs';
+import { tmpdir } from 'node:os';
 import type { DiskInfo, Snapshot, Source } from '../Source.ts';
 import type { ChangeId } from '../ChangeId.ts';
 import type { Extent } from '../../streams/Extent.ts';
@@ -9,6 +10,7 @@ import { findVm, listObjects, vmDisks, type VmDisk } from './inventory.ts';
 import { SNAPSHOT_PREFIX, createSnapshot, ensureChangeTracking, removeLeftoverSnapshots, removeSnapshot } from './snapshots.ts';
 import { changedAreas, changeIdEpoch } from './changedAreas.ts';
 import { DatastoreFile } from './DatastoreFile.ts';
+import { NbdkitExport, VDDK_TEMPLATE } from './NbdkitExport.ts';
 
 export interface VmwareSourceOptions {
   connection: VsphereOptions;
@@ -28,13 +30,22 @@ export interface VmwareSourceOptions {
   taskTimeoutMs?: number;
   /** Largest read request (seed: `max_read_blocks` x 512 bytes). @default 512 KiB */
   maxReadBytes?: number;
+  /**
+   * How disk data is read: `https` (the datastore's /folder, no extra software) or `nbd`
+   * (an nbdkit per disk, normally `nbdkit vddk` with VMware's VDDK).
+   * @default 'https'
+   */
+  transport?: 'https' | 'nbd';
+  /** The nbdkit command for `nbd` (see NbdkitExport). @default VDDK_TEMPLATE */
+  nbdkitTemplate?: string;
+  /** Where nbdkit sockets and password files live (hamal_lib_dir). @default os.tmpdir() */
+  workDir?: string;
 }
 
 /**
  * VMware vCenter or ESXi: snapshot (our name prefix, leftovers of a crashed run removed
  * first), change tracking turned on when off, changed areas from QueryChangedDiskAreas,
- * data from the snapshot's frozen disk files over HTTPS (`/folder`). The NBD/VDDK
- * transport is not wired yet.
+ * data from the snapshot's frozen disk files over HTTPS (`/folder`) or NBD (nbdkit).
  */
 export class VmwareSource implements Source {
   readonly platform = 'vmware';
@@ -94,6 +105,7 @@ class VmwareSnapshot implements Snapshot {
   readonly disks: readonly DiskInfo[];
   readonly info: Record<string, unknown>;
   private readonly _files = new Map<string, { disk: VmDisk; file: DatastoreFile }>();
+  private readonly _exports = new Map<string, Promise<NbdkitExport>>();
   private _released = false;
 
   constructor(
@@ -132,8 +144,35 @@ class VmwareSnapshot implements Snapshot {
     return changedAreas(this._client, this._vm.mor, this._snap, d.key, d.capacity, since ?? '*');
   }
 
+  private _export(disk: DiskInfo, d: VmDisk): Promise<NbdkitExport> {
+    let e = this._exports.get(disk.id);
+    if (!e) {
+      const m = /^\[([^\]]+)\]\s*(.+)$/.exec(d.fileName);
+      const c = this._options.connection;
+      e = NbdkitExport.start(
+        this._options.nbdkitTemplate ?? VDDK_TEMPLATE,
+        {
+          server: this._client.url.hostname,
+          user: c.username,
+          thumbprint: c.thumbprint ?? '',
+          moref: this._vm.mor.value,
+          snapshot: this._snap.value,
+          file: d.fileName,
+          datastore: m?.[1] ?? '',
+          path: m?.[2] ?? d.fileName,
+        },
+        c.password,
+        this._options.workDir ?? tmpdir(),
+        this._options.maxReadBytes ?? 512 * 1024,
+      );
+      this._exports.set(disk.id, e);
+    }
+    return e;
+  }
+
   async read(disk: DiskInfo, offset: number, length: number, into?: Buffer): Promise<Buffer> {
-    const { file } = this._disk(disk);
+    const { file, disk: d } = this._disk(disk);
+    if (this._options.transport === 'nbd') return (await this._export(disk, d)).client.read(offset, length, into);
     const max = this._options.maxReadBytes ?? 512 * 1024;
     const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length);
     for (let at = 0; at < length; at += max) {
@@ -147,6 +186,8 @@ class VmwareSnapshot implements Snapshot {
     if (this._released) return;
     this._released = true;
     try {
+      const exports = await Promise.allSettled(this._exports.values());
+      await Promise.allSettled(exports.map((e) => (e.status === 'fulfilled' ? e.value.stop() : undefined)));
       await removeSnapshot(this._client, this._snap, this._timeoutMs);
     } finally {
       await this._client.logout();
