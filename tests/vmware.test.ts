@@ -15,7 +15,7 @@ import { writeAt, sha256File, tempDir } from './helpers/disks.ts';
 import { FsStore, Repository, restoreDisk, runVmSync, type SyncEvent } from '../mod.ts';
 import { VmwareSource } from '../src/sources/vmware/VmwareSource.ts';
 import { rm } from 'node:fs/promises';
-import { hamal, TEST_LIB_DIR } from './helpers/cli.ts';
+import { hamal, HAMAL, TEST_LIB_DIR } from './helpers/cli.ts';
 import { join } from 'node:path';
 import { pattern } from './helpers/disks.ts';
 import { SNAPSHOT_PREFIX, createSnapshot, ensureChangeTracking, listSnapshots, removeLeftoverSnapshots, removeSnapshot } from '../src/sources/vmware/snapshots.ts';
@@ -283,6 +283,40 @@ test('hamal sync --task with a vmware task; a wrong password exits 1 saying logi
   assert.not.ok((bad.stdout + bad.stderr).includes(wrong));
   assert.not.ok((ok.stdout + ok.stderr).includes(PASSWORD));
   await rm(dir, { recursive: true, force: true });
+});
+
+test('SIGTERM mid-sync: the snapshot is removed, no version is committed, exit 143', async () => {
+  const dir = await tempDir();
+  const c = await connect();
+  const vm = await findVm(c, 'DC0_H0_VM0');
+  const [disk] = await vmDisks(c, vm.mor);
+  const [ds] = await listObjects(c, 'Datastore', ['name', 'summary.url']);
+  const local = join(String(ds!.props['summary.url']), disk!.fileName.replace(/^\[[^\]]+\]\s*/, ''));
+  await writeAt(local, 0, pattern(32 * 1024 * 1024, 21));
+  const u = new URL(url);
+  const conf = join(dir, 'hamal.conf');
+  // Slow reads (200 ms per MB) so the signal arrives mid-read.
+  await writeFile(conf, `[DEFAULT]\nhamal_lib_dir = ${TEST_LIB_DIR}\n[vmware]\nskip_disk_flag = True\n[period]\nvmware_release_cpu_time = 200\n`);
+  await writeFile(join(dir, 't.json'), JSON.stringify({ version: 1, source: { platform: 'vmware', vm: 'DC0_H0_VM0', connection: { host: u.hostname, port: Number(u.port), username: 'hamal', passwordEnv: 'VC_PASSWORD', thumbprint } }, target: join(dir, 'repo') }));
+  const child = spawn(process.execPath, [HAMAL, '--config', conf, 'sync', '--task', join(dir, 't.json'), '--verbose'], { env: { ...process.env, VC_PASSWORD: PASSWORD }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  await new Promise<void>((resolve) => {
+    child.stderr!.on('data', (d) => {
+      stderr += d;
+      if (/sync started/.test(stderr)) resolve();
+    });
+  });
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal((await listSnapshots(c, vm.mor)).length, 1, 'the sync holds its snapshot');
+  child.kill('SIGTERM');
+  const code = await new Promise((r) => child.on('close', r));
+  assert.is(code, 143, stderr);
+  assert.match(stderr, /interrupted by SIGTERM/);
+  assert.equal(await listSnapshots(c, vm.mor), [], 'snapshot removed');
+  const v = await hamal(['versions', '--target', join(dir, 'repo'), '--json']);
+  assert.equal(JSON.parse(v.stdout), []);
+  await rm(dir, { recursive: true, force: true });
+  await c.logout();
 });
 
 test.run();

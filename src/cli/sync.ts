@@ -6,6 +6,7 @@ import { parseLocalDisk } from '../sources/local/LocalDisk.ts';
 import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
 import { runVmSync, type VmSyncResult } from '../streams/runVmSync.ts';
+import { releasing } from '../streams/usingResource.ts';
 import type { SyncEvent } from '../streams/SyncEvent.ts';
 import { HamalError, UsageError, describeError } from '../errors.ts';
 import type { LoadedConfig } from '../config/loadConfig.ts';
@@ -64,7 +65,19 @@ export async function syncCommand(opts: SyncCommandOptions, config: LoadedConfig
       progress.onSyncEvent(e);
       logEvent(e);
     };
-    const result = await runVmSync(
+    // SIGTERM/SIGINT: stop reading, remove the snapshot, drop the lock, then exit.
+    const abort = new AbortController();
+    let signalled: NodeJS.Signals | undefined;
+    const onSignal = (sig: NodeJS.Signals) => {
+      signalled = sig;
+      sub.warn(`${sig}: stopping; the snapshot and the repository lock are being released`);
+      abort.abort();
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+    let result;
+    try {
+      result = await runVmSync(
       source,
       vm,
       repo,
@@ -84,7 +97,18 @@ export async function syncCommand(opts: SyncCommandOptions, config: LoadedConfig
         },
       },
       onEvent,
+      abort.signal,
     );
+    } catch (err) {
+      if (!signalled) throw err;
+      progress.stop();
+      await Promise.allSettled([...releasing]);
+      sub.error(`sync of VM ${vm} interrupted by ${signalled}; no version was committed for the disks in progress`);
+      return signalled === 'SIGINT' ? 130 : 143;
+    } finally {
+      process.off('SIGTERM', onSignal);
+      process.off('SIGINT', onSignal);
+    }
     progress.stop();
     if (opts.json) process.stdout.write(JSON.stringify(syncSummary(result), null, 2) + '\n');
     else process.stdout.write(syncTable(result) + '\n');

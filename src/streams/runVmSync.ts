@@ -1,4 +1,5 @@
-import { lastValueFrom, tap, ignoreElements, defaultIfEmpty } from 'rxjs';
+import { lastValueFrom, tap, ignoreElements, defaultIfEmpty, takeUntil, fromEvent, throwError, mergeMap } from 'rxjs';
+import { HamalError } from '../errors.ts';
 import type { Source } from '../sources/Source.ts';
 import type { Repository } from '../repo/Repository.ts';
 import type { Manifest } from '../repo/Manifest.ts';
@@ -13,13 +14,17 @@ export interface VmSyncResult {
   durationMs: number;
 }
 
-/** Runs syncVm to its end and gathers what it did; `onEvent` sees every event (progress). */
+/**
+ * Runs syncVm to its end and gathers what it did; `onEvent` sees every event (progress).
+ * `signal` aborts it: work stops, and the snapshot and lock are released.
+ */
 export async function runVmSync(
   source: Source,
   vm: string,
   repo: Repository,
   options: VmSyncOptions = {},
   onEvent?: (event: SyncEvent) => void,
+  signal?: AbortSignal,
 ): Promise<VmSyncResult> {
   const started = Date.now();
   const result: VmSyncResult = { vm, snapshotId: '', versions: [], failed: [], durationMs: 0 };
@@ -33,6 +38,8 @@ export async function runVmSync(
       }),
       ignoreElements(),
       defaultIfEmpty(undefined),
+      // Aborted: unsubscribe (the snapshot and lock are released; see `releasing`), then fail.
+      takeUntil(signal ? fromEvent(signal, 'abort').pipe(mergeMap(() => throwError(() => new HamalError('INTERRUPTED', `sync of VM ${vm} interrupted`)))) : []),
     ),
   );
   result.durationMs = Date.now() - started;

@@ -1,6 +1,12 @@
 import { catchError, concat, defer, from, ignoreElements, mergeMap, Observable } from 'rxjs';
 
 /**
+ * Releases under way after an unsubscription: a process that stops on a signal awaits
+ * them (snapshots removed, locks dropped) before it exits.
+ */
+export const releasing = new Set<Promise<void>>();
+
+/**
  * RxJS's `using` for resources whose release is asynchronous (a platform snapshot, a
  * repository lock): acquires, runs `body`, and releases once on completion, on error
  * (then rethrows) and on unsubscription alike. Completion and errors wait for the release.
@@ -22,7 +28,9 @@ export function usingResource<R, T>(
         const sub = events.subscribe(subscriber);
         return () => {
           sub.unsubscribe();
-          void releaseOnce().catch(() => {});
+          const p = releaseOnce().catch(() => {});
+          releasing.add(p);
+          void p.then(() => releasing.delete(p));
         };
       });
     }),
