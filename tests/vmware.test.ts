@@ -319,4 +319,48 @@ test('SIGTERM mid-sync: the snapshot is removed, no version is committed, exit 1
   await c.logout();
 });
 
+test('SIGKILL mid-read: the next run reuses the snapshot, resumes from the journal, and leaves no snapshot', async () => {
+  const dir = await tempDir();
+  const c = await connect();
+  const vm = await findVm(c, 'DC0_H0_VM1');
+  const [disk] = await vmDisks(c, vm.mor);
+  const [ds] = await listObjects(c, 'Datastore', ['name', 'summary.url']);
+  const local = join(String(ds!.props['summary.url']), disk!.fileName.replace(/^\[[^\]]+\]\s*/, ''));
+  const MiB = 1024 * 1024;
+  await truncate(local, 40 * MiB);
+  await writeAt(local, 0, pattern(40 * MiB, 31));
+  const sha = await sha256File(local);
+  const u = new URL(url);
+  const lib = join(dir, 'lib');
+  const slow = join(dir, 'slow.conf');
+  await writeFile(slow, `[DEFAULT]\nhamal_lib_dir = ${lib}\n[vmware]\nskip_disk_flag = True\n[period]\nvmware_release_cpu_time = 100\n[data_sync_v2]\nfsync_period_frequency = 1\npre_disk_readers_count = 1\n`);
+  const fast = join(dir, 'fast.conf');
+  await writeFile(fast, `[DEFAULT]\nhamal_lib_dir = ${lib}\n[vmware]\nskip_disk_flag = True\n`);
+  const taskFile = join(dir, 't.json');
+  await writeFile(taskFile, JSON.stringify({ version: 1, source: { platform: 'vmware', vm: 'DC0_H0_VM1', connection: { host: u.hostname, port: Number(u.port), username: 'hamal', passwordEnv: 'VC_PASSWORD', thumbprint } }, target: join(dir, 'repo') }));
+  const child = spawn(process.execPath, [HAMAL, '--config', slow, 'sync', '--task', taskFile, '--debug'], { env: { ...process.env, VC_PASSWORD: PASSWORD }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  await new Promise<void>((resolve) => {
+    child.stderr!.on('data', (d) => {
+      stderr += d;
+      if (/checkpoint blocks=[3-9]/.test(stderr)) resolve();
+    });
+  });
+  child.kill('SIGKILL');
+  await new Promise((r) => child.on('close', r));
+  assert.equal((await listSnapshots(c, vm.mor)).length, 1, 'the killed sync left its snapshot');
+  const again = await hamal(['--config', fast, 'sync', '--task', taskFile, '--json'], { VC_PASSWORD: PASSWORD });
+  assert.is(again.code, 0, again.stderr);
+  assert.match(again.stderr, /resuming with snapshot hamal-sync-/);
+  assert.match(again.stderr, /resuming an interrupted sync: \d+ blocks already stored/);
+  const s = JSON.parse(again.stdout).disks[0];
+  assert.ok(s.resumedBytes >= 3 * 4 * MiB && s.readBytes + s.resumedBytes === 40 * MiB, JSON.stringify(s));
+  assert.equal(await listSnapshots(c, vm.mor), [], 'no snapshot of ours is left');
+  const out = join(dir, 'out.img');
+  assert.is((await hamal(['restore', '--target', join(dir, 'repo'), '--vm', 'DC0_H0_VM1', '--disk', s.disk, '--out', out])).code, 0);
+  assert.is(await sha256File(out), sha);
+  await rm(dir, { recursive: true, force: true });
+  await c.logout();
+});
+
 test.run();

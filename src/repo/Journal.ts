@@ -59,6 +59,25 @@ export class Journal {
     return join(libDir, 'journals', header.repository, encodeName(header.vm), `${encodeName(header.disk)}.journal`);
   }
 
+  /** Snapshot ids named by the journals of one VM's interrupted syncs (unverified: a hint). */
+  static async snapshotIdsOf(libDir: string, repository: string, vm: string): Promise<string[]> {
+    const dir = dirname(Journal.pathFor(libDir, { repository, vm, disk: 'x' }));
+    const ids = new Set<string>();
+    for (const name of await fsp.readdir(dir).catch(() => [] as string[])) {
+      if (!name.endsWith('.journal')) continue;
+      try {
+        const handle = await fsp.open(join(dir, name), 'r');
+        const head = Buffer.alloc(4096);
+        const { bytesRead } = await handle.read(head, 0, head.length, 0).finally(() => handle.close());
+        const line = head.subarray(0, bytesRead).toString('utf8').split('\n')[0]!;
+        ids.add(String(JSON.parse(line).snapshotId));
+      } catch {
+        // an unreadable journal is simply not a hint
+      }
+    }
+    return [...ids];
+  }
+
   /** Reads the journal left at `path` by an interrupted sync and says whether it can be resumed. */
   static async recover(path: string, expected: JournalHeader): Promise<Recovery> {
     let ckpt: { bytes: number; sha256: string };

@@ -54,7 +54,16 @@ export interface Snapshot {
 }
 
 /** A platform: turns a VM reference into a Snapshot. Knows nothing of targets. */
+export interface SnapshotOptions {
+  /**
+   * Ids of snapshots that interrupted syncs were reading (their journals name them): a
+   * source that finds one of them still there may reuse it instead of taking a new one,
+   * so the sync resumes. Other leftovers of ours are removed.
+   */
+  reuse?: readonly string[];
+}
+
 export interface Source {
   readonly platform: string;
-  snapshot(vm: string, signal?: AbortSignal): Promise<Snapshot>;
+  snapshot(vm: string, options?: SnapshotOptions): Promise<Snapshot>;
 }

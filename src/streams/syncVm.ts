@@ -1,5 +1,6 @@
 import { catchError, concat, defer, from, mergeMap, of, tap, throwError, type Observable } from 'rxjs';
 import { usingResource } from './usingResource.ts';
+import { Journal } from '../repo/Journal.ts';
 import { RepositoryLock, type LockOptions } from '../repo/RepositoryLock.ts';
 import type { Manifest } from '../repo/Manifest.ts';
 import { vmMetadata } from './VmMetadata.ts';
@@ -47,7 +48,11 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
     const inflight = new Set<Promise<unknown>>();
     // The snapshot goes once every block in flight has settled.
     const release = (snapshot: Snapshot) => Promise.allSettled([...inflight]).then(() => snapshot.release());
-    return usingResource(() => source.snapshot(vm), release, (snapshot) => {
+    const take = async () => {
+      const reuse = options.journalDir ? await Journal.snapshotIdsOf(options.journalDir, repo.config.id, vm) : [];
+      return source.snapshot(vm, { reuse });
+    };
+    return usingResource(take, release, (snapshot) => {
       const wanted = options.disks ? new Set(options.disks) : null;
       const unknown = [...(wanted ?? [])].filter((id) => !snapshot.disks.some((d) => d.id === id));
       if (unknown.length) {

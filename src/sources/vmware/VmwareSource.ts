@@ -1,13 +1,13 @@
 import type { Observable } from 'rxjs';
 import { tmpdir } from 'node:os';
-import type { DiskInfo, Snapshot, Source } from '../Source.ts';
+import type { DiskInfo, Snapshot, SnapshotOptions, Source } from '../Source.ts';
 import type { ChangeId } from '../ChangeId.ts';
 import type { Extent } from '../../streams/Extent.ts';
 import { HamalError } from '../../errors.ts';
 import { log } from '../../log/Logger.ts';
 import { VsphereClient, type Mor, type VsphereOptions } from './VsphereClient.ts';
 import { findVm, listObjects, vmDisks, type VmDisk } from './inventory.ts';
-import { SNAPSHOT_PREFIX, createSnapshot, ensureChangeTracking, removeLeftoverSnapshots, removeSnapshot } from './snapshots.ts';
+import { SNAPSHOT_PREFIX, createSnapshot, ensureChangeTracking, listSnapshots, removeSnapshot } from './snapshots.ts';
 import { changedAreas, changeIdEpoch } from './changedAreas.ts';
 import { DatastoreFile } from './DatastoreFile.ts';
 import { NbdkitExport, VDDK_TEMPLATE } from './NbdkitExport.ts';
@@ -55,18 +55,27 @@ export class VmwareSource implements Source {
     this._options = options;
   }
 
-  async snapshot(selector: string): Promise<Snapshot> {
+  async snapshot(selector: string, options: SnapshotOptions = {}): Promise<Snapshot> {
     const o = this._options;
     const timeoutMs = o.taskTimeoutMs ?? 3600_000;
     const client = await VsphereClient.connect(o.connection);
     try {
       const vm = await findVm(client, selector);
-      const leftovers = await removeLeftoverSnapshots(client, vm.mor, timeoutMs);
-      if (leftovers.length) log.child('vmware').warn(`VM ${vm.name}: removed snapshots left by an interrupted sync: ${leftovers.join(', ')}`);
-      if (await ensureChangeTracking(client, vm.mor, timeoutMs)) log.child('vmware').info(`VM ${vm.name}: change tracking turned on`);
+      // A leftover an interrupted sync's journal names is reused (the sync resumes);
+      // every other leftover of ours goes.
+      const reuse = new Set(options.reuse ?? []);
+      const ours = (await listSnapshots(client, vm.mor)).filter((s) => s.name.startsWith(SNAPSHOT_PREFIX));
+      const kept = ours.find((s) => reuse.has(`${s.mor.value}:${s.name}`));
+      for (const s of ours) {
+        if (s === kept) continue;
+        await removeSnapshot(client, s.mor, timeoutMs);
+        log.child('vmware').warn(`VM ${vm.name}: removed snapshot ${s.name} left by an interrupted sync`);
+      }
+      if (!kept && (await ensureChangeTracking(client, vm.mor, timeoutMs))) log.child('vmware').info(`VM ${vm.name}: change tracking turned on`);
       const datacenter = o.datacenter ?? (await onlyDatacenter(client));
-      const name = `${SNAPSHOT_PREFIX}${new Date().toISOString().replace(/[-:.]/g, '')}`;
-      const snap = await createSnapshot(client, vm.mor, name, { quiesce: o.quiesce, timeoutMs });
+      const name = kept?.name ?? `${SNAPSHOT_PREFIX}${new Date().toISOString().replace(/[-:.]/g, '')}`;
+      if (kept) log.child('vmware').info(`VM ${vm.name}: resuming with snapshot ${name} of the interrupted sync`);
+      const snap = kept?.mor ?? (await createSnapshot(client, vm.mor, name, { quiesce: o.quiesce, timeoutMs }));
       try {
         // Disks as the snapshot has them: frozen backing files, changeIds, capacities.
         const flagBytes = (o.diskFlagSizeMb ?? 48) * 1024 * 1024;
