@@ -363,4 +363,31 @@ test('SIGKILL mid-read: the next run reuses the snapshot, resumes from the journ
   await c.logout();
 });
 
+test('nbdkit dying mid-read: the disk fails cleanly, the snapshot is removed, no version is committed', async () => {
+  const dir = await tempDir();
+  const c = await connect();
+  const vm = await findVm(c, 'DC0_C0_RP0_VM0');
+  const [ds] = await listObjects(c, 'Datastore', ['name', 'summary.url']);
+  const [disk] = await vmDisks(c, vm.mor);
+  const local = join(String(ds!.props['summary.url']), disk!.fileName.replace(/^\[[^\]]+\]\s*/, '').replace(/\.hamal-\d+$/, ''));
+  await writeAt(local, 0, pattern(24 * 1024 * 1024, 41));
+  const repo = await Repository.open(await FsStore.open(join(dir, 'repo'), { create: true }), { create: true });
+  const nbdkitTemplate = `nbdkit --foreground --readonly --unix {socket} file ${String(ds!.props['summary.url'])}/{path}`;
+  const source = new VmwareSource({ connection: { url, username: 'hamal', password: PASSWORD, thumbprint }, transport: 'nbd', nbdkitTemplate, workDir: dir });
+  let killed = false;
+  const r = await runVmSync(source, 'DC0_C0_RP0_VM0', repo, { readers: 1, writers: 1, releaseCpuMsPerMb: 50 }, (e) => {
+    if (e.type === 'block' && !killed) {
+      killed = true;
+      spawn('pkill', ['-KILL', '-f', `nbdkit .*--unix ${dir}/nbdkit/`]);
+    }
+  });
+  assert.ok(killed);
+  assert.is(r.failed.length, 1);
+  assert.match(r.failed[0]!.error.message, /connection to .*nbd\.sock (lost|closed|failed)/);
+  assert.equal(await repo.listVersions('DC0_C0_RP0_VM0', r.failed[0]!.disk), []);
+  assert.equal(await listSnapshots(c, vm.mor), [], 'snapshot removed');
+  await rm(dir, { recursive: true, force: true });
+  await c.logout();
+});
+
 test.run();
