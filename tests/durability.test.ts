@@ -3,9 +3,7 @@ import * as assert from 'uvu/assert';
 import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { createInterface } from 'node:readline';
-import { FsStore, LocalSource, Repository, restoreDisk, runVmSync, type Snapshot, type Source } from '../mod.ts';
+import { FsStore, LocalSource, Repository, restoreDisk, runVmSync } from '../mod.ts';
 import { Journal, JOURNAL_FORMAT, type JournalHeader } from '../src/repo/Journal.ts';
 import { pullMap } from '../src/streams/pullMap.ts';
 import { blocksOf } from '../src/streams/blocksOf.ts';
@@ -14,7 +12,6 @@ import { CountingSource, killAndResume } from './helpers/killAndResume.ts';
 import { MiB, makeImage, pattern, sha256File, tempDir } from './helpers/disks.ts';
 import { lastValueFrom, toArray } from 'rxjs';
 
-const CHILD = fileURLToPath(new URL('./helpers/slowSyncChild.js', import.meta.url));
 const BS = 64 * 1024;
 
 test('a sync killed with SIGKILL after a checkpoint resumes without rereading checkpointed blocks', async () => {
