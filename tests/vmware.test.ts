@@ -5,7 +5,7 @@ import * as assert from 'uvu/assert';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import tls from 'node:tls';
-import { VsphereClient, xml } from '../src/sources/vmware/VsphereClient.ts';
+import { VsphereClient, xml, type Mor } from '../src/sources/vmware/VsphereClient.ts';
 import { findVm, listObjects, objectProps, vmDisks } from '../src/sources/vmware/inventory.ts';
 import { DatastoreFile } from '../src/sources/vmware/DatastoreFile.ts';
 import { writeFile, truncate } from 'node:fs/promises';
@@ -26,6 +26,14 @@ let url: string;
 let thumbprint: string;
 const connect = (over: Partial<Parameters<typeof VsphereClient.connect>[0]> = {}) =>
   VsphereClient.connect({ url, username: 'hamal', password: PASSWORD, thumbprint, ...over });
+
+/** A VM's first disk and the plain file behind it (vcsim keeps datastores as folders). */
+async function liveDisk(c: VsphereClient, vm: Mor) {
+  const [disk] = await vmDisks(c, vm);
+  const [ds] = await listObjects(c, 'Datastore', ['name', 'summary.url']);
+  const local = join(String(ds!.props['summary.url']), disk!.fileName.replace(/^\[[^\]]+\]\s*/, '').replace(/\.hamal-\d+$/, ''));
+  return { disk: disk!, ds: ds!, local };
+}
 
 test.before(async () => {
   assert.ok(process.env.HAMAL_VCSIM, 'HAMAL_VCSIM is not set: scripts/test builds tests/vcsim');
@@ -168,9 +176,7 @@ test('https transport: Range reads of a datastore file through /folder with the 
 test('CBT (emulated by tests/vcsim/cbt.go): allocated areas, changes since a snapshot across pages, reset', async () => {
   const c = await connect();
   const vm = await findVm(c, 'DC0_H0_VM0');
-  const [disk] = await vmDisks(c, vm.mor);
-  const [ds] = await listObjects(c, 'Datastore', ['name', 'summary.url']);
-  const local = join(String(ds!.props['summary.url']), disk!.fileName.replace(/^\[[^\]]+\]\s*/, ''));
+  const { local } = await liveDisk(c, vm.mor);
   const MiB = 1024 * 1024;
   await truncate(local, 24 * MiB);
   await writeAt(local, 3 * MiB + 100, pattern(MiB, 1));
@@ -213,9 +219,7 @@ test('CBT (emulated by tests/vcsim/cbt.go): allocated areas, changes since a sna
 async function endToEnd(vmName: string, transport: 'https' | 'nbd') {
   const c = await connect();
   const vm = await findVm(c, vmName);
-  const [disk] = await vmDisks(c, vm.mor);
-  const [ds] = await listObjects(c, 'Datastore', ['name', 'summary.url']);
-  const local = join(String(ds!.props['summary.url']), disk!.fileName.replace(/^\[[^\]]+\]\s*/, ''));
+  const { ds, local } = await liveDisk(c, vm.mor);
   const MiB = 1024 * 1024;
   await truncate(local, 64 * MiB);
   await writeAt(local, 5 * MiB + 3, pattern(9 * MiB, 11));
@@ -289,9 +293,7 @@ test('SIGTERM mid-sync: the snapshot is removed, no version is committed, exit 1
   const dir = await tempDir();
   const c = await connect();
   const vm = await findVm(c, 'DC0_H0_VM0');
-  const [disk] = await vmDisks(c, vm.mor);
-  const [ds] = await listObjects(c, 'Datastore', ['name', 'summary.url']);
-  const local = join(String(ds!.props['summary.url']), disk!.fileName.replace(/^\[[^\]]+\]\s*/, ''));
+  const { local } = await liveDisk(c, vm.mor);
   await writeAt(local, 0, pattern(32 * 1024 * 1024, 21));
   const u = new URL(url);
   const conf = join(dir, 'hamal.conf');
@@ -323,9 +325,7 @@ test('SIGKILL mid-read: the next run reuses the snapshot, resumes from the journ
   const dir = await tempDir();
   const c = await connect();
   const vm = await findVm(c, 'DC0_H0_VM1');
-  const [disk] = await vmDisks(c, vm.mor);
-  const [ds] = await listObjects(c, 'Datastore', ['name', 'summary.url']);
-  const local = join(String(ds!.props['summary.url']), disk!.fileName.replace(/^\[[^\]]+\]\s*/, ''));
+  const { local } = await liveDisk(c, vm.mor);
   const MiB = 1024 * 1024;
   await truncate(local, 40 * MiB);
   await writeAt(local, 0, pattern(40 * MiB, 31));
@@ -367,9 +367,7 @@ test('nbdkit dying mid-read: the disk fails cleanly, the snapshot is removed, no
   const dir = await tempDir();
   const c = await connect();
   const vm = await findVm(c, 'DC0_C0_RP0_VM0');
-  const [ds] = await listObjects(c, 'Datastore', ['name', 'summary.url']);
-  const [disk] = await vmDisks(c, vm.mor);
-  const local = join(String(ds!.props['summary.url']), disk!.fileName.replace(/^\[[^\]]+\]\s*/, '').replace(/\.hamal-\d+$/, ''));
+  const { ds, local } = await liveDisk(c, vm.mor);
   await writeAt(local, 0, pattern(24 * 1024 * 1024, 41));
   const repo = await Repository.open(await FsStore.open(join(dir, 'repo'), { create: true }), { create: true });
   const nbdkitTemplate = `nbdkit --foreground --readonly --unix {socket} file ${String(ds!.props['summary.url'])}/{path}`;

@@ -55,13 +55,18 @@ export class Journal {
     this._records = records;
   }
 
+  /** The folder of one VM's journals. */
+  static dirFor(libDir: string, repository: string, vm: string): string {
+    return join(libDir, 'journals', repository, encodeName(vm));
+  }
+
   static pathFor(libDir: string, header: Pick<JournalHeader, 'repository' | 'vm' | 'disk'>): string {
-    return join(libDir, 'journals', header.repository, encodeName(header.vm), `${encodeName(header.disk)}.journal`);
+    return join(Journal.dirFor(libDir, header.repository, header.vm), `${encodeName(header.disk)}.journal`);
   }
 
   /** Snapshot ids named by the journals of one VM's interrupted syncs (unverified: a hint). */
   static async snapshotIdsOf(libDir: string, repository: string, vm: string): Promise<string[]> {
-    const dir = dirname(Journal.pathFor(libDir, { repository, vm, disk: 'x' }));
+    const dir = Journal.dirFor(libDir, repository, vm);
     const ids = new Set<string>();
     for (const name of await fsp.readdir(dir).catch(() => [] as string[])) {
       if (!name.endsWith('.journal')) continue;
