@@ -5,7 +5,7 @@ import * as assert from 'uvu/assert';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import tls from 'node:tls';
-import { VsphereClient, xml, type Mor } from '../src/sources/vmware/VsphereClient.ts';
+import { VsphereClient, type Mor } from '../src/sources/vmware/VsphereClient.ts';
 import { findVm, listObjects, objectProps, vmDisks } from '../src/sources/vmware/inventory.ts';
 import { DatastoreFile } from '../src/sources/vmware/DatastoreFile.ts';
 import { writeFile, truncate } from 'node:fs/promises';
@@ -18,6 +18,7 @@ import { rm } from 'node:fs/promises';
 import { hamal, HAMAL, TEST_LIB_DIR } from './helpers/cli.ts';
 import { join } from 'node:path';
 import { pattern } from './helpers/disks.ts';
+import { VimAdmin } from './helpers/vimAdmin.ts';
 import { SNAPSHOT_PREFIX, createSnapshot, ensureChangeTracking, listSnapshots, removeLeftoverSnapshots, removeSnapshot } from '../src/sources/vmware/snapshots.ts';
 
 const PASSWORD = 'vc-Pa55-for-tests';
@@ -106,9 +107,10 @@ test('an ambiguous name is an error listing the candidates', async () => {
   const other = await findVm(c, 'DC0_H0_VM1');
   // Names are unique per folder: move the other VM into a folder of its own first.
   const [dc] = await listObjects(c, 'Datacenter', ['vmFolder']);
-  const [folder] = (await c.call('CreateFolder', { type: 'Folder', value: String(dc!.props.vmFolder) }, '<name>hamal-test</name>')) as Array<{ '#text': string }>;
-  await c.call('MoveIntoFolder_Task', { type: 'Folder', value: folder!['#text'] }, `<list type="VirtualMachine">${other.mor.value}</list>`);
-  await c.call('Rename_Task', other.mor, `<newName>${xml('DC0_H0_VM0')}</newName>`);
+  const admin = await VimAdmin.login(url, 'hamal', PASSWORD);
+  const folder = VimAdmin.returnval(await admin.call('CreateFolder', 'Folder', String(dc!.props.vmFolder), '<name>hamal-test</name>'));
+  await admin.call('MoveIntoFolder_Task', 'Folder', folder, `<list type="VirtualMachine">${other.mor.value}</list>`);
+  await admin.call('Rename_Task', 'VirtualMachine', other.mor.value, '<newName>DC0_H0_VM0</newName>');
   await findVm(c, 'DC0_H0_VM0').then(
     () => assert.unreachable(),
     (e) => {
@@ -116,13 +118,15 @@ test('an ambiguous name is an error listing the candidates', async () => {
       assert.match(e.message, /2 VMs are named DC0_H0_VM0 .*vm-\d+ \(.*\), vm-\d+ \(.*\); give the id or instance UUID/);
     },
   );
-  await c.call('Rename_Task', other.mor, `<newName>DC0_H0_VM1</newName>`);
+  // By inventory path, the two are told apart.
+  assert.equal((await findVm(c, '/DC0/vm/hamal-test/DC0_H0_VM0')).mor, other.mor);
+  await admin.call('Rename_Task', 'VirtualMachine', other.mor.value, '<newName>DC0_H0_VM1</newName>');
   await c.logout();
 });
 
 test('a session that ended is renewed once (NotAuthenticated)', async () => {
   const c = await connect();
-  await c.call('Logout', c.mor('sessionManager'), '', false);
+  await c.call('Logout', c.mor('sessionManager'), {}, false);
   const vms = await listObjects(c, 'VirtualMachine', ['name']);
   assert.ok(vms.length >= 4);
   await c.logout();
@@ -133,9 +137,9 @@ test('snapshots: created and removed through their tasks; leftovers of ours swep
   const vm = (await findVm(c, 'DC0_C0_RP0_VM0')).mor;
   const mine = await createSnapshot(c, vm, `${SNAPSHOT_PREFIX}1`);
   assert.is(mine.type, 'VirtualMachineSnapshot');
-  const theirs = await createSnapshot(c, vm, 'operator-backup');
+  const theirs = await createSnapshot(c, vm, 'operator-backup', { quiesce: true });
   await createSnapshot(c, vm, `${SNAPSHOT_PREFIX}2`);
-  assert.equal((await listSnapshots(c, vm)).map((s) => s.name), [`${SNAPSHOT_PREFIX}1`, 'operator-backup', `${SNAPSHOT_PREFIX}2`]);
+  assert.equal((await listSnapshots(c, vm)).map((s) => `${s.name}${s.quiesced ? ' (quiesced)' : ''}`), [`${SNAPSHOT_PREFIX}1`, 'operator-backup (quiesced)', `${SNAPSHOT_PREFIX}2`]);
   assert.equal((await removeLeftoverSnapshots(c, vm)).sort(), [`${SNAPSHOT_PREFIX}1`, `${SNAPSHOT_PREFIX}2`]);
   assert.equal((await listSnapshots(c, vm)).map((s) => s.name), ['operator-backup']);
   await removeSnapshot(c, theirs);

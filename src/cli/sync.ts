@@ -151,7 +151,7 @@ async function taskSource(task: Task, file: string, config: LoadedConfig): Promi
     return { source: new LocalSource({ vms: { [src.vm]: local } }), releaseCpuMsPerMb: c.hamal.local_release_cpu_time };
   }
   if (src.platform === 'vmware') {
-    const conn = src.connection as { host: string; port?: number; username: string; thumbprint?: string; caFile?: string; transport?: string };
+    const conn = src.connection as { host: string; port?: number; username: string; thumbprint?: string; caFile?: string; transport?: string; quiesce?: boolean };
     const password = await resolveSecret(src.connection!, `task ${file}`);
     return {
       source: new VmwareSource({
@@ -160,6 +160,7 @@ async function taskSource(task: Task, file: string, config: LoadedConfig): Promi
         diskFlagSizeMb: c.vmware.disk_flag_size,
         maxReadBytes: c.vmware.max_read_blocks * 512,
         transport: conn.transport === 'nbd' ? 'nbd' : 'https',
+        quiesce: conn.quiesce === true,
         nbdkitTemplate: c.hamal.vmware_nbdkit_command || undefined,
         workDir: c.DEFAULT.hamal_lib_dir,
       }),

@@ -79,6 +79,7 @@ export const TASK_SCHEMA = {
           thumbprint: { type: 'string', pattern: '^([0-9A-Fa-f]{2}:){19,31}[0-9A-Fa-f]{2}$', description: 'SHA-1 or SHA-256 certificate thumbprint to pin.' },
           caFile: { type: 'string', minLength: 1, description: 'CA bundle (PEM) that signs the server certificate.' },
           transport: { enum: ['nbd', 'https'], description: 'How disk data is read.' },
+          quiesce: { type: 'boolean', description: 'Quiesce the guest file systems for the snapshot (needs VMware Tools); default false, a crash-consistent snapshot.' },
         }),
         platform('openstack_ceph', ['authUrl'], {
           authUrl: { type: 'string', pattern: '^https?://' },

@@ -20,6 +20,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -59,6 +60,9 @@ type createSnap struct {
 	This ref `xml:"Body>CreateSnapshot_Task>_this"`
 }
 
+// The operation's element, whatever namespace prefix the client gave it.
+var bodyIs = regexp.MustCompile(`<(?:[\w-]+:)?Body[^>]*>\s*<(?:[\w-]+:)?(\w+)[\s>/]`)
+
 func (c *cbt) wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/hamal/reset-cbt" {
@@ -74,14 +78,14 @@ func (c *cbt) wrap(next http.Handler) http.Handler {
 		body, _ := io.ReadAll(r.Body)
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		switch {
-		case bytes.Contains(body, []byte("<QueryChangedDiskAreas")):
+		case op(body) == "QueryChangedDiskAreas":
 			var q qcda
 			if err := xml.Unmarshal(body, &q); err != nil {
 				fault(w, "bad request: "+err.Error())
 				return
 			}
 			c.query(w, q)
-		case bytes.Contains(body, []byte("<CreateSnapshot_Task")):
+		case op(body) == "CreateSnapshot_Task":
 			var q createSnap
 			_ = xml.Unmarshal(body, &q)
 			rec := httptest.NewRecorder()
@@ -327,4 +331,11 @@ func differing(oldPath, curPath string, start, end int64) [][2]int64 {
 		}
 	}
 	return out
+}
+
+func op(body []byte) string {
+	if m := bodyIs.FindSubmatch(body); m != nil {
+		return string(m[1])
+	}
+	return ""
 }

@@ -1,7 +1,7 @@
 import { Observable } from 'rxjs';
 import type { Extent } from '../../streams/Extent.ts';
 import { HamalError } from '../../errors.ts';
-import { xml, type Mor, type VsphereClient } from './VsphereClient.ts';
+import { ref, type Mor, type VsphereClient } from './VsphereClient.ts';
 
 type Obj = Record<string, unknown>;
 
@@ -19,12 +19,7 @@ export function changedAreas(client: VsphereClient, vm: Mor, snapshot: Mor, devi
       for (let start = 0; start < capacity && !stopped; ) {
         let info: Obj;
         try {
-          [info] = (await client.call(
-            'QueryChangedDiskAreas',
-            vm,
-            `<snapshot type="VirtualMachineSnapshot">${xml(snapshot.value)}</snapshot><deviceKey>${deviceKey}</deviceKey>` +
-              `<startOffset>${start}</startOffset><changeId>${xml(changeId)}</changeId>`,
-          )) as Obj[];
+          [info] = (await client.call('QueryChangedDiskAreas', vm, { snapshot: ref(snapshot), deviceKey, startOffset: start, changeId })) as Obj[];
         } catch (err) {
           throw new HamalError('CBT_QUERY_FAILED', `changed areas of disk ${deviceKey} of ${vm.value} since ${changeId} are not available: ${(err as Error).message}`, {
             subject: `${vm.value}:${deviceKey}`,

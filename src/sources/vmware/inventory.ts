@@ -1,5 +1,5 @@
 import { HamalError } from '../../errors.ts';
-import { xml, type Mor, type VsphereClient } from './VsphereClient.ts';
+import { ref, type Args, type Mor, type VsphereClient } from './VsphereClient.ts';
 
 type Obj = Record<string, unknown>;
 
@@ -24,35 +24,37 @@ function morOf(o: unknown): Mor {
 
 /** Properties of every object of `type` under the root folder (ContainerView + RetrievePropertiesEx). */
 export async function listObjects(client: VsphereClient, type: string, paths: string[]): Promise<Array<{ mor: Mor; props: Obj }>> {
-  const [view] = await client.call(
-    'CreateContainerView',
-    client.mor('viewManager'),
-    `<container type="Folder">${xml(client.mor('rootFolder').value)}</container><type>${xml(type)}</type><recursive>true</recursive>`,
-  );
+  const [view] = await client.call('CreateContainerView', client.mor('viewManager'), { container: ref(client.mor('rootFolder')), type: [type], recursive: true });
   const v = morOf(view);
   try {
-    const spec =
-      `<specSet><propSet><type>${xml(type)}</type>${paths.map((p) => `<pathSet>${xml(p)}</pathSet>`).join('')}</propSet>` +
-      `<objectSet><obj type="ContainerView">${xml(v.value)}</obj><skip>true</skip>` +
-      `<selectSet xsi:type="TraversalSpec"><name>view</name><type>ContainerView</type><path>view</path><skip>false</skip></selectSet>` +
-      `</objectSet></specSet><options></options>`;
-    return await retrieve(client, spec);
+    return await retrieve(client, {
+      specSet: [
+        {
+          propSet: [{ type, pathSet: paths }],
+          objectSet: [
+            {
+              obj: ref(v),
+              skip: true,
+              selectSet: [{ attributes: { 'xsi:type': 'TraversalSpec' }, name: 'view', type: 'ContainerView', path: 'view', skip: false }],
+            },
+          ],
+        },
+      ],
+      options: {},
+    });
   } finally {
-    await client.call('DestroyView', v, '').catch(() => {});
+    await client.call('DestroyView', v).catch(() => {});
   }
 }
 
 /** Properties of one object. */
 export async function objectProps(client: VsphereClient, mor: Mor, paths: string[]): Promise<Obj> {
-  const spec =
-    `<specSet><propSet><type>${xml(mor.type)}</type>${paths.map((p) => `<pathSet>${xml(p)}</pathSet>`).join('')}</propSet>` +
-    `<objectSet><obj type="${xml(mor.type)}">${xml(mor.value)}</obj><skip>false</skip></objectSet></specSet><options></options>`;
-  const [one] = await retrieve(client, spec);
+  const [one] = await retrieve(client, { specSet: [{ propSet: [{ type: mor.type, pathSet: paths }], objectSet: [{ obj: ref(mor), skip: false }] }], options: {} });
   if (!one) throw new HamalError('VSPHERE_NOT_FOUND', `${mor.type} ${mor.value} not found on ${client.url.host}`, { subject: mor.value });
   return one.props;
 }
 
-async function retrieve(client: VsphereClient, spec: string, relogin = true): Promise<Array<{ mor: Mor; props: Obj }>> {
+async function retrieve(client: VsphereClient, spec: Args, relogin = true): Promise<Array<{ mor: Mor; props: Obj }>> {
   const out: Array<{ mor: Mor; props: Obj }> = [];
   let [result] = (await client.call('RetrievePropertiesEx', client.mor('propertyCollector'), spec)) as Obj[];
   for (;;) {
@@ -72,7 +74,7 @@ async function retrieve(client: VsphereClient, spec: string, relogin = true): Pr
     }
     const token = result?.token;
     if (!token) return out;
-    [result] = (await client.call('ContinueRetrievePropertiesEx', client.mor('propertyCollector'), `<token>${xml(String(token))}</token>`)) as Obj[];
+    [result] = (await client.call('ContinueRetrievePropertiesEx', client.mor('propertyCollector'), { token: String(token) })) as Obj[];
   }
 }
 
@@ -84,10 +86,18 @@ export interface VmRef {
 }
 
 /**
- * Finds a VM by managed object id (`vm-42`), instance UUID, BIOS UUID or name. A name that
- * several VMs have is an error listing them.
+ * Finds a VM by managed object id (`vm-42`), instance UUID, BIOS UUID, inventory path
+ * (`/DC0/vm/folder/name`, as the vSphere client shows it) or name. A name that several VMs
+ * have is an error listing them.
  */
 export async function findVm(client: VsphereClient, selector: string): Promise<VmRef> {
+  if (selector.includes('/')) {
+    const [found] = await client.call('FindByInventoryPath', client.mor('searchIndex'), { inventoryPath: selector.replace(/^\//, '') });
+    if (found && morOf(found).type === 'VirtualMachine') {
+      const props = await objectProps(client, morOf(found), ['name', 'config.instanceUuid', 'config.uuid']);
+      return { mor: morOf(found), name: String(props.name), instanceUuid: props['config.instanceUuid'] as string | undefined, biosUuid: props['config.uuid'] as string | undefined };
+    }
+  }
   const all = (await listObjects(client, 'VirtualMachine', ['name', 'config.instanceUuid', 'config.uuid'])).map(({ mor, props }) => ({
     mor,
     name: String(props.name),
@@ -98,7 +108,7 @@ export async function findVm(client: VsphereClient, selector: string): Promise<V
   const byId = all.filter((v) => v.mor.value === selector || v.instanceUuid?.toLowerCase() === s || v.biosUuid?.toLowerCase() === s);
   const found = byId.length ? byId : all.filter((v) => v.name === selector);
   if (found.length === 1) return found[0]!;
-  if (!found.length) throw new HamalError('VM_NOT_FOUND', `no VM ${selector} on ${client.url.host} (by id, instance UUID, BIOS UUID or name)`, { subject: selector });
+  if (!found.length) throw new HamalError('VM_NOT_FOUND', `no VM ${selector} on ${client.url.host} (by id, instance UUID, BIOS UUID, inventory path or name)`, { subject: selector });
   throw new HamalError('VM_AMBIGUOUS', `${found.length} VMs are named ${selector} on ${client.url.host}: ${found.map((v) => `${v.mor.value} (${v.instanceUuid ?? 'no uuid'})`).join(', ')}; give the id or instance UUID`, {
     subject: selector,
   });

@@ -1,5 +1,5 @@
 import { HamalError } from '../../errors.ts';
-import { xml, type Mor, type VsphereClient } from './VsphereClient.ts';
+import type { Args, Mor, VsphereClient } from './VsphereClient.ts';
 import { objectProps } from './inventory.ts';
 
 type Obj = Record<string, unknown>;
@@ -29,8 +29,8 @@ function morText(o: unknown, type: string): Mor {
   return { type, value: v };
 }
 
-async function runTask(client: VsphereClient, method: string, target: Mor, body: string, what: string, timeoutMs: number): Promise<unknown> {
-  const [task] = await client.call(method, target, body);
+async function runTask(client: VsphereClient, method: string, target: Mor, args: Args, what: string, timeoutMs: number): Promise<unknown> {
+  const [task] = await client.call(method, target, args);
   return waitTask(client, morText(task, 'Task'), what, timeoutMs);
 }
 
@@ -40,7 +40,7 @@ export async function createSnapshot(client: VsphereClient, vm: Mor, name: strin
     client,
     'CreateSnapshot_Task',
     vm,
-    `<name>${xml(name)}</name><description>hamal sync</description><memory>false</memory><quiesce>${options.quiesce ? 'true' : 'false'}</quiesce>`,
+    { name, description: 'hamal sync', memory: false, quiesce: !!options.quiesce },
     `snapshot ${name} of ${vm.value}`,
     options.timeoutMs ?? 3600_000,
   );
@@ -49,13 +49,14 @@ export async function createSnapshot(client: VsphereClient, vm: Mor, name: strin
 }
 
 export async function removeSnapshot(client: VsphereClient, snapshot: Mor, timeoutMs = 3600_000): Promise<void> {
-  await runTask(client, 'RemoveSnapshot_Task', snapshot, '<removeChildren>false</removeChildren><consolidate>true</consolidate>', `removal of snapshot ${snapshot.value}`, timeoutMs);
+  await runTask(client, 'RemoveSnapshot_Task', snapshot, { removeChildren: false, consolidate: true }, `removal of snapshot ${snapshot.value}`, timeoutMs);
 }
 
 export interface SnapshotInfo {
   name: string;
   mor: Mor;
   createTime?: string;
+  quiesced: boolean;
 }
 
 /** Every snapshot of the VM, flattened from its snapshot tree. */
@@ -65,7 +66,7 @@ export async function listSnapshots(client: VsphereClient, vm: Mor): Promise<Sna
   const walk = (nodes: unknown) => {
     const list = (Array.isArray(nodes) ? nodes : nodes ? [nodes] : []) as Obj[];
     for (const n of list) {
-      out.push({ name: String(n.name), mor: morText(n.snapshot, 'VirtualMachineSnapshot'), createTime: n.createTime as string | undefined });
+      out.push({ name: String(n.name), mor: morText(n.snapshot, 'VirtualMachineSnapshot'), createTime: n.createTime as string | undefined, quiesced: String(n.quiesced) === 'true' });
       walk(n.childSnapshotList);
     }
   };
@@ -87,7 +88,7 @@ export async function removeLeftoverSnapshots(client: VsphereClient, vm: Mor, ti
 export async function ensureChangeTracking(client: VsphereClient, vm: Mor, timeoutMs?: number): Promise<boolean> {
   const p = await objectProps(client, vm, ['config.changeTrackingEnabled']);
   if (String(p['config.changeTrackingEnabled']) === 'true') return false;
-  await runTask(client, 'ReconfigVM_Task', vm, '<spec><changeTrackingEnabled>true</changeTrackingEnabled></spec>', `enabling change tracking on ${vm.value}`, timeoutMs ?? 3600_000);
+  await runTask(client, 'ReconfigVM_Task', vm, { spec: { changeTrackingEnabled: true } }, `enabling change tracking on ${vm.value}`, timeoutMs ?? 3600_000);
   const snap = await createSnapshot(client, vm, `${SNAPSHOT_PREFIX}cbt-activation`, { timeoutMs });
   await removeSnapshot(client, snap, timeoutMs);
   return true;
