@@ -1,0 +1,118 @@
+import { LocalSource } from '../sources/local/LocalSource.ts';
+import { VmwareSource } from '../sources/vmware/VmwareSource.ts';
+import type { Source } from '../sources/Source.ts';
+import { parseLocalDisk } from '../sources/local/LocalDisk.ts';
+import { openStore } from '../sinks/openStore.ts';
+import { Repository } from '../repo/Repository.ts';
+import { runVmSync, type VmSyncResult } from '../streams/runVmSync.ts';
+import type { SyncEvent } from '../streams/SyncEvent.ts';
+import { HamalError, UsageError } from '../errors.ts';
+import type { LoadedConfig } from '../config/loadConfig.ts';
+import { log } from '../log/Logger.ts';
+import { resolveSecret } from './resolveSecret.ts';
+import type { Task } from './Task.ts';
+
+/** What a command line may override in a task; the rest comes from the task, then hamal.conf. */
+export interface TaskOverrides {
+  target?: string;
+  readers?: number;
+  writers?: number;
+  parallelDisks?: number;
+  blockSize?: number;
+}
+
+export interface ExecuteOptions {
+  /** Names the task in errors: its file, or its id at the control plane. */
+  label: string;
+  overrides?: TaskOverrides;
+  onEvent?: (e: SyncEvent) => void;
+  /** Aborting stops reading, releases the snapshot and the lock, and rejects. */
+  signal?: AbortSignal;
+}
+
+/**
+ * Runs one task: builds the source it names and the repository it targets, with the caps
+ * of hamal.conf (bounded by their max_* keys), and syncs the VM. Shared by `hamal sync`
+ * and the service.
+ */
+export async function executeTask(task: Task, config: LoadedConfig, options: ExecuteOptions): Promise<VmSyncResult & { target: string }> {
+  const o = options.overrides ?? {};
+  const c = config.values;
+  const { source, disks, releaseCpuMsPerMb } = await taskSource(task, options.label, config);
+  const target = o.target ?? task.target ?? (c.hamal.target || undefined);
+  if (!target) throw new UsageError('USAGE', `no target for ${options.label}: give --target, a "target" in the task, or [hamal] target in hamal.conf`);
+  const readers = o.readers ?? task.options?.readers ?? c.data_sync_v2.pre_disk_readers_count;
+  if (readers > c.data_sync_v2.max_pre_disk_readers_count) {
+    throw new UsageError('USAGE', `readers ${readers} exceeds max_pre_disk_readers_count (${c.data_sync_v2.max_pre_disk_readers_count})`);
+  }
+  const parallelDisks = o.parallelDisks ?? task.options?.parallelDisks ?? c.data_sync_v2.parallel_sync_disks_count;
+  if (parallelDisks > c.data_sync_v2.max_parallel_sync_disks_count) {
+    throw new UsageError('USAGE', `parallel disks ${parallelDisks} exceeds max_parallel_sync_disks_count (${c.data_sync_v2.max_parallel_sync_disks_count})`);
+  }
+  const writers = o.writers ?? task.options?.writers ?? c.hamal.writers_per_disk;
+  const blockSize = o.blockSize ?? (task.options?.blockSizeMb ?? c.hamal.block_size_mb) * 1024 * 1024;
+
+  const store = await openStore(target, { create: true, config: c });
+  try {
+    const repo = await Repository.open(store, { create: true, blockSize });
+    log.child('sync').info(`syncing ${source.platform} VM ${task.source.vm} to ${store.location}`, { readers, writers, parallelDisks });
+    const result = await runVmSync(
+      source,
+      task.source.vm,
+      repo,
+      {
+        readers,
+        writers,
+        parallelDisks,
+        journalDir: c.DEFAULT.hamal_lib_dir,
+        checkpointSeconds: c.data_sync_v2.fsync_period_frequency,
+        checkpointTimeoutSeconds: c.data_sync_v2.fsync_timeout,
+        releaseCpuMsPerMb,
+        disks,
+        lock: { ttlSeconds: c.hamal.lock_ttl, clockSkewSeconds: c.hamal.lock_clock_skew },
+        metadata: {
+          upload: c.sync.upload_metadata_to_oss,
+          localDir: c.sync.save_local_snapshot_metadata ? c.DEFAULT.hamal_lib_dir : undefined,
+        },
+      },
+      options.onEvent ?? (() => {}),
+      options.signal,
+    );
+    return { ...result, target: store.location };
+  } finally {
+    await store.close();
+  }
+}
+
+/** The source a task names, with its disk selection and the throttle of its platform. */
+async function taskSource(task: Task, label: string, config: LoadedConfig): Promise<{ source: Source; disks?: string[]; releaseCpuMsPerMb: number }> {
+  const c = config.values;
+  const src = task.source;
+  if (src.platform === 'local') {
+    const disks = (src.disks ?? []) as Array<{ id?: string; path: string }>;
+    const local = disks.map((d) => (d.id ? { id: d.id, path: d.path } : parseLocalDisk(d.path)));
+    return { source: new LocalSource({ vms: { [src.vm]: local } }), releaseCpuMsPerMb: c.hamal.local_release_cpu_time };
+  }
+  if (src.platform === 'vmware') {
+    const conn = src.connection as { host: string; port?: number; username: string; thumbprint?: string; caFile?: string; transport?: string; quiesce?: boolean };
+    const password = await resolveSecret(src.connection!, label);
+    return {
+      source: new VmwareSource({
+        connection: { url: `https://${conn.host}${conn.port ? `:${conn.port}` : ''}/sdk`, username: conn.username, password, thumbprint: conn.thumbprint, caFile: conn.caFile, timeoutMs: c.mass.default_request_timeout * 1000 },
+        skipDiskFlag: c.vmware.skip_disk_flag,
+        diskFlagSizeMb: c.vmware.disk_flag_size,
+        maxReadBytes: c.vmware.max_read_blocks * 512,
+        transport: conn.transport === 'nbd' ? 'nbd' : 'https',
+        quiesce: conn.quiesce === true,
+        nbdkitTemplate: c.hamal.vmware_nbdkit_command || undefined,
+        workDir: c.DEFAULT.hamal_lib_dir,
+      }),
+      disks: src.disks as string[] | undefined,
+      releaseCpuMsPerMb: c.period.vmware_release_cpu_time,
+    };
+  }
+  throw new HamalError('PLATFORM_UNAVAILABLE', `${label}: platform ${src.platform} is not available in this build of hamal`, {
+    subject: 'source.platform',
+  });
+}
+
