@@ -1,0 +1,47 @@
+import type { ObservableInput } from 'rxjs';
+import type { AcceptedTask, TaskRejected } from './SignedTask.ts';
+import type { ProgressReport } from './TaskProgress.ts';
+
+/** What the proxy tells the control plane about itself (docs/control-plane.md, Heartbeat). */
+export interface Heartbeat {
+  proxyId: string;
+  version: string;
+  startedAt: string;
+  hostIps: string[];
+  publicIps: string[];
+  capacity: { maxTasks: number; parallelDisks: number; readersPerDisk: number };
+  running: ProgressReport[];
+  at: string;
+}
+
+/** How a task ended. `rejected`: refused before it ran (signature, expiry, replay, schema). */
+export interface ResultReport {
+  taskId: string;
+  vm?: string;
+  state: 'succeeded' | 'failed' | 'rejected' | 'interrupted';
+  error?: string;
+  versions?: Array<{ disk: string; version: string; parent: string | null; readBytes: number; storedBytes: number }>;
+  failedDisks?: Array<{ disk: string; error: string }>;
+  startedAt?: string;
+  durationMs?: number;
+  at: string;
+}
+
+export type Report = { kind: 'progress'; body: ProgressReport } | { kind: 'result'; body: ResultReport };
+
+/**
+ * Where tasks come from: the control plane (signed, checked by acceptTask) or the task
+ * files of standalone mode. Each poll answers the tasks due now, accepted or rejected.
+ * Observable inputs so tests can run the service in virtual time.
+ */
+export interface TaskFeed {
+  poll(): ObservableInput<Array<AcceptedTask | TaskRejected>>;
+  /** Called once a task ended and its result is recorded (standalone schedules advance). */
+  done?(taskId: string, result: ResultReport): ObservableInput<void>;
+}
+
+/** Where the service reports: the control plane; absent in standalone mode (the log only). */
+export interface Reporter {
+  heartbeat(h: Heartbeat): ObservableInput<void>;
+  report(r: Report): ObservableInput<void>;
+}

@@ -1,0 +1,284 @@
+import {
+  EMPTY,
+  Observable,
+  Subject,
+  asyncScheduler,
+  catchError,
+  concatMap,
+  defaultIfEmpty,
+  defer,
+  exhaustMap,
+  filter,
+  finalize,
+  from,
+  ignoreElements,
+  interval,
+  map,
+  merge,
+  mergeMap,
+  of,
+  retry,
+  share,
+  switchMap,
+  take,
+  takeUntil,
+  tap,
+  timer,
+  type SchedulerLike,
+} from 'rxjs';
+import { HamalError, describeError } from '../errors.ts';
+import { log } from '../log/Logger.ts';
+import type { Heartbeat, Report, Reporter, ResultReport, TaskFeed } from './ControlPlane.ts';
+import { MemoryOutbox, type Outbox } from './Outbox.ts';
+import { TaskRejected, type AcceptedTask } from './SignedTask.ts';
+import { TaskProgress } from './TaskProgress.ts';
+import { Metrics } from './Metrics.ts';
+
+export interface ServiceOptions {
+  /** Between two polls for tasks (seed: [period] interval). Polls never overlap. */
+  pollMs: number;
+  /** Between two heartbeats (enable_heartbeat_msg); never overlapping either. */
+  heartbeatMs: number;
+  /** Between two progress reports of a running task (seed: task_update_wait_time). */
+  progressMs: number;
+  /** Tasks (VMs) run at once; more wait for a free slot. */
+  maxTasks: number;
+  /** Report retries back off from 1 s, doubling, up to this. @default 60 s */
+  retryMaxMs?: number;
+  /** After a stop, how long undelivered reports keep being tried. @default 10 s */
+  flushMs?: number;
+  /** Consecutive failed heartbeats after which /healthz says unhealthy. @default 3 */
+  unhealthyAfter?: number;
+}
+
+export interface ServiceDeps {
+  feed: TaskFeed;
+  /** The control plane; absent in standalone mode, where reports only reach the log. */
+  reporter?: Reporter;
+  /** Runs one task; unsubscribing stops it (snapshot removed, journal kept). */
+  runTask(task: AcceptedTask, progress: TaskProgress): Observable<ResultReport>;
+  /** The host facts of a heartbeat (cached by the caller; cheap to call). */
+  facts(): Omit<Heartbeat, 'running' | 'at'>;
+  outbox?: Outbox;
+  scheduler?: SchedulerLike;
+  metrics?: Metrics;
+}
+
+export interface ServiceHealth {
+  healthy: boolean;
+  reasons: string[];
+}
+
+/**
+ * The proxy as a service: timer-driven streams merged into one graph.
+ *   polls$      timer -> exhaustMap(poll)      tasks due now; a slow poll is never stacked
+ *   tasks       mergeMap(run, maxTasks)        each task with its own progress timer
+ *   heartbeats$ timer -> exhaustMap(heartbeat)
+ *   reports$    concatMap(deliver + retry)     in order; results kept in the outbox until
+ *                                              delivered, a progress report skipped once a
+ *                                              newer one of its task is queued
+ * stop(): polls and heartbeats end, running tasks are stopped (their snapshots released,
+ * their journals kept for the next start), results reported, the graph completes.
+ */
+export class Service {
+  readonly metrics: Metrics;
+  private readonly _running = new Map<string, TaskProgress>();
+  private readonly _seen = new Set<string>();
+  private readonly _latest = new Map<string, Report>();
+  private readonly _reports = new Subject<Report>();
+  private readonly _stopping = new Subject<void>();
+  private readonly _outbox: Outbox;
+  private readonly _sched: SchedulerLike;
+  private _heartbeatFailures = 0;
+  private _lastPollError?: string;
+  private _stopped = false;
+  private readonly _log = log.child('service');
+
+  constructor(
+    private readonly _deps: ServiceDeps,
+    private readonly _options: ServiceOptions,
+  ) {
+    this._outbox = _deps.outbox ?? new MemoryOutbox();
+    this._sched = _deps.scheduler ?? asyncScheduler;
+    this.metrics = _deps.metrics ?? new Metrics();
+  }
+
+  /** Tasks running now, as their latest progress. */
+  running(): ReturnType<TaskProgress['report']>[] {
+    return [...this._running.values()].map((p) => p.report(new Date(this._sched.now())));
+  }
+
+  health(): ServiceHealth {
+    const reasons: string[] = [];
+    const n = this._options.unhealthyAfter ?? 3;
+    if (this._heartbeatFailures >= n) reasons.push(`control plane unreachable for ${this._heartbeatFailures} heartbeats`);
+    if (this._lastPollError) reasons.push(`last poll for tasks failed: ${this._lastPollError}`);
+    if (this._stopped) reasons.push('stopping');
+    return { healthy: !reasons.length, reasons };
+  }
+
+  /** Stops polling and heartbeats, stops running tasks; the graph completes once reports are flushed. */
+  stop(): void {
+    if (this._stopped) return;
+    this._stopped = true;
+    this._log.info(`stopping: ${this._running.size} task(s) running are stopped, their snapshots released`);
+    this._stopping.next();
+    this._stopping.complete();
+  }
+
+  /** The whole graph; subscribe to start. Completes after stop(). */
+  run(): Observable<never> {
+    const o = this._options;
+    const tasks$ = timer(0, o.pollMs, this._sched).pipe(
+      takeUntil(this._stopping),
+      exhaustMap(() =>
+        defer(() => this._deps.feed.poll()).pipe(
+          tap(() => (this._lastPollError = undefined)),
+          catchError((err) => {
+            this._lastPollError = describeError(err);
+            this.metrics.add('hamal_poll_failures_total');
+            this._log.warn(`polling for tasks failed: ${this._lastPollError}`);
+            return EMPTY;
+          }),
+        ),
+      ),
+      mergeMap((list) => from(list)),
+      filter((t) => {
+        const id = t instanceof TaskRejected ? t.taskId : t.id;
+        if (this._seen.has(id)) return false;
+        this._seen.add(id);
+        // Months of periodic tasks: remember the latest ids only.
+        if (this._seen.size > 10_000) this._seen.delete(this._seen.values().next().value!);
+        return true;
+      }),
+      mergeMap((t) => (t instanceof TaskRejected ? of(this._rejected(t)) : this._run(t)), o.maxTasks),
+      concatMap((r) => this._finish(r)),
+      finalize(() => this._reports.complete()),
+    );
+
+    const heartbeats$ = this._deps.reporter
+      ? timer(0, o.heartbeatMs, this._sched).pipe(
+          takeUntil(this._stopping),
+          exhaustMap(() =>
+            defer(() => this._deps.reporter!.heartbeat({ ...this._deps.facts(), running: this.running(), at: new Date(this._sched.now()).toISOString() })).pipe(
+              tap(() => {
+                if (this._heartbeatFailures) this._log.info(`control plane reachable again after ${this._heartbeatFailures} failed heartbeat(s)`);
+                this._heartbeatFailures = 0;
+              }),
+              catchError((err) => {
+                this._heartbeatFailures++;
+                this.metrics.add('hamal_heartbeat_failures_total');
+                if (this._heartbeatFailures === 1 || this._heartbeatFailures % 10 === 0) {
+                  this._log.warn(`heartbeat failed (${this._heartbeatFailures} in a row): ${describeError(err)}`);
+                }
+                return EMPTY;
+              }),
+            ),
+          ),
+        )
+      : EMPTY;
+
+    const flushDeadline$ = this._stopping.pipe(
+      defaultIfEmpty(undefined),
+      switchMap(() => timer(o.flushMs ?? 10_000, this._sched)),
+    );
+    const reports$ = defer(() => {
+      // Results of an earlier run that never reached the control plane go first.
+      for (const r of this._outbox.pending()) {
+        this._log.info(`result of task ${r.taskId} (${r.state}) from an earlier run is delivered now`);
+        this._queue({ kind: 'result', body: r });
+      }
+      return this._reports;
+    }).pipe(
+      concatMap((r) => this._deliver(r)),
+      takeUntil(flushDeadline$),
+    );
+
+    return merge(tasks$.pipe(ignoreElements()), heartbeats$.pipe(ignoreElements()), reports$.pipe(ignoreElements())) as Observable<never>;
+  }
+
+  private _run(t: AcceptedTask): Observable<ResultReport> {
+    return defer(() => {
+      const progress = new TaskProgress(t.id, t.task.source.vm);
+      this._running.set(t.id, progress);
+      this.metrics.set('hamal_tasks_running', this._running.size);
+      const started = this._sched.now();
+      this._log.info(`task ${t.id}: sync of ${t.task.source.platform} VM ${t.task.source.vm} started`);
+      const result$ = this._deps.runTask(t, progress).pipe(
+        takeUntil(this._stopping),
+        take(1),
+        defaultIfEmpty(undefined),
+        map((r): ResultReport => r ?? { taskId: t.id, vm: t.task.source.vm, state: 'interrupted', error: 'the proxy was stopped; the next run resumes from the journal', at: '' }),
+        catchError((err) => of<ResultReport>({ taskId: t.id, vm: t.task.source.vm, state: 'failed', error: describeError(err), at: '' })),
+        map((r) => ({ ...r, startedAt: new Date(started).toISOString(), durationMs: this._sched.now() - started, at: new Date(this._sched.now()).toISOString() })),
+        share(),
+      );
+      const ticks$ = interval(this._options.progressMs, this._sched).pipe(
+        tap(() => this._queue({ kind: 'progress', body: progress.report(new Date(this._sched.now())) })),
+        ignoreElements(),
+      );
+      return merge(ticks$, result$).pipe(
+        take(1),
+        finalize(() => {
+          this._running.delete(t.id);
+          this.metrics.set('hamal_tasks_running', this._running.size);
+        }),
+      );
+    });
+  }
+
+  private _rejected(t: TaskRejected): ResultReport {
+    this._log.error(t.message);
+    this.metrics.add('hamal_errors_total', 1, { code: t.code });
+    return { taskId: t.taskId, state: 'rejected', error: t.message, at: new Date(this._sched.now()).toISOString() };
+  }
+
+  private _finish(r: ResultReport): Observable<never> {
+    const line = `task ${r.taskId}: ${r.state}${r.error ? `: ${r.error}` : ''}`;
+    if (r.state === 'succeeded') this._log.info(line, { ms: r.durationMs });
+    else if (r.state !== 'rejected') this._log.error(line);
+    this.metrics.add('hamal_tasks_total', 1, { outcome: r.state });
+    if (r.durationMs !== undefined) this.metrics.add('hamal_task_duration_seconds_sum', r.durationMs / 1000, { outcome: r.state });
+    for (const v of r.versions ?? []) {
+      this.metrics.add('hamal_read_bytes_total', v.readBytes, { vm: r.vm ?? '' });
+      this.metrics.add('hamal_stored_bytes_total', v.storedBytes, { vm: r.vm ?? '' });
+    }
+    if (this._deps.reporter) this._outbox.save(r);
+    this._queue({ kind: 'result', body: r });
+    return this._deps.feed.done ? defer(() => this._deps.feed.done!(r.taskId, r)).pipe(ignoreElements(), catchError(() => EMPTY)) : EMPTY;
+  }
+
+  private _queue(r: Report): void {
+    if (r.kind === 'progress') this._latest.set(r.body.taskId, r);
+    else this._latest.delete(r.body.taskId);
+    this._reports.next(r);
+  }
+
+  private _deliver(r: Report): Observable<never> {
+    const reporter = this._deps.reporter;
+    if (!reporter) return EMPTY;
+    // A progress report that a newer one (or the result) of its task replaced is not sent,
+    // nor tried again: a late one would set a finished task back to running.
+    const superseded = () => r.kind === 'progress' && this._latest.get(r.body.taskId) !== r;
+    const max = this._options.retryMaxMs ?? 60_000;
+    return defer(() => (superseded() ? EMPTY : reporter.report(r))).pipe(
+      retry({
+        delay: (err, n) => {
+          if (err instanceof HamalError && !err.retryable) throw err;
+          this.metrics.add('hamal_report_retries_total');
+          if (n === 1) this._log.warn(`${r.kind} report of task ${r.body.taskId} not delivered, retrying: ${describeError(err)}`);
+          return timer(Math.min(1000 * 2 ** (n - 1), max), this._sched);
+        },
+      }),
+      tap(() => {
+        if (r.kind === 'result') this._outbox.remove(r.body.taskId);
+      }),
+      ignoreElements(),
+      catchError((err) => {
+        this._log.error(`${r.kind} report of task ${r.body.taskId} refused by the control plane, dropped: ${describeError(err)}`);
+        if (r.kind === 'result') this._outbox.remove(r.body.taskId);
+        return EMPTY;
+      }),
+    );
+  }
+}

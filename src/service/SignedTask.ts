@@ -1,0 +1,125 @@
+import { createPublicKey, verify, type KeyObject } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import { dirname } from 'node:path';
+import { HamalError } from '../errors.ts';
+import { parseTask } from '../tasks/loadTask.ts';
+import type { Task } from '../tasks/Task.ts';
+import { canonicalJson } from './canonicalJson.ts';
+
+/** What the control plane signs (docs/control-plane.md, "Signed tasks"). */
+export interface TaskEnvelope {
+  id: string;
+  proxyId: string;
+  issuedAt: string;
+  expiresAt: string;
+  nonce: string;
+  task: unknown;
+}
+
+export interface SignedTask {
+  envelope: TaskEnvelope;
+  /** Ed25519 over the UTF-8 bytes of canonicalJson(envelope), base64. */
+  signature: string;
+}
+
+export interface AcceptedTask {
+  id: string;
+  task: Task;
+  expiresAt: string;
+}
+
+/** Clocks of the control plane and the proxy may differ by this much. */
+const SKEW_MS = 5 * 60_000;
+
+/** Why a task was refused; reported to the control plane, never run. */
+export class TaskRejected extends HamalError {
+  constructor(
+    readonly taskId: string,
+    reason: string,
+  ) {
+    super('TASK_REJECTED', `task ${taskId} rejected: ${reason}`, { subject: taskId });
+  }
+}
+
+/** The control plane's Ed25519 public key (PEM) from `public_key_path`. */
+export async function loadPublicKey(path: string): Promise<KeyObject> {
+  let pem: string;
+  try {
+    pem = await fsp.readFile(path, 'utf8');
+  } catch (err) {
+    throw new HamalError('PUBLIC_KEY', `cannot read the control plane's public key ${path} ([mass] public_key_path): ${(err as NodeJS.ErrnoException).code ?? err}`, {
+      subject: 'public_key_path',
+    });
+  }
+  try {
+    const key = createPublicKey(pem);
+    if (key.asymmetricKeyType !== 'ed25519') throw new Error(`an ${key.asymmetricKeyType} key, not ed25519`);
+    return key;
+  } catch (err) {
+    throw new HamalError('PUBLIC_KEY', `${path} ([mass] public_key_path) is not an Ed25519 public key in PEM: ${(err as Error).message}`, { subject: 'public_key_path' });
+  }
+}
+
+/**
+ * Nonces of accepted tasks, kept until their task expires, in a file so a restart does not
+ * forget them: a task seen once is never run again.
+ */
+export class NonceStore {
+  private _seen = new Map<string, number>();
+  private _loaded = false;
+
+  constructor(private readonly _file: string) {}
+
+  async claim(nonce: string, expiresAtMs: number, now: number): Promise<boolean> {
+    if (!this._loaded) {
+      try {
+        this._seen = new Map(Object.entries(JSON.parse(await fsp.readFile(this._file, 'utf8')) as Record<string, number>));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new HamalError('NONCE_STORE', `cannot read ${this._file}: ${(err as Error).message}`, { subject: this._file });
+      }
+      this._loaded = true;
+    }
+    for (const [n, exp] of this._seen) if (exp + SKEW_MS < now) this._seen.delete(n);
+    if (this._seen.has(nonce)) return false;
+    this._seen.set(nonce, expiresAtMs);
+    await fsp.mkdir(dirname(this._file), { recursive: true });
+    const tmp = `${this._file}.tmp`;
+    await fsp.writeFile(tmp, JSON.stringify(Object.fromEntries(this._seen)));
+    await fsp.rename(tmp, this._file);
+    return true;
+  }
+}
+
+/**
+ * Checks a task from the control plane before anything of it runs: the signature, that it
+ * is addressed to this proxy, its validity window, its nonce (no replay), and the task
+ * itself (the JSON Schema of docs/tasks.md). Throws TaskRejected naming the reason.
+ */
+export async function acceptTask(signed: unknown, key: KeyObject, proxyId: string, nonces: NonceStore, now = Date.now()): Promise<AcceptedTask> {
+  const s = signed as Partial<SignedTask> | null;
+  const e = s?.envelope as Partial<TaskEnvelope> | undefined;
+  const id = typeof e?.id === 'string' && e.id ? e.id : '(no id)';
+  if (!e || typeof e !== 'object' || typeof s?.signature !== 'string') throw new TaskRejected(id, 'not a signed task (envelope and signature expected)');
+  let ok = false;
+  try {
+    ok = verify(null, Buffer.from(canonicalJson(e), 'utf8'), key, Buffer.from(s.signature, 'base64'));
+  } catch {
+    ok = false;
+  }
+  if (!ok) throw new TaskRejected(id, 'bad signature');
+  if (e.proxyId !== proxyId) throw new TaskRejected(id, `addressed to proxy ${String(e.proxyId)}, this is ${proxyId}`);
+  const issued = Date.parse(String(e.issuedAt));
+  const expires = Date.parse(String(e.expiresAt));
+  if (!Number.isFinite(issued) || !Number.isFinite(expires)) throw new TaskRejected(id, 'issuedAt and expiresAt must be ISO 8601 times');
+  if (issued > now + SKEW_MS) throw new TaskRejected(id, `issued in the future (${e.issuedAt})`);
+  if (expires < now - SKEW_MS) throw new TaskRejected(id, `expired at ${e.expiresAt}`);
+  if (typeof e.nonce !== 'string' || e.nonce.length < 16) throw new TaskRejected(id, 'nonce missing or shorter than 16 characters');
+  let task: Task;
+  try {
+    task = parseTask(JSON.stringify(e.task), `task ${id}`);
+  } catch (err) {
+    throw new TaskRejected(id, (err as Error).message);
+  }
+  if (!(await nonces.claim(e.nonce, expires, now))) throw new TaskRejected(id, `replayed (nonce ${e.nonce} was already used)`);
+  return { id, task, expiresAt: e.expiresAt! };
+}
