@@ -77,7 +77,7 @@ test('control plane down for five minutes: the task finishes, its result and hea
       runTask: (t, progress): Observable<ResultReport> =>
         timer(60_000).pipe(
           map(() => {
-            progress.onEvent({ type: 'snapshot', vm: 'x', snapshotId: 's', disks: [{ id: 'd', capacity: 10 }] });
+            progress.onEvent({ type: 'snapshot', vm: 'x', vmInfo: { id: 'x', name: 'x' }, platformInfo: {}, snapshotId: 's', disks: [{ id: 'd', capacity: 10 }] });
             return { taskId: t.id, vm: t.task.source.vm, state: 'succeeded', versions: [], at: '' };
           }),
         ),

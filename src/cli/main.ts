@@ -10,6 +10,7 @@ import { versionsCommand } from './versions.ts';
 import { verifyCommand } from './verify.ts';
 import { pruneCommand } from './prune.ts';
 import { demoCommand } from './demo.ts';
+import { serveCommand } from './serve.ts';
 
 function positiveInt(name: string) {
   return (value: string): number => {
@@ -25,6 +26,7 @@ const collect = (value: string, previous: string[] = []): string[] => [...previo
 
 /** The global flags given after a command name (`hamal sync ... --debug`). */
 const pick = (o: GlobalOptions): GlobalOptions => ({
+  ...(o.config ? { config: o.config } : {}),
   ...(o.debug ? { debug: true } : {}),
   ...(o.verbose ? { verbose: true } : {}),
 });
@@ -103,6 +105,12 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option('--dry-run', 'report, delete nothing')
     .option('--json', 'print the report as JSON')
     .action(withConfig(pruneCommand));
+
+  program
+    .command('serve')
+    .description('Run as a service: tasks from the control plane ([mass] mass_endpoint) or from task files ([hamal] tasks_dir), until SIGTERM')
+    .option('--config <path>', 'hamal.conf to read (default: $HAMAL_CONFIG, else /etc/hamal/hamal.conf)')
+    .action(withConfig(serveCommand));
 
   const config = program.command('config').description('Configuration commands');
   config

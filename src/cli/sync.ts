@@ -8,6 +8,7 @@ import type { LoadedConfig } from '../config/loadConfig.ts';
 import { loadTask } from '../tasks/loadTask.ts';
 import type { Task } from '../tasks/Task.ts';
 import { log } from '../log/Logger.ts';
+import { logSyncEvent } from '../log/logSyncEvent.ts';
 import { formatBytes, formatRate, formatTable } from './format.ts';
 import { Progress } from './Progress.ts';
 
@@ -38,7 +39,7 @@ export async function syncCommand(opts: SyncCommandOptions, config: LoadedConfig
   const sub = log.child('sync');
   const onEvent = (e: SyncEvent) => {
     progress.onSyncEvent(e);
-    logEvent(e);
+    logSyncEvent(e);
   };
   // SIGTERM/SIGINT: stop reading, remove the snapshot, drop the lock, then exit.
   const abort = new AbortController();
@@ -73,28 +74,6 @@ export async function syncCommand(opts: SyncCommandOptions, config: LoadedConfig
   else process.stdout.write(syncTable(result) + '\n');
   for (const f of result.failed) sub.error(`disk ${f.disk} failed: ${describeError(f.error)}`);
   return result.failed.length ? 1 : 0;
-}
-
-export function logEvent(e: SyncEvent): void {
-  const sub = log.child('sync');
-  if (e.type === 'disk-start') {
-    sub.verbose(`disk ${e.disk}: ${e.incremental ? 'incremental' : 'full'} sync started`, { capacity: e.capacity, parent: e.parent ?? undefined });
-    for (const note of e.notes) sub.warn(`disk ${e.disk}: ${note}`);
-  } else if (e.type === 'block') {
-    if (sub.enabled('debug')) sub.debug(`disk ${e.disk}: block ${e.index}`, { offset: e.offset, bytes: e.bytes, stored: e.stored });
-  } else if (e.type === 'metadata') {
-    sub.verbose(`VM ${e.vm}: metadata saved`, { key: e.key, path: e.path });
-  } else if (e.type === 'checkpoint') {
-    sub.debug(`disk ${e.disk}: checkpoint`, { blocks: e.records });
-  } else if (e.type === 'disk-done') {
-    const s = e.manifest.stats;
-    sub.info(`disk ${e.disk}: version ${e.manifest.version} committed`, {
-      read: s.readBytes,
-      changed: s.changedBytes,
-      stored: s.storedBytes,
-      ms: s.durationMs,
-    });
-  }
 }
 
 export function syncSummary(result: VmSyncResult) {

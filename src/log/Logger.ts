@@ -1,3 +1,8 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+
+/** A second sink for the lines logged inside one async scope (a VM's sync). */
+export const scopeSink = new AsyncLocalStorage<(line: string) => void>();
+
 export type LogLevel = 'error' | 'warn' | 'info' | 'verbose' | 'debug';
 
 const RANK: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, verbose: 3, debug: 4 };
@@ -96,7 +101,10 @@ export class Logger {
         line += ` ${k}=${SECRET_KEY.test(k) ? REDACTED : this._value(v, 0)}`;
       }
     }
-    this._state.sink(this.redact(line));
+    const redacted = this.redact(line);
+    this._state.sink(redacted);
+    // Lines logged while a VM's sync runs also go to that VM's log (vmLog.ts).
+    scopeSink.getStore()?.(redacted);
   }
 
   private _value(v: unknown, depth: number): string {

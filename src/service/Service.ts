@@ -37,7 +37,7 @@ import { Metrics } from './Metrics.ts';
 export interface ServiceOptions {
   /** Between two polls for tasks (seed: [period] interval). Polls never overlap. */
   pollMs: number;
-  /** Between two heartbeats (enable_heartbeat_msg); never overlapping either. */
+  /** Between two heartbeats, never overlapping either; 0: none (enable_heartbeat_msg = False). */
   heartbeatMs: number;
   /** Between two progress reports of a running task (seed: task_update_wait_time). */
   progressMs: number;
@@ -156,7 +156,7 @@ export class Service {
       finalize(() => this._reports.complete()),
     );
 
-    const heartbeats$ = this._deps.reporter
+    const heartbeats$ = this._deps.reporter && o.heartbeatMs > 0
       ? timer(0, o.heartbeatMs, this._sched).pipe(
           takeUntil(this._stopping),
           exhaustMap(() =>

@@ -2,7 +2,16 @@ import type { Manifest } from '../repo/Manifest.ts';
 
 /** What the stream graph of one VM sync emits, in order per disk: start, (block | checkpoint)*, done | failed. */
 export type SyncEvent =
-  | { type: 'snapshot'; vm: string; snapshotId: string; disks: Array<{ id: string; capacity: number }> }
+  | {
+      type: 'snapshot';
+      vm: string;
+      /** The VM as the platform knows it: its name and stable id (instance UUID, server id). */
+      vmInfo: { id: string; name: string };
+      /** What the platform reported of the VM (hardware, NICs): Snapshot.info. */
+      platformInfo: Record<string, unknown>;
+      snapshotId: string;
+      disks: Array<{ id: string; capacity: number }>;
+    }
   | {
       type: 'disk-start';
       disk: string;

@@ -65,6 +65,8 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
       const head: SyncEvent = {
         type: 'snapshot',
         vm,
+        vmInfo: { id: snapshot.vm.id, name: snapshot.vm.name },
+        platformInfo: snapshot.info ?? {},
         snapshotId: snapshot.id,
         disks: disks.map((d) => ({ id: d.id, capacity: d.capacity })),
       };

@@ -9,5 +9,6 @@ export interface Task {
     connection?: Record<string, unknown>;
   };
   target?: string;
+  schedule?: { every: number } | { cron: string };
   options?: { readers?: number; writers?: number; parallelDisks?: number; blockSizeMb?: number };
 }

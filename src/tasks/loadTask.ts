@@ -56,7 +56,7 @@ function describe(errors: ErrorObject[], value: unknown): string[] {
         line = `${path}: must be ${JSON.stringify(e.params.allowedValue)}`;
         break;
       case 'oneOf':
-        line = `${path}: needs exactly one of password, passwordFile, passwordEnv`;
+        line = path.endsWith('schedule') ? `${path}: must be {"every": seconds} or {"cron": "expression"}` : `${path}: needs exactly one of password, passwordFile, passwordEnv`;
         break;
       case 'not':
         line = `${path}: has a field its platform does not take`;
@@ -67,7 +67,9 @@ function describe(errors: ErrorObject[], value: unknown): string[] {
     if (!lines.includes(line)) lines.push(line);
   }
   // A missing secret also fails each branch of oneOf: say it once.
-  return lines.filter((l) => !(l.endsWith(': is required') && /\.(password|passwordFile|passwordEnv):/.test(l)));
+  // A bad schedule fails both of its forms: say what it must be, once.
+  const badSchedule = lines.some((l) => l.startsWith('schedule: must be'));
+  return lines.filter((l) => !(l.endsWith(': is required') && /\.(password|passwordFile|passwordEnv):/.test(l)) && !(badSchedule && l.startsWith('schedule.')));
 }
 
 function at(value: unknown, pointer: string): unknown {

@@ -102,6 +102,13 @@ export const TASK_SCHEMA = {
       ],
     },
     target: { type: 'string', minLength: 1, description: 'Repository URL; [hamal] target when absent.' },
+    schedule: {
+      description: 'Service mode, task files in tasks.d: when the task runs. Without it the file runs once. `hamal sync` ignores it.',
+      oneOf: [
+        { type: 'object', additionalProperties: false, required: ['every'], properties: { every: { type: 'integer', minimum: 1, description: 'Seconds between two starts.' } } },
+        { type: 'object', additionalProperties: false, required: ['cron'], properties: { cron: { type: 'string', minLength: 9, description: 'Cron expression (5 fields, or 6 with seconds first), local time.' } } },
+      ],
+    },
     options: {
       type: 'object',
       additionalProperties: false,

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fsp, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { subprocessOutput } from '../../log/subprocessLog.ts';
 import { HamalError } from '../../errors.ts';
 import { NbdClient } from '../nbd/NbdClient.ts';
 
@@ -61,7 +62,11 @@ export class NbdkitExport {
       );
     const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
-    child.stderr!.on('data', (d) => (stderr = (stderr + d).slice(-2000)));
+    const toLog = subprocessOutput('nbdkit', child.pid);
+    child.stderr!.on('data', (d) => {
+      stderr = (stderr + d).slice(-2000);
+      toLog(d);
+    });
     let exited: number | null | undefined;
     child.on('exit', (code) => (exited = code));
     child.on('error', () => (exited = -1));

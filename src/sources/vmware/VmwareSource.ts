@@ -6,7 +6,7 @@ import type { Extent } from '../../streams/Extent.ts';
 import { HamalError } from '../../errors.ts';
 import { log } from '../../log/Logger.ts';
 import { VsphereClient, type Mor, type VsphereOptions } from './VsphereClient.ts';
-import { findVm, listObjects, vmDisks, type VmDisk } from './inventory.ts';
+import { findVm, listObjects, objectProps, vmDisks, type VmDisk } from './inventory.ts';
 import { SNAPSHOT_PREFIX, createSnapshot, ensureChangeTracking, listSnapshots, removeSnapshot } from './snapshots.ts';
 import { changedAreas, changeIdEpoch } from './changedAreas.ts';
 import { DatastoreFile } from './DatastoreFile.ts';
@@ -87,7 +87,8 @@ export class VmwareSource implements Source {
           return false;
         });
         for (const s of skipped) log.child('vmware').warn(`VM ${vm.name}: disk ${s}; not synced`);
-        return new VmwareSnapshot(client, vm, snap, name, datacenter, disks, skipped, o, timeoutMs);
+        const nics = await guestNics(client, vm.mor);
+        return new VmwareSnapshot(client, vm, snap, name, datacenter, disks, skipped, nics, o, timeoutMs);
       } catch (err) {
         await removeSnapshot(client, snap, timeoutMs).catch(() => {});
         throw err;
@@ -96,6 +97,28 @@ export class VmwareSource implements Source {
       await client.logout();
       throw err;
     }
+  }
+}
+
+export interface GuestNic {
+  mac: string;
+  network?: string;
+  ips: string[];
+}
+
+/** The NICs and their IPs as VMware Tools report them (empty without Tools); metadata and ip_mapping.backup keep them. */
+async function guestNics(client: VsphereClient, vm: Mor): Promise<GuestNic[]> {
+  try {
+    const p = await objectProps(client, vm, ['guest.net']);
+    const raw = (p['guest.net'] as Record<string, unknown> | undefined)?.GuestNicInfo;
+    const list = (Array.isArray(raw) ? raw : raw ? [raw] : []) as Array<Record<string, unknown>>;
+    return list.map((n) => {
+      const ips = n.ipAddress === undefined ? [] : Array.isArray(n.ipAddress) ? n.ipAddress : [n.ipAddress];
+      return { mac: String(n.macAddress ?? ''), network: n.network === undefined ? undefined : String(n.network), ips: ips.map(String) };
+    });
+  } catch (err) {
+    log.child('vmware').warn(`guest NICs of ${vm.value} not available: ${(err as Error).message}`);
+    return [];
   }
 }
 
@@ -125,6 +148,7 @@ class VmwareSnapshot implements Snapshot {
     datacenter: string,
     disks: VmDisk[],
     skipped: string[],
+    nics: GuestNic[],
     private readonly _options: VmwareSourceOptions,
     private readonly _timeoutMs: number,
   ) {
@@ -132,7 +156,7 @@ class VmwareSnapshot implements Snapshot {
     this.id = `${_snap.value}:${name}`;
     this.disks = disks.map((d) => ({ id: `disk-${d.key}`, label: d.label, capacity: d.capacity, changeId: d.changeId }));
     for (const d of disks) this._files.set(`disk-${d.key}`, { disk: d, file: new DatastoreFile(_client, datacenter, d.fileName) });
-    this.info = { moref: _vm.mor.value, host: _client.url.host, datacenter, notSynced: skipped };
+    this.info = { moref: _vm.mor.value, host: _client.url.host, datacenter, notSynced: skipped, nics };
   }
 
   private _disk(disk: DiskInfo) {

@@ -1,0 +1,46 @@
+import { createStream, type RotatingFileStream } from 'rotating-file-stream';
+import { basename, dirname } from 'node:path';
+
+/** Rotation of a log file, from the seed's `log_rotation_type`, `max_logfile_size_mb`, `max_logfile_count`. */
+export interface Rotation {
+  /** `size`: when the file reaches `maxBytes`; `time`: daily (and still at `maxBytes`). @default 'size' */
+  type?: 'size' | 'time';
+  /** @default 64 MiB */
+  maxBytes?: number;
+  /** Rotated files kept beside the live one (`name.1` newest ... `name.N`). @default 10 */
+  maxCount?: number;
+}
+
+/**
+ * One log file with classic logrotate-style rotation (`hamal-period.log`, `.1`, `.2`, ...)
+ * by rotating-file-stream. Writes are buffered by the stream; `close` flushes.
+ */
+export class LogFile {
+  private readonly _stream: RotatingFileStream;
+  private _closed = false;
+
+  constructor(
+    readonly path: string,
+    rotation: Rotation = {},
+  ) {
+    this._stream = createStream(basename(path), {
+      path: dirname(path),
+      size: `${Math.max(1, Math.floor((rotation.maxBytes ?? 64 * 1024 * 1024) / 1024))}K`,
+      ...(rotation.type === 'time' ? { interval: '1d' } : {}),
+      rotate: rotation.maxCount ?? 10,
+      mode: 0o640,
+    });
+    // A log that cannot be written must not take the proxy down: say it once on stderr.
+    this._stream.once('error', (err) => process.stderr.write(`hamal: log file ${path}: ${err.message}\n`));
+  }
+
+  write(line: string): void {
+    if (!this._closed) this._stream.write(line + '\n');
+  }
+
+  close(): Promise<void> {
+    if (this._closed) return Promise.resolve();
+    this._closed = true;
+    return new Promise((resolve) => this._stream.end(resolve));
+  }
+}

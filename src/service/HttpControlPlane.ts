@@ -1,0 +1,83 @@
+import type { KeyObject } from 'node:crypto';
+import { HamalError } from '../errors.ts';
+import { log } from '../log/Logger.ts';
+import type { Heartbeat, Report, Reporter, TaskFeed } from './ControlPlane.ts';
+import { acceptTask, TaskRejected, type AcceptedTask, type NonceStore } from './SignedTask.ts';
+
+export interface HttpControlPlaneOptions {
+  /** [mass] mass_endpoint, e.g. `https://mass.example/api`. */
+  endpoint: string;
+  /** [mass] auth_key: sent as a bearer token, never logged. */
+  authKey: string;
+  /** [mass] hyper_exporter_id. */
+  proxyId: string;
+  /** [mass] default_request_timeout. */
+  timeoutMs: number;
+  publicKey: KeyObject;
+  nonces: NonceStore;
+}
+
+/**
+ * The control plane over HTTP(S), as docs/control-plane.md defines it. TLS is verified by
+ * the system CAs (NODE_EXTRA_CA_CERTS adds a private CA). Statuses 408, 429 and 5xx and
+ * network errors are retryable; other 4xx are not (the report is dropped with an error).
+ */
+export class HttpControlPlane implements TaskFeed, Reporter {
+  private readonly _base: string;
+
+  constructor(private readonly _o: HttpControlPlaneOptions) {
+    this._base = _o.endpoint.replace(/\/+$/, '');
+    log.addSecret(_o.authKey);
+  }
+
+  heartbeat(h: Heartbeat): Promise<void> {
+    return this._request('POST', `/v1/proxies/${encodeURIComponent(this._o.proxyId)}/heartbeat`, h).then(() => undefined);
+  }
+
+  async poll(): Promise<Array<AcceptedTask | TaskRejected>> {
+    const body = (await this._request('GET', `/v1/proxies/${encodeURIComponent(this._o.proxyId)}/tasks`)) as { tasks?: unknown[] } | undefined;
+    const out: Array<AcceptedTask | TaskRejected> = [];
+    for (const signed of body?.tasks ?? []) {
+      try {
+        out.push(await acceptTask(signed, this._o.publicKey, this._o.proxyId, this._o.nonces));
+      } catch (err) {
+        if (err instanceof TaskRejected) out.push(err);
+        else throw err;
+      }
+    }
+    return out;
+  }
+
+  report(r: Report): Promise<void> {
+    return this._request('POST', `/v1/tasks/${encodeURIComponent(r.body.taskId)}/${r.kind}`, { proxyId: this._o.proxyId, ...r.body }).then(() => undefined);
+  }
+
+  private async _request(method: string, path: string, body?: unknown): Promise<unknown> {
+    const url = `${this._base}${path}`;
+    let res: Response;
+    try {
+      res = await fetch(url, {
+        method,
+        headers: {
+          Authorization: `Bearer ${this._o.authKey}`,
+          'X-Hamal-Proxy': this._o.proxyId,
+          ...(body === undefined ? {} : { 'Content-Type': 'application/json' }),
+        },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(this._o.timeoutMs),
+      });
+    } catch (err) {
+      const cause = (err as { cause?: Error }).cause;
+      throw new HamalError('CONTROL_PLANE_UNREACHABLE', `${method} ${url}: ${cause?.message ?? (err as Error).message}`, { subject: url, retryable: true, cause: err });
+    }
+    const text = await res.text();
+    if (!res.ok) {
+      const hint = res.status === 401 || res.status === 403 ? ' (check [mass] auth_key and hyper_exporter_id)' : '';
+      throw new HamalError('CONTROL_PLANE', `${method} ${url}: HTTP ${res.status}${hint}: ${text.slice(0, 200)}`, {
+        subject: url,
+        retryable: res.status === 408 || res.status === 429 || res.status >= 500,
+      });
+    }
+    return text ? JSON.parse(text) : undefined;
+  }
+}
