@@ -9,6 +9,7 @@ export function logSyncEvent(e: SyncEvent): void {
   } else if (e.type === 'disk-start') {
     sub.verbose(`disk ${e.disk}: ${e.incremental ? 'incremental' : 'full'} sync started`, { capacity: e.capacity, parent: e.parent ?? undefined });
     for (const note of e.notes) sub.warn(`disk ${e.disk}: ${note}`);
+    if (e.resumedBlocks) sub.info(`disk ${e.disk}: resuming an interrupted sync, ${e.resumedBlocks} block(s) taken from its journal`);
   } else if (e.type === 'block') {
     if (sub.enabled('debug')) sub.debug(`disk ${e.disk}: block ${e.index}`, { offset: e.offset, bytes: e.bytes, stored: e.stored });
   } else if (e.type === 'metadata') {

@@ -20,7 +20,7 @@ export interface ResultReport {
   vm?: string;
   state: 'succeeded' | 'failed' | 'rejected' | 'interrupted';
   error?: string;
-  versions?: Array<{ disk: string; version: string; parent: string | null; readBytes: number; storedBytes: number }>;
+  versions?: Array<{ disk: string; version: string; parent: string | null; readBytes: number; storedBytes: number; resumedBytes: number }>;
   failedDisks?: Array<{ disk: string; error: string }>;
   startedAt?: string;
   durationMs?: number;

@@ -45,7 +45,9 @@ export class TaskFiles implements TaskFeed {
       try {
         task = parseTask(await fsp.readFile(file, 'utf8'), file);
         const last = state[name] ? Date.parse(state[name].lastStart) : undefined;
-        next = last === undefined ? now : nextRun(task.schedule, last, file);
+        // The schedule is checked even before a first run: a bad cron is reported at once.
+        next = nextRun(task.schedule, last ?? now, file);
+        if (last === undefined) next = now;
       } catch (err) {
         // Report a bad file once per change, not at every poll.
         const msg = (err as Error).message;

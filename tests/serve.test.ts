@@ -1,0 +1,176 @@
+// `hamal serve` as a real child process against the control-plane STAND-IN
+// (tests/helpers/ControlPlaneStandIn.ts): signed tasks fetched and run on the local source,
+// progress and results reported, forged tasks refused, SIGTERM mid-sync and resume.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import { join } from 'node:path';
+import { ControlPlaneStandIn, AUTH_KEY } from './helpers/ControlPlaneStandIn.ts';
+import { HAMAL, allOutput, hamal } from './helpers/cli.ts';
+import { MiB, pattern, sha256File, tempDir, writeAt } from './helpers/disks.ts';
+
+const cp = new ControlPlaneStandIn();
+let dir: string;
+let ipServer: http.Server;
+let healthPort: number;
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, ms = 30_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function serve(): { child: ChildProcess; output: () => string; exited: Promise<number | null> } {
+  const child = spawn(process.execPath, [HAMAL, 'serve', '--config', join(dir, 'hamal.conf')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (out += d));
+  const exited = new Promise<number | null>((r) => child.on('close', (code) => (allOutput.push(out), r(code))));
+  return { child, output: () => out, exited };
+}
+
+const localTask = (vm: string, disk: string) => ({ version: 1, source: { platform: 'local', vm, disks: [{ id: 'root', path: disk }] }, target: join(dir, 'repo') });
+
+test.before(async () => {
+  await cp.start();
+  dir = await tempDir('hamal-serve-');
+  ipServer = http.createServer((_q, s) => s.end('203.0.113.7\n'));
+  await new Promise<void>((r) => ipServer.listen(0, '127.0.0.1', r));
+  healthPort = await freePort();
+  await fsp.writeFile(join(dir, 'public_key.pem'), cp.publicKeyPem);
+  await fsp.writeFile(
+    join(dir, 'hamal.conf'),
+    `[DEFAULT]
+hamal_lib_dir = ${dir}/lib
+hamal_info_path = ${dir}/lib/hamal_info
+[period]
+interval = 1
+task_update_wait_time = 1
+[mass]
+mass_endpoint = ${cp.url}
+auth_key = ${AUTH_KEY}
+hyper_exporter_id = proxy-a
+public_key_path = ${dir}/public_key.pem
+default_request_timeout = 5
+enable_get_public_ips = True
+get_public_ip_timeout = 2
+[data_sync_v2]
+fsync_period_frequency = 1
+[hamal]
+log_dir = ${dir}/log
+heartbeat_interval = 1
+health_listen = 127.0.0.1:${healthPort}
+public_ip_endpoints = http://127.0.0.1:${(ipServer.address() as net.AddressInfo).port}/
+`,
+  );
+});
+test.after(async () => {
+  await cp.stop();
+  ipServer.close();
+});
+
+test('a signed task is fetched, run, its progress and result reported; a forged one is refused and reported; the secret stays out of every log', async () => {
+  const disk = join(dir, 'web.img');
+  await fsp.writeFile(disk, pattern(6 * MiB, 7));
+  cp.enqueue('proxy-a', cp.signed('t-1', 'proxy-a', localTask('web', disk)));
+  const forger = generateKeyPairSync('ed25519').privateKey;
+  cp.enqueue('proxy-a', cp.signed('t-forged', 'proxy-a', localTask('web', disk), { key: forger }));
+  cp.enqueue('proxy-a', cp.signed('t-expired', 'proxy-a', localTask('web', disk), { expiresInMs: -3600_000 }));
+  cp.enqueue('proxy-a', cp.signed('t-other', 'proxy-b', localTask('web', disk)));
+  const s = serve();
+  try {
+    const result = await until('result of t-1', () => cp.results.find((r) => r.taskId === 't-1'));
+    assert.is(result.state, 'succeeded', JSON.stringify(result));
+    const [v] = result.versions as Array<{ disk: string; version: string }>;
+    const out = join(dir, 'restored.img');
+    const r = await hamal(['restore', '--target', join(dir, 'repo'), '--vm', 'web', '--disk', 'root', '--version', v!.version, '--out', out]);
+    assert.is(r.code, 0, r.stderr);
+    assert.is(await sha256File(out), await sha256File(disk));
+
+    const rejected = await until('3 rejections', () => (cp.results.filter((x) => x.state === 'rejected').length === 3 ? cp.results.filter((x) => x.state === 'rejected') : undefined));
+    const why = Object.fromEntries(rejected.map((x) => [x.taskId, x.error]));
+    assert.match(String(why['t-forged']), 'bad signature');
+    assert.match(String(why['t-expired']), 'expired');
+    assert.match(String(why['t-other']), 'addressed to proxy proxy-b');
+
+    const beat = await until('a heartbeat with the public IP', () => cp.heartbeats.find((h) => (h.publicIps as string[])?.includes('203.0.113.7')));
+    assert.is(beat.proxyId, 'proxy-a');
+    assert.ok(Array.isArray(beat.hostIps));
+    const health = (await (await fetch(`http://127.0.0.1:${healthPort}/healthz`)).json()) as { status: string };
+    assert.is(health.status, 'healthy');
+    const metrics = await (await fetch(`http://127.0.0.1:${healthPort}/metrics`)).text();
+    assert.match(metrics, 'hamal_tasks_total{outcome="succeeded"} 1');
+    assert.match(metrics, 'hamal_tasks_total{outcome="rejected"} 3');
+    assert.equal(cp.unauthorized, []);
+  } finally {
+    s.child.kill('SIGTERM');
+  }
+  assert.is(await s.exited, 0);
+  const logs = await fsp.readdir(join(dir, 'log'));
+  assert.ok(logs.includes('hamal-period.log'));
+  assert.ok(logs.some((f) => /^vm-web_Agent-web\.log$/.test(f)), logs.join());
+  const vmLog = await fsp.readFile(join(dir, 'log', 'vm-web_Agent-web.log'), 'utf8');
+  assert.match(vmLog, /task t-1: VM web succeeded/);
+  assert.not.match(vmLog, 'rejected');
+  for (const f of logs) assert.not.match(await fsp.readFile(join(dir, 'log', f), 'utf8'), AUTH_KEY, f);
+  assert.not.match(s.output(), AUTH_KEY);
+  const info = JSON.parse(await fsp.readFile(join(dir, 'lib', 'hamal_info'), 'utf8'));
+  assert.equal([info.id, info.mode, info.state], ['proxy-a', 'control-plane', 'stopped']);
+});
+
+test('SIGTERM mid-sync: exits within 30 s, the task is reported interrupted; the next start resumes from the journal', async () => {
+  const disk = join(dir, 'db.img');
+  await fsp.writeFile(disk, pattern(48 * MiB, 11));
+  // Slow the read down so the sync is still running when the signal comes.
+  const conf = join(dir, 'hamal.conf');
+  const base = await fsp.readFile(conf, 'utf8');
+  await fsp.writeFile(conf, base + 'local_release_cpu_time = 400\n');
+  cp.enqueue('proxy-a', cp.signed('t-2', 'proxy-a', localTask('db', disk)));
+  const s = serve();
+  await until('progress of t-2 past 8 MiB', () => cp.progress.find((p) => p.taskId === 't-2' && (p.doneBytes as number) >= 8 * MiB));
+  await new Promise((r) => setTimeout(r, 1200)); // a checkpoint (fsync_period_frequency = 1)
+  const t0 = Date.now();
+  s.child.kill('SIGTERM');
+  assert.is(await s.exited, 0);
+  assert.ok(Date.now() - t0 < 30_000, `stopped in ${Date.now() - t0} ms`);
+  const r2 = cp.results.find((r) => r.taskId === 't-2');
+  assert.is(r2?.state, 'interrupted', JSON.stringify(r2));
+
+  await fsp.writeFile(conf, base);
+  await writeAt(disk, 0, Buffer.alloc(0)); // untouched: the journal's snapshot id still matches
+  cp.enqueue('proxy-a', cp.signed('t-3', 'proxy-a', localTask('db', disk)));
+  const again = serve();
+  try {
+    const r3 = await until('result of t-3', () => cp.results.find((r) => r.taskId === 't-3'));
+    assert.is(r3.state, 'succeeded', JSON.stringify(r3));
+    const [v] = r3.versions as Array<{ version: string; readBytes: number; resumedBytes: number }>;
+    assert.ok(v!.resumedBytes >= 8 * MiB, `resumed ${v!.resumedBytes} bytes`);
+    assert.is(v!.readBytes + v!.resumedBytes, 48 * MiB);
+    const out = join(dir, 'db.restored');
+    const r = await hamal(['restore', '--target', join(dir, 'repo'), '--vm', 'db', '--disk', 'root', '--version', v!.version, '--out', out]);
+    assert.is(r.code, 0, r.stderr);
+    assert.is(await sha256File(out), await sha256File(disk));
+    assert.match(again.output(), /resuming an interrupted sync/);
+  } finally {
+    again.child.kill('SIGTERM');
+  }
+  assert.is(await again.exited, 0);
+});
+
+test.run();

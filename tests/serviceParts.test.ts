@@ -1,0 +1,78 @@
+// Parts of service mode on their own: signed-task checks, task-file schedules, log rotation.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { createPublicKey } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { ControlPlaneStandIn } from './helpers/ControlPlaneStandIn.ts';
+import { NonceStore, TaskRejected, acceptTask, type AcceptedTask } from '../src/service/SignedTask.ts';
+import { TaskFiles } from '../src/service/TaskFiles.ts';
+import { LogFile } from '../src/log/LogFile.ts';
+import { canonicalJson } from '../src/service/canonicalJson.ts';
+import { tempDir } from './helpers/disks.ts';
+
+const cp = new ControlPlaneStandIn();
+const key = createPublicKey(cp.publicKeyPem);
+const task = { version: 1, source: { platform: 'local', vm: 'web', disks: [{ path: '/dev/null' }] } };
+
+test('canonical JSON: sorted keys at every level, no whitespace', () => {
+  assert.is(canonicalJson({ b: 1, a: [{ d: 'x', c: null }], e: undefined }), '{"a":[{"c":null,"d":"x"}],"b":1}');
+});
+
+test('a signed task is accepted once: a replay, a tampered task, a bad schema are rejected with the reason', async () => {
+  const dir = await tempDir();
+  const nonces = new NonceStore(join(dir, 'nonces.json'));
+  const signed = cp.signed('t-1', 'p', task);
+  const ok = await acceptTask(signed, key, 'p', nonces);
+  assert.is(ok.id, 't-1');
+  assert.is(ok.task.source.vm, 'web');
+  const reason = (p: Promise<unknown>) => p.then(() => 'accepted', (e: TaskRejected) => (assert.instance(e, TaskRejected), e.message));
+  // A restart does not forget the nonce.
+  assert.match(await reason(acceptTask(signed, key, 'p', new NonceStore(join(dir, 'nonces.json')))), 'replayed');
+  const tampered = cp.signed('t-2', 'p', task);
+  (tampered.envelope.task as typeof task).source.vm = 'db';
+  assert.match(await reason(acceptTask(tampered, key, 'p', nonces)), 'task t-2 rejected: bad signature');
+  assert.match(await reason(acceptTask({ envelope: { id: 't-3' } }, key, 'p', nonces)), 'not a signed task');
+  assert.match(await reason(acceptTask(cp.signed('t-4', 'p', { version: 1, source: { platform: 'vmwar', vm: 'x' } }), key, 'p', nonces)), 'source.platform: must be one of');
+  assert.match(await reason(acceptTask(cp.signed('t-5', 'p', task, { nonce: 'short' }), key, 'p', nonces)), 'nonce');
+});
+
+test('task files: `every` and cron schedules, edits picked up, a bad file reported once', async () => {
+  const dir = await tempDir();
+  let now = Date.parse('2026-01-01T00:00:30Z');
+  const state = join(await tempDir(), 'state.json');
+  const feed = new TaskFiles(dir, state, () => now);
+  await fsp.writeFile(join(dir, 'a.json'), JSON.stringify({ ...task, schedule: { every: 60 } }));
+  await fsp.writeFile(join(dir, 'b.json'), JSON.stringify({ ...task, schedule: { cron: '*/5 * * * *' } }));
+  await fsp.writeFile(join(dir, 'c.json'), JSON.stringify({ ...task, schedule: { cron: '61 * * * *' } }));
+  const ids = async () => ((await feed.poll()) as Array<AcceptedTask | TaskRejected>).map((t) => (t instanceof TaskRejected ? `!${t.taskId}: ${t.message}` : t.id)).sort();
+  const first = await ids();
+  assert.is(first.length, 3);
+  assert.match(first[0]!, /^!c@invalid: .*c\.json: schedule\.cron/);
+  assert.equal(first.slice(1), ['a@2026-01-01T00:00:30.000Z', 'b@2026-01-01T00:00:30.000Z']);
+  now += 30_000;
+  assert.equal(await ids(), [], 'nothing due, and the bad file is not reported again');
+  now = Date.parse('2026-01-01T00:01:31Z');
+  assert.equal(await ids(), ['a@2026-01-01T00:01:31.000Z']);
+  now = Date.parse('2026-01-01T00:05:00Z');
+  assert.equal(await ids(), ['a@2026-01-01T00:05:00.000Z', 'b@2026-01-01T00:05:00.000Z']);
+  // The schedule state survives a restart.
+  const again = new TaskFiles(dir, state, () => now);
+  assert.equal(((await again.poll()) as unknown[]).filter((t) => !(t instanceof TaskRejected)), []);
+});
+
+test('log rotation: with a tiny size, files rotate and never exceed the count', async () => {
+  const dir = await tempDir();
+  const file = new LogFile(join(dir, 'hamal-period.log'), { maxBytes: 2048, maxCount: 3 });
+  for (let i = 0; i < 200; i++) {
+    file.write(`line ${i} ${'x'.repeat(90)}`);
+    if (i % 20 === 0) await new Promise((r) => setTimeout(r, 5));
+  }
+  await file.close();
+  const names = (await fsp.readdir(dir)).filter((n) => n.startsWith('hamal-period.log')).sort();
+  assert.equal(names, ['hamal-period.log', 'hamal-period.log.1', 'hamal-period.log.2', 'hamal-period.log.3']);
+  for (const n of names) assert.ok((await fsp.stat(join(dir, n))).size <= 2048 + 100, n);
+  assert.match(await fsp.readFile(join(dir, 'hamal-period.log'), 'utf8'), 'line 199 ');
+});
+
+test.run();
