@@ -1,23 +1,33 @@
-# hamal as a container: the same CLI, with qemu-img for hole detection.
-# Build: docker build -t hamal .   Run: docker run --rm -v /srv/disks:/disks -v /srv/backup:/backup hamal sync ...
+# hamal as a container, run the seed's way: docker-compose -f /opt/hamal/docker-compose-hamal.yaml up -d
+# Build: docker build -t hamal:$(node -p 'require("./package.json").version') .
+# Stage 1 builds the single executable (scripts/build-binary: tsc, esbuild, Node SEA).
 FROM node:20-bookworm-slim AS build
-WORKDIR /opt/hamal
+RUN apt-get update && apt-get install -y --no-install-recommends binutils && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json mod.ts ./
 COPY src ./src
 COPY tests ./tests
 COPY bench ./bench
-RUN npm run build && npm prune --omit=dev
+COPY scripts ./scripts
+RUN npm run build && bash scripts/build-binary /out/hamal
 
-FROM node:20-bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends qemu-utils && rm -rf /var/lib/apt/lists/*
-WORKDIR /opt/hamal
-COPY --from=build /opt/hamal/node_modules ./node_modules
-COPY --from=build /opt/hamal/dist ./dist
-COPY package.json README.md ./
-COPY docs ./docs
+# Stage 2: the binary and the tools it drives, nothing else (no Node, no npm tree).
+# nbdkit serves VMware disks for the nbd transport (VDDK is the operator's, see docs);
+# qemu-utils finds holes in local images; ceph-common gives `rbd` for OpenStack/Ceph.
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates qemu-utils nbdkit ceph-common \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/hamal /usr/local/bin/hamal
+COPY deploy/hamal.conf.sample /usr/share/hamal/hamal.conf.sample
 # The seed's layout: config, data and logs live outside the container.
 VOLUME ["/etc/hamal", "/var/lib/hamal", "/var/log/hamal"]
-ENTRYPOINT ["node", "/opt/hamal/dist/src/cli/hamal.js"]
-CMD ["--help"]
+ENV HAMAL_CONFIG=/etc/hamal/hamal.conf
+# /healthz of `hamal serve` ([hamal] health_listen), asked by the binary itself.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 CMD ["hamal", "health"]
+# SIGTERM stops a sync cleanly (snapshot removed, journal kept) within 30 s.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["hamal"]
+CMD ["serve"]

@@ -114,6 +114,8 @@ test('a signed task is fetched, run, its progress and result reported; a forged 
     assert.ok(Array.isArray(beat.hostIps));
     const health = (await (await fetch(`http://127.0.0.1:${healthPort}/healthz`)).json()) as { status: string };
     assert.is(health.status, 'healthy');
+    const h = await hamal(['health', '--config', join(dir, 'hamal.conf')]);
+    assert.equal([h.code, h.stdout], [0, 'healthy\n']);
     const metrics = await (await fetch(`http://127.0.0.1:${healthPort}/metrics`)).text();
     assert.match(metrics, 'hamal_tasks_total{outcome="succeeded"} 1');
     assert.match(metrics, 'hamal_tasks_total{outcome="rejected"} 3');

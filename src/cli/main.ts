@@ -11,6 +11,7 @@ import { verifyCommand } from './verify.ts';
 import { pruneCommand } from './prune.ts';
 import { demoCommand } from './demo.ts';
 import { serveCommand } from './serve.ts';
+import { healthCommand } from './health.ts';
 
 function positiveInt(name: string) {
   return (value: string): number => {
@@ -111,6 +112,12 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .description('Run as a service: tasks from the control plane ([mass] mass_endpoint) or from task files ([hamal] tasks_dir), until SIGTERM')
     .option('--config <path>', 'hamal.conf to read (default: $HAMAL_CONFIG, else /etc/hamal/hamal.conf)')
     .action(withConfig(serveCommand));
+
+  program
+    .command('health')
+    .description('Ask the running service for its health ([hamal] health_listen): exit 0 healthy, 1 not')
+    .option('--config <path>', 'hamal.conf to read')
+    .action(withConfig(healthCommand));
 
   const config = program.command('config').description('Configuration commands');
   config
