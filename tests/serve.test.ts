@@ -175,4 +175,22 @@ test('SIGTERM mid-sync: exits within 30 s, the task is reported interrupted; the
   assert.is(await again.exited, 0);
 });
 
+test('doctor: the control plane answers with the right auth_key and refuses a wrong one; the key is never printed', async () => {
+  const conf = join(dir, 'hamal.conf');
+  const good = await hamal(['doctor', '--json', '--config', conf]);
+  const checks = JSON.parse(good.stdout) as Array<{ status: string; what: string; detail: string; fix?: string }>;
+  const by = Object.fromEntries(checks.map((c) => [c.what, c]));
+  assert.is(by['control plane']!.status, 'ok', JSON.stringify(by['control plane']));
+  assert.is(by['public_key_path']!.status, 'ok');
+  assert.is(by['hamal_lib_dir']!.status, 'ok');
+  assert.ok(['ok', 'warn'].includes(by['cpu']!.status));
+  assert.is(good.code, checks.some((c) => c.status === 'fail') ? 1 : 0);
+  const wrong = join(dir, 'wrong.conf');
+  await fsp.writeFile(wrong, (await fsp.readFile(conf, 'utf8')).replace(AUTH_KEY, 'not-the-key'));
+  const bad = await hamal(['doctor', '--config', wrong]);
+  assert.is(bad.code, 1);
+  assert.match(bad.stdout, /fail\s+control plane\s+.*HTTP 401\s+check \[mass\] auth_key/);
+  assert.not.match(good.stdout + good.stderr + bad.stdout + bad.stderr, AUTH_KEY);
+});
+
 test.run();

@@ -12,6 +12,7 @@ import { pruneCommand } from './prune.ts';
 import { demoCommand } from './demo.ts';
 import { serveCommand } from './serve.ts';
 import { healthCommand } from './health.ts';
+import { doctorCommand } from './doctor.ts';
 
 function positiveInt(name: string) {
   return (value: string): number => {
@@ -118,6 +119,13 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .description('Ask the running service for its health ([hamal] health_listen): exit 0 healthy, 1 not')
     .option('--config <path>', 'hamal.conf to read')
     .action(withConfig(healthCommand));
+
+  program
+    .command('doctor')
+    .description("Check this host against the seed's requirements and the proxy's reach (config, dirs, control plane, target, tools)")
+    .option('--config <path>', 'hamal.conf to check')
+    .option('--json', 'print the checks as JSON')
+    .action(async (o: { config?: string; json?: boolean }) => setExit(await doctorCommand({ ...o, config: o.config ?? program.opts<GlobalOptions>().config })));
 
   const config = program.command('config').description('Configuration commands');
   config
