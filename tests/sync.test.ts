@@ -3,6 +3,7 @@ import * as assert from 'uvu/assert';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { FsStore, LocalSource, Repository, restoreDisk, runVmSync, type Manifest } from '../mod.ts';
+import { Slots } from '../src/streams/Slots.ts';
 import { MiB, makeImage, pattern, sha256File, tempDir, writeAt } from './helpers/disks.ts';
 
 const GiB = 1024 * MiB;
@@ -108,6 +109,24 @@ test('two VMs whose disks share content store it once', async () => {
   assert.is(s.storedBytes, 0);
   assert.ok(s.dedupBytes > 0);
   assert.equal(await repo.listVms(), ['vm1', 'vm2']);
+});
+
+test('a disk cap shared by two VM syncs (serve: max_running_disks) holds both to it, and both complete', async () => {
+  const slots = new Slots(2);
+  let max = 0;
+  const acquire = slots.acquire.bind(slots);
+  slots.acquire = async () => {
+    const release = await acquire();
+    max = Math.max(max, slots.used);
+    return release;
+  };
+  const d = disks();
+  const a = new LocalSource({ vms: { a: [{ id: 'x', path: d.data }, { id: 'y', path: d.small }] } });
+  const b = new LocalSource({ vms: { b: [{ id: 'x', path: d.data }, { id: 'y', path: d.small }] } });
+  const [ra, rb] = await Promise.all([runVmSync(a, 'a', repo, { parallelDisks: 2, diskSlots: slots }), runVmSync(b, 'b', repo, { parallelDisks: 2, diskSlots: slots })]);
+  assert.equal([ra.versions.length, rb.versions.length, ra.failed, rb.failed], [2, 2, [], []]);
+  assert.is(max, 2);
+  assert.is(slots.used, 0, 'every slot given back');
 });
 
 test('a disk whose capacity changed gets a new full version of the new size; old versions stay restorable', async () => {

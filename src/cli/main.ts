@@ -148,6 +148,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
   for (const cmd of [...program.commands, ...config.commands]) {
     if (cmd.name() === 'config') continue;
     cmd.option('--debug', 'log at debug level; print stack traces with errors').option('--verbose', 'log at verbose level');
+    if (cmd.name() !== 'demo' && !cmd.options.some((o) => o.long === '--config')) cmd.option('--config <path>', 'hamal.conf to read');
   }
   return program;
 }

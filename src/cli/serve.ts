@@ -19,6 +19,7 @@ import { ProxyInfo } from '../service/ProxyInfo.ts';
 import { hostIps, publicIps } from '../service/HostFacts.ts';
 import { startHealthServer } from '../service/HealthServer.ts';
 import { taskRunner } from '../service/taskRunner.ts';
+import { Slots } from '../streams/Slots.ts';
 
 /** How long a stop may wait for snapshots and locks to be released before exiting anyway. */
 const RELEASE_GRACE_MS = 20_000;
@@ -84,7 +85,7 @@ export async function serveCommand(_opts: object, config: LoadedConfig): Promise
     {
       feed,
       reporter: controlPlane,
-      runTask: taskRunner(config, logDir, rotation),
+      runTask: taskRunner(config, logDir, rotation, new Slots(c.hamal.max_running_disks, '[hamal] max_running_disks')),
       facts: () => ({
         proxyId,
         version: VERSION,

@@ -1,3 +1,5 @@
+import { promises as fsp, constants } from 'node:fs';
+import { VmLog } from '../log/VmLog.ts';
 import { parseLocalDisk } from '../sources/local/LocalDisk.ts';
 import type { VmSyncResult } from '../streams/runVmSync.ts';
 import { executeTask } from '../tasks/executeTask.ts';
@@ -11,6 +13,8 @@ import { log } from '../log/Logger.ts';
 import { logSyncEvent } from '../log/logSyncEvent.ts';
 import { formatBytes, formatRate, formatTable } from './format.ts';
 import { Progress } from './Progress.ts';
+
+const MB = 1024 * 1024;
 
 export interface SyncCommandOptions {
   task?: string;
@@ -51,15 +55,28 @@ export async function syncCommand(opts: SyncCommandOptions, config: LoadedConfig
   };
   process.once('SIGTERM', onSignal);
   process.once('SIGINT', onSignal);
+  // The VM's own log, as serve writes it, when the log directory exists (an installed proxy).
+  const c = config.values;
+  const vmLog = (await fsp.access(c.hamal.log_dir, constants.W_OK).then(() => true, () => false))
+    ? new VmLog(c.hamal.log_dir, vm, { type: c.DEFAULT.log_rotation_type as 'size' | 'time', maxBytes: c.DEFAULT.max_logfile_size_mb * MB, maxCount: c.DEFAULT.max_logfile_count })
+    : undefined;
+  const withVmLog = <T>(fn: () => Promise<T>) => (vmLog ? vmLog.run(fn) : fn());
   let result;
   try {
-    result = await executeTask(runnable, config, {
-      label: opts.task ? `task ${opts.task}` : `VM ${vm}`,
-      overrides: { target: opts.target, readers: opts.readers, writers: opts.writers, parallelDisks: opts.parallelDisks, blockSize: opts.blockSize },
-      onEvent,
-      signal: abort.signal,
-    });
+    result = await withVmLog(() =>
+      executeTask(runnable, config, {
+        label: opts.task ? `task ${opts.task}` : `VM ${vm}`,
+        overrides: { target: opts.target, readers: opts.readers, writers: opts.writers, parallelDisks: opts.parallelDisks, blockSize: opts.blockSize },
+        onEvent: (e) => {
+          if (e.type === 'snapshot') vmLog?.identify(e.vmInfo.name, e.vmInfo.id);
+          onEvent(e);
+        },
+        signal: abort.signal,
+      }),
+    );
+    if (vmLog) await withVmLog(async () => sub.info(`VM ${vm}: sync ${result!.failed.length ? 'failed' : 'succeeded'}`));
   } catch (err) {
+    if (vmLog) await withVmLog(async () => sub.error(`VM ${vm}: sync failed: ${describeError(err)}`));
     progress.stop();
     if (!signalled) throw err;
     await Promise.allSettled([...releasing]);
@@ -68,6 +85,7 @@ export async function syncCommand(opts: SyncCommandOptions, config: LoadedConfig
   } finally {
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
+    await vmLog?.close();
   }
   progress.stop();
   if (opts.json) process.stdout.write(JSON.stringify(syncSummary(result), null, 2) + '\n');

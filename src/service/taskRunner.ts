@@ -6,6 +6,7 @@ import { log } from '../log/Logger.ts';
 import { logSyncEvent } from '../log/logSyncEvent.ts';
 import { VmLog } from '../log/VmLog.ts';
 import type { Rotation } from '../log/LogFile.ts';
+import type { Slots } from '../streams/Slots.ts';
 import { executeTask } from '../tasks/executeTask.ts';
 import type { ResultReport } from './ControlPlane.ts';
 import type { AcceptedTask } from './SignedTask.ts';
@@ -17,7 +18,7 @@ import { recordIpMapping } from './IpMapping.ts';
  * its events, the VM's NICs recorded in ip_mapping.backup. Unsubscribing aborts the sync
  * (the snapshot is removed, the journal kept for the next run).
  */
-export function taskRunner(config: LoadedConfig, logDir: string, rotation: Rotation): (t: AcceptedTask, progress: TaskProgress) => Observable<ResultReport> {
+export function taskRunner(config: LoadedConfig, logDir: string, rotation: Rotation, diskSlots?: Slots): (t: AcceptedTask, progress: TaskProgress) => Observable<ResultReport> {
   return (t, progress) =>
     new Observable<ResultReport>((subscriber) => {
       const abort = new AbortController();
@@ -30,6 +31,7 @@ export function taskRunner(config: LoadedConfig, logDir: string, rotation: Rotat
           executeTask(t.task, config, {
             label: `task ${t.id}`,
             signal: abort.signal,
+            diskSlots,
             onEvent: (e) => {
               progress.onEvent(e);
               logSyncEvent(e);

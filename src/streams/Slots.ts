@@ -23,14 +23,25 @@ export class Slots {
   }
 
   async use<T>(fn: () => Promise<T>): Promise<T> {
-    if (this._free > 0) this._free--;
-    else await new Promise<void>((resolve) => this._waiters.push(resolve));
+    const release = await this.acquire();
     try {
       return await fn();
     } finally {
+      release();
+    }
+  }
+
+  /** Waits for a slot; the returned function gives it back (once, whatever happens). */
+  async acquire(): Promise<() => void> {
+    if (this._free > 0) this._free--;
+    else await new Promise<void>((resolve) => this._waiters.push(resolve));
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
       const waiter = this._waiters.shift();
       if (waiter) waiter();
       else this._free++;
-    }
+    };
   }
 }

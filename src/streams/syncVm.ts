@@ -1,4 +1,5 @@
-import { catchError, concat, defer, from, mergeMap, of, tap, throwError, type Observable } from 'rxjs';
+import { catchError, concat, defer, finalize, from, mergeMap, of, tap, throwError, type Observable } from 'rxjs';
+import type { Slots } from './Slots.ts';
 import { usingResource } from './usingResource.ts';
 import { Journal } from '../repo/Journal.ts';
 import { RepositoryLock, type LockOptions } from '../repo/RepositoryLock.ts';
@@ -17,6 +18,11 @@ export interface VmSyncOptions extends Omit<DiskSyncOptions, 'inflight'> {
    * @default 4
    */
   parallelDisks?: number;
+  /**
+   * A cap on disks shared by every VM sync of the process (`serve`: `[hamal]
+   * max_running_disks`); each disk waits for a slot before it starts.
+   */
+  diskSlots?: Slots;
   /** Only these disk ids; all disks when absent. */
   disks?: readonly string[];
   /**
@@ -73,7 +79,7 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
       const perDisk = from(disks).pipe(
         mergeMap(
           (disk) =>
-            syncDisk(vm, snapshot, disk, repo, { ...options, inflight }).pipe(
+            withSlot(options.diskSlots, () => syncDisk(vm, snapshot, disk, repo, { ...options, inflight })).pipe(
               catchError((error: Error) => of<SyncEvent>({ type: 'disk-failed', disk: disk.id, error })),
               tap((e) => {
                 if (e.type === 'disk-done') versions.push(e.manifest);
@@ -101,4 +107,24 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
     (lock) => lock.release(),
     () => sync$(),
   );
+}
+
+/** `make()` once a slot of `slots` is held, the slot given back when it ends (or is unsubscribed). */
+function withSlot<T>(slots: Slots | undefined, make: () => Observable<T>): Observable<T> {
+  if (!slots) return defer(make);
+  return defer(() => {
+    let release: (() => void) | undefined;
+    let cancelled = false;
+    return from(slots.acquire()).pipe(
+      mergeMap((r) => {
+        release = r;
+        if (cancelled) r();
+        return make();
+      }),
+      finalize(() => {
+        cancelled = true;
+        release?.();
+      }),
+    );
+  });
 }

@@ -11,6 +11,7 @@ import type { LoadedConfig } from '../config/loadConfig.ts';
 import { log } from '../log/Logger.ts';
 import { resolveSecret } from './resolveSecret.ts';
 import type { Task } from './Task.ts';
+import type { Slots } from '../streams/Slots.ts';
 
 /** What a command line may override in a task; the rest comes from the task, then hamal.conf. */
 export interface TaskOverrides {
@@ -28,7 +29,14 @@ export interface ExecuteOptions {
   onEvent?: (e: SyncEvent) => void;
   /** Aborting stops reading, releases the snapshot and the lock, and rejects. */
   signal?: AbortSignal;
+  /** Disk slots shared by every task of the process (serve: `[hamal] max_running_disks`). */
+  diskSlots?: Slots;
 }
+
+/** Targets whose stale multipart uploads this process already swept. */
+const swept = new Set<string>();
+/** A multipart upload of one chunk still open after this long was left by a killed proxy. */
+const STALE_UPLOAD_MS = 3600_000;
 
 /**
  * Runs one task: builds the source it names and the repository it targets, with the caps
@@ -55,6 +63,14 @@ export async function executeTask(task: Task, config: LoadedConfig, options: Exe
   const store = await openStore(target, { create: true, config: c });
   try {
     const repo = await Repository.open(store, { create: true, blockSize });
+    if (!swept.has(store.location) && 'sweepStaleUploads' in store) {
+      swept.add(store.location);
+      const n = await (store as unknown as { sweepStaleUploads(ms: number): Promise<number> }).sweepStaleUploads(STALE_UPLOAD_MS).catch((err: Error) => {
+        log.child('sync').warn(`stale multipart uploads under ${store.location} not swept: ${err.message}`);
+        return 0;
+      });
+      if (n) log.child('sync').info(`aborted ${n} multipart upload(s) under ${store.location} left by a killed sync`);
+    }
     log.child('sync').info(`syncing ${source.platform} VM ${task.source.vm} to ${store.location}`, { readers, writers, parallelDisks });
     const result = await runVmSync(
       source,
@@ -69,6 +85,7 @@ export async function executeTask(task: Task, config: LoadedConfig, options: Exe
         checkpointTimeoutSeconds: c.data_sync_v2.fsync_timeout,
         releaseCpuMsPerMb,
         disks,
+        diskSlots: options.diskSlots,
         lock: { ttlSeconds: c.hamal.lock_ttl, clockSkewSeconds: c.hamal.lock_clock_skew },
         metadata: {
           upload: c.sync.upload_metadata_to_oss,
