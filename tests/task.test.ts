@@ -46,7 +46,13 @@ test('an unknown platform is named with what is allowed', () => {
 });
 
 test('an unknown field is named', () => {
-  fails(local({ schedule: 'daily' }), /schedule: is not a known field/);
+  fails(local({ retention: 'daily' }), /retention: is not a known field/);
+});
+
+test('a schedule is {every} or {cron}, and says so when it is neither', () => {
+  fails(local({ schedule: 'daily' }), /schedule: must be \{"every": seconds\} or \{"cron": "expression"\}$/);
+  fails(local({ schedule: { every: 0 } }), /schedule: must be/);
+  assert.equal(parseTask(JSON.stringify(local({ schedule: { cron: '0 2 * * *' } })), 't.json').schedule, { cron: '0 2 * * *' });
 });
 
 test('invalid JSON names the file', () => {
