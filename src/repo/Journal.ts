@@ -179,7 +179,16 @@ export class Journal {
    * Makes every block recorded so far durable. `flushStore` runs after the batch is taken
    * and before it is written: it must make the chunks of those blocks durable.
    */
-  async checkpoint(flushStore?: () => Promise<void>): Promise<void> {
+  checkpoint(flushStore?: () => Promise<void>): Promise<void> {
+    // One at a time: the timer's checkpoint and the last one at a stop may meet.
+    const next = this._checkpointing.catch(() => {}).then(() => this._checkpoint(flushStore));
+    this._checkpointing = next;
+    return next;
+  }
+
+  private _checkpointing: Promise<void> = Promise.resolve();
+
+  private async _checkpoint(flushStore?: () => Promise<void>): Promise<void> {
     const batch = this._pending;
     const records = this._pendingRecords;
     this._pending = [];

@@ -11,6 +11,7 @@ import { toBlocks } from './toBlocks.ts';
 import { isZero } from './isZero.ts';
 import { Slots } from './Slots.ts';
 import { sleepForRead } from './releaseCpu.ts';
+import { releasing } from './usingResource.ts';
 import { BufferPool } from './BufferPool.ts';
 import type { SyncEvent } from './SyncEvent.ts';
 
@@ -231,9 +232,23 @@ export function syncDisk(
         };
         await repo.commitVersion(manifest);
         await journal?.remove();
+        committed = true;
         return { type: 'disk-done', disk: disk.id, manifest };
       });
-      return concat([start], merge(blocks$, checkpoints$), commit).pipe(finalize(() => void journal?.close()));
+      let committed = false;
+      return concat([start], merge(blocks$, checkpoints$), commit).pipe(
+        finalize(() => {
+          if (!journal || committed) return;
+          // Stopped or failed: a last checkpoint makes every block stored so far resumable.
+          const j = journal;
+          const last = j
+            .checkpoint(() => repo.store.flush())
+            .catch(() => {})
+            .finally(() => j.close());
+          releasing.add(last);
+          void last.then(() => releasing.delete(last));
+        }),
+      );
     }),
   );
 }
