@@ -38,7 +38,7 @@ async function liveDisk(c: VsphereClient, vm: Mor) {
 
 test.before(async () => {
   assert.ok(process.env.HAMAL_VCSIM, 'HAMAL_VCSIM is not set: scripts/test builds tests/vcsim');
-  sim = spawn(process.env.HAMAL_VCSIM!, [], { env: { ...process.env, VCSIM_PASSWORD: PASSWORD }, stdio: ['ignore', 'pipe', 'inherit'] });
+  sim = spawn(process.env.HAMAL_VCSIM!, ['-vms', '3'], { env: { ...process.env, VCSIM_PASSWORD: PASSWORD }, stdio: ['ignore', 'pipe', 'inherit'] });
   for await (const line of createInterface({ input: sim.stdout! })) {
     url = line.trim();
     break;
@@ -122,6 +122,38 @@ test('an ambiguous name is an error listing the candidates', async () => {
   assert.equal((await findVm(c, '/DC0/vm/hamal-test/DC0_H0_VM0')).mor, other.mor);
   await admin.call('Rename_Task', 'VirtualMachine', other.mor.value, '<newName>DC0_H0_VM1</newName>');
   await c.logout();
+});
+
+test('an independent disk cannot be snapshotted: reported by name as not synced, the other disks still are', async () => {
+  const c = await connect();
+  // A VM of its own (the launcher runs with -vms 3): no other test uses DC0_H0_VM2.
+  const vm = await findVm(c, 'DC0_H0_VM2');
+  const [disk] = await vmDisks(c, vm.mor);
+  const admin = await VimAdmin.login(url, 'hamal', PASSWORD);
+  await admin.call(
+    'ReconfigVM_Task',
+    'VirtualMachine',
+    vm.mor.value,
+    `<spec><deviceChange><operation>edit</operation><device xsi:type="VirtualDisk"><key>${disk!.key}</key>` +
+      `<deviceInfo><label>${disk!.label}</label><summary>edited</summary></deviceInfo><controllerKey>${disk!.controllerKey}</controllerKey>` +
+      `<unitNumber>0</unitNumber><capacityInKB>${disk!.capacity / 1024}</capacityInKB><backing xsi:type="VirtualDiskFlatVer2BackingInfo">` +
+      `<fileName>${disk!.fileName}</fileName><diskMode>independent_persistent</diskMode></backing></device></deviceChange></spec>`,
+  );
+  const [after] = await vmDisks(c, vm.mor);
+  assert.is(after!.notSyncable, 'independent disk (independent_persistent)');
+  await c.logout();
+  const dir = await tempDir();
+  const source = new VmwareSource({ connection: { url, username: 'hamal', password: PASSWORD, thumbprint }, skipDiskFlag: true, workDir: dir });
+  const snap = await source.snapshot('DC0_H0_VM2');
+  try {
+    assert.equal(snap.disks, []);
+    assert.equal(snap.info!.notSynced, [`${after!.label}: independent disk (independent_persistent), cannot be snapshotted`]);
+  } finally {
+    await snap.release();
+  }
+  const c2 = await connect();
+  assert.equal((await listSnapshots(c2, vm.mor)).filter((s) => s.name.startsWith(SNAPSHOT_PREFIX)), [], 'no snapshot of ours left');
+  await c2.logout();
 });
 
 test('a session that ended is renewed once (NotAuthenticated)', async () => {
