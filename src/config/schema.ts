@@ -44,7 +44,7 @@ export const SCHEMA = {
   period: {
     interval: int(60, 1, 86400, 'seconds', 'used', 'Seconds between two polls for tasks (the control plane, or tasks.d in standalone mode). A poll still running when the next is due is not doubled.'),
     task_update_wait_time: int(1, 1, 3600, 'seconds', 'used', 'Seconds between two progress reports of a running task to the control plane.'),
-    openstack_release_cpu_time: int(0, 0, 10000, 'ms per MB', 'accepted', 'Pause in milliseconds after each MB read from OpenStack/Ceph, to leave CPU to others; 0 = off. Used by the OpenStack source.'),
+    openstack_release_cpu_time: int(0, 0, 10000, 'ms per MB', 'used', 'Pause in milliseconds after each MB read from OpenStack/Ceph, to leave CPU to others; 0 = off.'),
     vmware_release_cpu_time: int(0, 0, 10000, 'ms per MB', 'used', 'Pause in milliseconds after each MB read from VMware; 0 = off.'),
   },
   mass: {
@@ -84,8 +84,20 @@ export const SCHEMA = {
     max_read_blocks: int(1024, 1, 65536, 'blocks', 'used', 'Largest read request to VMware, in 512-byte sectors (1024 = 512 KiB); a block is read in several requests when larger.'),
   },
   openstack_ceph: {
-    skip_disk_flag: bool(false, 'accepted', 'As in `[vmware]`, for OpenStack volumes. Used by the OpenStack source.'),
-    disk_flag_size: int(48, 0, 1048576, 'MB', 'accepted', 'As in `[vmware]`, for OpenStack volumes. Used by the OpenStack source.'),
+    skip_disk_flag: bool(false, 'used', 'As in `[vmware]`, for OpenStack volumes and ephemeral disks.'),
+    disk_flag_size: int(48, 0, 1048576, 'MB', 'used', 'As in `[vmware]`, for OpenStack volumes and ephemeral disks.'),
+    volumes_pool: {
+      type: { kind: 'string' },
+      default: 'volumes',
+      status: 'used',
+      doc: "hamal's own key: the Ceph pool of Cinder volumes (`volume-<id>`), used when Cinder does not tell the RBD image of a volume (its attachment's connection_info, usually admin-only).",
+    },
+    vms_pool: {
+      type: { kind: 'string' },
+      default: 'vms',
+      status: 'used',
+      doc: "hamal's own key: the Ceph pool of Nova ephemeral disks (`<server id>_disk`), the root disk of a server booted from an image.",
+    },
   },
   sync: {
     save_local_snapshot_metadata: bool(false, 'used', "After each VM sync, write the VM's metadata (platform, hardware, NICs and guest IPs where the source knows them, the snapshot, each disk and its new version) to `hamal_lib_dir/metadata/<vm>/<time>.json`."),

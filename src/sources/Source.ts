@@ -49,8 +49,13 @@ export interface Snapshot {
    */
   checkSince?(disk: DiskInfo, since: ChangeId): Promise<string | null>;
 
-  /** Removes the platform snapshot and frees handles. Idempotent. */
-  release(): Promise<void>;
+  /**
+   * Removes the platform snapshot and frees handles. Idempotent. `committed`: the disks
+   * whose versions were committed from this snapshot; a source that diffs snapshots
+   * against each other (RBD) keeps the snapshot of those disks as the base of the next
+   * diff and removes their older ones.
+   */
+  release(committed?: readonly string[]): Promise<void>;
 }
 
 /** A platform: turns a VM reference into a Snapshot. Knows nothing of targets. */

@@ -53,7 +53,8 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
   const sync$ = () => {
     const inflight = new Set<Promise<unknown>>();
     // The snapshot goes once every block in flight has settled.
-    const release = (snapshot: Snapshot) => Promise.allSettled([...inflight]).then(() => snapshot.release());
+    const committed: string[] = [];
+    const release = (snapshot: Snapshot) => Promise.allSettled([...inflight]).then(() => snapshot.release(committed));
     const take = async () => {
       const reuse = options.journalDir ? await Journal.snapshotIdsOf(options.journalDir, repo.config.id, vm) : [];
       return source.snapshot(vm, { reuse });
@@ -82,7 +83,10 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
             withSlot(options.diskSlots, () => syncDisk(vm, snapshot, disk, repo, { ...options, inflight })).pipe(
               catchError((error: Error) => of<SyncEvent>({ type: 'disk-failed', disk: disk.id, error })),
               tap((e) => {
-                if (e.type === 'disk-done') versions.push(e.manifest);
+                if (e.type === 'disk-done') {
+                  versions.push(e.manifest);
+                  committed.push(e.disk);
+                }
                 else if (e.type === 'disk-failed') failed.push({ disk: e.disk, error: e.error });
               }),
             ),

@@ -1,5 +1,7 @@
 import { LocalSource } from '../sources/local/LocalSource.ts';
 import { VmwareSource } from '../sources/vmware/VmwareSource.ts';
+import { OpenStackSource } from '../sources/openstack/OpenStackSource.ts';
+import type { KeystoneCredentials } from '../sources/openstack/Keystone.ts';
 import type { Source } from '../sources/Source.ts';
 import { parseLocalDisk } from '../sources/local/LocalDisk.ts';
 import { openStore } from '../sinks/openStore.ts';
@@ -126,6 +128,46 @@ async function taskSource(task: Task, label: string, config: LoadedConfig): Prom
       }),
       disks: src.disks as string[] | undefined,
       releaseCpuMsPerMb: c.period.vmware_release_cpu_time,
+    };
+  }
+  if (src.platform === 'openstack_ceph') {
+    const conn = src.connection as {
+      authUrl: string;
+      username?: string;
+      userDomainName?: string;
+      projectName?: string;
+      projectDomainName?: string;
+      applicationCredentialId?: string;
+      region?: string;
+      interface?: 'public' | 'internal' | 'admin';
+      caFile?: string;
+      cephConf: string;
+      cephUser: string;
+      keyringFile: string;
+    };
+    const secret = await resolveSecret(src.connection!, label);
+    let credentials: KeystoneCredentials;
+    if (conn.applicationCredentialId) credentials = { kind: 'application_credential', id: conn.applicationCredentialId, secret };
+    else if (conn.username && conn.projectName) {
+      credentials = { kind: 'password', username: conn.username, userDomainName: conn.userDomainName, projectName: conn.projectName, projectDomainName: conn.projectDomainName, password: secret };
+    } else {
+      throw new UsageError('TASK_INVALID', `${label}: source.connection needs applicationCredentialId, or username and projectName`, { subject: 'source.connection' });
+    }
+    return {
+      source: new OpenStackSource({
+        keystone: { authUrl: conn.authUrl, credentials, region: conn.region, interface: conn.interface },
+        caFile: conn.caFile,
+        ceph: { conf: conn.cephConf, user: conn.cephUser, keyring: conn.keyringFile, timeoutMs: c.mass.default_request_timeout * 1000 },
+        volumesPool: c.openstack_ceph.volumes_pool,
+        vmsPool: c.openstack_ceph.vms_pool,
+        skipDiskFlag: c.openstack_ceph.skip_disk_flag,
+        diskFlagSizeMb: c.openstack_ceph.disk_flag_size,
+        readers: Math.max(task.options?.readers ?? c.data_sync_v2.pre_disk_readers_count, 1),
+        workDir: c.DEFAULT.hamal_lib_dir,
+        timeoutMs: c.mass.default_request_timeout * 1000,
+      }),
+      disks: src.disks as string[] | undefined,
+      releaseCpuMsPerMb: c.period.openstack_release_cpu_time,
     };
   }
   throw new HamalError('PLATFORM_UNAVAILABLE', `${label}: platform ${src.platform} is not available in this build of hamal`, {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a throwaway single-node Ceph cluster for the tests: one mon, one mgr, one memstore
 # OSD and radosgw, all on 127.0.0.1, cephx on, pool size 1, everything under DIR.
-# Writes DIR/env (source it): CEPH_CONF, HAMAL_TEST_S3_ENDPOINT, AWS_* keys of a test user.
+# Writes DIR/env (source it): CEPH_CONF, HAMAL_TEST_S3_ENDPOINT, keys of an S3 test user,
+# HAMAL_TEST_CEPH_KEYRING (client.hamal, RBD on pools volumes and vms).
 #   tests/ceph/ceph-up.sh DIR [MEMSTORE_BYTES]      stop with: tests/ceph/ceph-down.sh DIR
 # Needs: ceph-mon ceph-mgr ceph-osd ceph-common radosgw (Debian bookworm, Ceph 16).
 set -euo pipefail
@@ -80,8 +81,12 @@ for pool in .rgw.root default.rgw.log default.rgw.control default.rgw.meta defau
   ceph osd pool create "$pool" 8 8 >/dev/null 2>&1
   ceph osd pool application enable "$pool" rgw >/dev/null 2>&1
 done
-ceph osd pool create rbd 8 8 >/dev/null 2>&1
-ceph osd pool application enable rbd rbd >/dev/null 2>&1
+# RBD pools as OpenStack names them (Cinder volumes, Nova ephemeral disks), and a client
+# limited to them, the way an operator gives the proxy its own Ceph user.
+for pool in rbd volumes vms; do
+  ceph osd pool create "$pool" 8 8 >/dev/null 2>&1
+  ceph osd pool application enable "$pool" rbd >/dev/null 2>&1
+done
 
 # HEALTH_OK comes before the mgr reports PG states: wait for every PG active+clean.
 for _ in $(seq 120); do
@@ -94,6 +99,7 @@ for _ in $(seq 120); do
 done
 
 ceph auth get-or-create client.rgw.hamal mon 'allow rw' osd 'allow rwx' -o "$DIR/client.rgw.hamal.keyring"
+ceph auth get-or-create client.hamal mon 'profile rbd' osd 'profile rbd pool=volumes, profile rbd pool=vms' -o "$DIR/client.hamal.keyring"
 radosgw -n client.rgw.hamal
 
 KEY=$(python3 -c 'import secrets; print("HAMALTEST" + secrets.token_hex(6).upper())')
@@ -108,5 +114,6 @@ export CEPH_CONF=$CONF
 export HAMAL_TEST_S3_ENDPOINT=http://127.0.0.1:$RGW_PORT
 export HAMAL_TEST_S3_ACCESS_KEY=$KEY
 export HAMAL_TEST_S3_SECRET_KEY=$SECRET
+export HAMAL_TEST_CEPH_KEYRING=$DIR/client.hamal.keyring
 ENV
 echo "ceph up in $DIR: rgw http://127.0.0.1:$RGW_PORT"

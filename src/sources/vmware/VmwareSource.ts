@@ -11,6 +11,7 @@ import { SNAPSHOT_PREFIX, createSnapshot, ensureChangeTracking, listSnapshots, r
 import { changedAreas, changeIdEpoch } from './changedAreas.ts';
 import { DatastoreFile } from './DatastoreFile.ts';
 import { NbdkitExport, VDDK_TEMPLATE } from './NbdkitExport.ts';
+import type { NbdServerProcess } from '../nbd/NbdServerProcess.ts';
 
 export interface VmwareSourceOptions {
   connection: VsphereOptions;
@@ -137,7 +138,7 @@ class VmwareSnapshot implements Snapshot {
   readonly disks: readonly DiskInfo[];
   readonly info: Record<string, unknown>;
   private readonly _files = new Map<string, { disk: VmDisk; file: DatastoreFile }>();
-  private readonly _exports = new Map<string, Promise<NbdkitExport>>();
+  private readonly _exports = new Map<string, Promise<NbdServerProcess>>();
   private _released = false;
 
   constructor(
@@ -177,7 +178,7 @@ class VmwareSnapshot implements Snapshot {
     return changedAreas(this._client, this._vm.mor, this._snap, d.key, d.capacity, since ?? '*');
   }
 
-  private _export(disk: DiskInfo, d: VmDisk): Promise<NbdkitExport> {
+  private _export(disk: DiskInfo, d: VmDisk): Promise<NbdServerProcess> {
     let e = this._exports.get(disk.id);
     if (!e) {
       const m = /^\[([^\]]+)\]\s*(.+)$/.exec(d.fileName);

@@ -1,0 +1,102 @@
+import { execFile } from 'node:child_process';
+import { HamalError, NotFoundError } from '../../errors.ts';
+
+/** How hamal reaches a Ceph cluster: files only, so no key is ever on a command line. */
+export interface CephAccess {
+  /** ceph.conf of the cluster (mon addresses). */
+  conf: string;
+  /** Client name, `client.hamal` or `hamal`. */
+  user: string;
+  /** Keyring file holding that client's key. */
+  keyring: string;
+  /** One rbd command's limit. @default 600 s */
+  timeoutMs?: number;
+}
+
+export interface RbdExtent {
+  offset: number;
+  length: number;
+  /** False: a discarded or zeroed area (reads as zeros). */
+  exists: boolean;
+}
+
+export interface RbdSnap {
+  id: number;
+  name: string;
+  size: number;
+}
+
+/**
+ * The `rbd` command (there is no librbd binding on npm), with JSON output. Errors name
+ * what was wrong: the keyring refused, the pool or image or snapshot missing, permission.
+ */
+export class Rbd {
+  private readonly _base: string[];
+
+  constructor(readonly access: CephAccess) {
+    const name = access.user.startsWith('client.') ? access.user : `client.${access.user}`;
+    this._base = ['--conf', access.conf, '--name', name, '--keyring', access.keyring];
+  }
+
+  /** Runs `rbd ARGS`; stdout on success. */
+  run(args: string[], what: string): Promise<string> {
+    return new Promise((resolve, reject) => {
+      execFile('rbd', [...this._base, ...args], { timeout: this.access.timeoutMs ?? 600_000, maxBuffer: 256 * 1024 * 1024 }, (err, stdout, stderr) => {
+        if (!err) return resolve(stdout);
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+          return reject(new HamalError('RBD_MISSING', 'the rbd command is not installed (Debian package ceph-common)', { subject: 'rbd' }));
+        }
+        reject(this._error(String(stderr), what, err));
+      });
+    });
+  }
+
+  private _error(stderr: string, what: string, cause: unknown): HamalError {
+    const line = stderr.trim().split('\n').filter((l) => l.startsWith('rbd:')).pop() ?? stderr.trim().split('\n').pop() ?? '';
+    let m: RegExpExecArray | null;
+    if (/couldn't connect to the cluster/.test(stderr)) {
+      const why = /unable to find a keyring on ([^:]+)/.exec(stderr)
+        ? `keyring ${this.access.keyring} not found`
+        : /handle_auth_bad_method|authentication|EACCES|\(13\)/.test(stderr)
+          ? `the cluster refused ${this.access.user} with keyring ${this.access.keyring} (wrong keyring or user)`
+          : `cannot reach the monitors of ${this.access.conf}`;
+      return new HamalError('CEPH_CONNECT', `${what}: ${why}`, { subject: this.access.keyring, cause });
+    }
+    if ((m = /error opening pool '([^']+)': \(2\)/.exec(stderr))) return new NotFoundError('RBD_POOL_NOT_FOUND', `${what}: pool ${m[1]} does not exist`, { subject: m[1] });
+    if ((m = /error opening image (\S+): \(2\)/.exec(stderr))) return new NotFoundError('RBD_IMAGE_NOT_FOUND', `${what}: image ${m[1]} does not exist`, { subject: m[1] });
+    if (/\(1\) Operation not permitted|\(13\) Permission denied/.test(stderr)) {
+      return new HamalError('CEPH_PERMISSION', `${what}: ${this.access.user} may not do this (its caps): ${line}`, { subject: this.access.user, cause });
+    }
+    if (/\(2\) No such file or directory/.test(stderr)) return new NotFoundError('RBD_NOT_FOUND', `${what}: ${line.replace(/^rbd: /, '')}`, { subject: what, cause });
+    return new HamalError('RBD_FAILED', `${what}: ${line.replace(/^rbd: /, '') || 'rbd failed'}`, { subject: what, cause, retryable: true });
+  }
+
+  async info(spec: string): Promise<{ size: number; objectSize: number }> {
+    const j = JSON.parse(await this.run(['info', '--format', 'json', spec], `rbd image ${spec}`)) as { size: number; object_size: number };
+    return { size: j.size, objectSize: j.object_size };
+  }
+
+  async snapshots(image: string): Promise<RbdSnap[]> {
+    return (JSON.parse(await this.run(['snap', 'ls', '--format', 'json', image], `snapshots of ${image}`)) as RbdSnap[]).map((s) => ({ id: s.id, name: s.name, size: s.size }));
+  }
+
+  async createSnapshot(image: string, name: string): Promise<void> {
+    await this.run(['snap', 'create', '--no-progress', `${image}@${name}`], `snapshot ${name} of ${image}`);
+  }
+
+  async removeSnapshot(image: string, name: string): Promise<void> {
+    await this.run(['snap', 'rm', '--no-progress', `${image}@${name}`], `removal of snapshot ${name} of ${image}`);
+  }
+
+  /**
+   * Extents of `image@snap` that hold data (`from` absent), or that changed since the
+   * snapshot `from`. A superset of what was written (whole objects where a write created
+   * one); the sync reads every block these touch again, so a superset costs reads, never
+   * correctness.
+   */
+  async diff(image: string, snap: string, from?: string): Promise<RbdExtent[]> {
+    const args = ['diff', '--format', 'json', ...(from ? ['--from-snap', from] : []), `${image}@${snap}`];
+    const out = JSON.parse(await this.run(args, `changes of ${image}@${snap}${from ? ` since ${from}` : ''}`)) as Array<{ offset: number; length: number; exists: string | boolean }>;
+    return out.map((e) => ({ offset: e.offset, length: e.length, exists: e.exists === true || e.exists === 'true' }));
+  }
+}

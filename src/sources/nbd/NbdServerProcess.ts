@@ -1,0 +1,73 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { promises as fsp, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { subprocessOutput } from '../../log/subprocessLog.ts';
+import { HamalError } from '../../errors.ts';
+import { NbdClient } from './NbdClient.ts';
+
+/**
+ * A local NBD server process (nbdkit, qemu-nbd) serving one snapshot of one disk on a Unix
+ * socket in a private 0700 directory under `workDir`, with an NbdClient connected to it.
+ * Its stderr goes to the subprocess log; `stop` ends both and removes the directory.
+ */
+export class NbdServerProcess {
+  private constructor(
+    readonly client: NbdClient,
+    private readonly _child: ChildProcess,
+    private readonly _dir: string,
+  ) {}
+
+  /** The directory the server's socket (and any file it needs) lives in, before `start`. */
+  static async privateDir(workDir: string, kind: string): Promise<string> {
+    const dir = join(workDir, kind, randomBytes(6).toString('hex'));
+    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    return dir;
+  }
+
+  /** Runs `argv` (no shell), waits up to 5 s for `socket`, connects. `what` names the disk in errors. */
+  static async start(argv: string[], dir: string, socket: string, what: string, maxRequestBytes: number): Promise<NbdServerProcess> {
+    const name = argv[0]!.replace(/^.*\//, '');
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    const toLog = subprocessOutput(name, child.pid);
+    child.stderr!.on('data', (d) => {
+      stderr = (stderr + d).slice(-2000);
+      toLog(d);
+    });
+    let exited: number | null | undefined;
+    child.on('exit', (code) => (exited = code));
+    child.on('error', () => (exited = -1));
+    for (let i = 0; i < 500 && !existsSync(socket) && exited === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+    if (!existsSync(socket)) {
+      child.kill('SIGKILL');
+      await fsp.rm(dir, { recursive: true, force: true });
+      throw new HamalError('NBD_SERVER_FAILED', `${name} for ${what} did not start${stderr ? `: ${stderr.trim().split('\n').pop()}` : ''}`, { subject: what });
+    }
+    try {
+      return new NbdServerProcess(await NbdClient.connect(socket, { maxRequestBytes }), child, dir);
+    } catch (err) {
+      child.kill('SIGKILL');
+      await fsp.rm(dir, { recursive: true, force: true });
+      throw err;
+    }
+  }
+
+  async stop(): Promise<void> {
+    await this.client.close();
+    if (this._child.exitCode === null) {
+      this._child.kill('SIGTERM');
+      await new Promise((r) => {
+        const t = setTimeout(() => {
+          this._child.kill('SIGKILL');
+          r(undefined);
+        }, 2000);
+        this._child.once('exit', () => {
+          clearTimeout(t);
+          r(undefined);
+        });
+      });
+    }
+    await fsp.rm(this._dir, { recursive: true, force: true });
+  }
+}
