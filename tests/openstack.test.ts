@@ -171,6 +171,21 @@ test('a sync killed with SIGKILL mid-stream resumes on the next run; afterwards 
   assert.equal(await ourSnaps(root), [s.snapshotId]);
 });
 
+test('an application credential authenticates too; a volume resized between syncs gets a full version of its new size', async () => {
+  os.appCredentials['ac-1'] = PASSWORD;
+  await rbd('resize', '--no-progress', '--size', '320M', volume);
+  await write(volume, [['w', 300 * MiB + 5, 'i', 4096]]);
+  const appTask = task({ username: undefined, projectName: undefined, applicationCredentialId: 'ac-1' });
+  const r = await sync(appTask);
+  assert.is(r.code, 0, r.stderr);
+  const s = await checkRestores(r.stdout);
+  const v = JSON.parse(r.stdout).disks.find((d: { disk: string }) => d.disk !== 'root');
+  assert.is(v.capacity, 320 * MiB);
+  // Full: every allocated area is read again, not just the one block written since.
+  assert.ok(v.readBytes >= 10 * MiB, `read ${v.readBytes} bytes`);
+  assert.ok(s.disks.length === 2);
+});
+
 test('wrong keyring, unknown pool, unknown server, refused token, wrong password: exit 1, a message naming the fault, no secret', async () => {
   const badKeyring = join(dir, 'bad.keyring');
   await fsp.writeFile(badKeyring, '[client.hamal]\n\tkey = AQBNBM5lAAAAABAAX5D7BXkqMz1ZhZeMn9XNmA==\n');

@@ -4,15 +4,7 @@ import { VERSION } from '../version.ts';
 import { log } from '../log/Logger.ts';
 import { formatConfig } from '../config/loadConfig.ts';
 import { setup, type GlobalOptions } from './context.ts';
-import { syncCommand } from './sync.ts';
-import { restoreCommand } from './restore.ts';
-import { versionsCommand } from './versions.ts';
-import { verifyCommand } from './verify.ts';
-import { pruneCommand } from './prune.ts';
-import { demoCommand } from './demo.ts';
-import { serveCommand } from './serve.ts';
-import { healthCommand } from './health.ts';
-import { doctorCommand } from './doctor.ts';
+// Commands load on use: platform and target libraries (soap, the AWS SDK) cost start-up time.
 
 function positiveInt(name: string) {
   return (value: string): number => {
@@ -67,7 +59,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option('--parallel-disks <n>', 'disks synced at once (parallel_sync_disks_count)', positiveInt('--parallel-disks'))
     .option('--block-size <bytes>', 'block size of a repository created now', positiveInt('--block-size'))
     .option('--json', 'print a JSON summary instead of a table')
-    .action(withConfig(syncCommand));
+    .action(withConfig(async (o: Parameters<typeof import('./sync.ts').syncCommand>[0], c) => (await import('./sync.ts')).syncCommand(o, c)));
 
   program
     .command('restore')
@@ -79,7 +71,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .requiredOption('--out <path>', 'file or block device to write')
     .option('--from <version>', '--out already holds this version: write only the blocks that differ')
     .option('--json', 'print a JSON summary')
-    .action(withConfig(restoreCommand));
+    .action(withConfig(async (o: Parameters<typeof import('./restore.ts').restoreCommand>[0], c) => (await import('./restore.ts')).restoreCommand(o, c)));
 
   program
     .command('versions')
@@ -87,7 +79,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .requiredOption('--target <url>', 'repository: file:///path or a directory')
     .option('--vm <name>', 'only this VM')
     .option('--json', 'print a JSON array')
-    .action(withConfig(versionsCommand));
+    .action(withConfig(async (o: Parameters<typeof import('./versions.ts').versionsCommand>[0], c) => (await import('./versions.ts')).versionsCommand(o, c)));
 
   program
     .command('verify')
@@ -96,7 +88,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option('--vm <name>', 'only this VM\'s versions')
     .option('--deep', 'read every chunk and check its hash')
     .option('--json', 'print the report as JSON')
-    .action(withConfig(verifyCommand));
+    .action(withConfig(async (o: Parameters<typeof import('./verify.ts').verifyCommand>[0], c) => (await import('./verify.ts')).verifyCommand(o, c)));
 
   program
     .command('prune')
@@ -106,26 +98,26 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option('--vm <name>', 'only this VM\'s versions')
     .option('--dry-run', 'report, delete nothing')
     .option('--json', 'print the report as JSON')
-    .action(withConfig(pruneCommand));
+    .action(withConfig(async (o: Parameters<typeof import('./prune.ts').pruneCommand>[0], c) => (await import('./prune.ts')).pruneCommand(o, c)));
 
   program
     .command('serve')
     .description('Run as a service: tasks from the control plane ([mass] mass_endpoint) or from task files ([hamal] tasks_dir), until SIGTERM')
     .option('--config <path>', 'hamal.conf to read (default: $HAMAL_CONFIG, else /etc/hamal/hamal.conf)')
-    .action(withConfig(serveCommand));
+    .action(withConfig(async (o: Parameters<typeof import('./serve.ts').serveCommand>[0], c) => (await import('./serve.ts')).serveCommand(o, c)));
 
   program
     .command('health')
     .description('Ask the running service for its health ([hamal] health_listen): exit 0 healthy, 1 not')
     .option('--config <path>', 'hamal.conf to read')
-    .action(withConfig(healthCommand));
+    .action(withConfig(async (o: Parameters<typeof import('./health.ts').healthCommand>[0], c) => (await import('./health.ts')).healthCommand(o, c)));
 
   program
     .command('doctor')
     .description("Check this host against the seed's requirements and the proxy's reach (config, dirs, control plane, target, tools)")
     .option('--config <path>', 'hamal.conf to check')
     .option('--json', 'print the checks as JSON')
-    .action(async (o: { config?: string; json?: boolean }) => setExit(await doctorCommand({ ...o, config: o.config ?? program.opts<GlobalOptions>().config })));
+    .action(async (o: { config?: string; json?: boolean }) => setExit(await (await import('./doctor.ts')).doctorCommand({ ...o, config: o.config ?? program.opts<GlobalOptions>().config })));
 
   const config = program.command('config').description('Configuration commands');
   config
@@ -143,7 +135,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .description('Sync, change, sync again and restore two sample disks; needs nothing outside this machine')
     .option('--dir <path>', 'work here (kept) instead of a temporary directory (removed)')
     .option('--keep', 'keep the temporary directory')
-    .action(async (o) => setExit(await demoCommand(o)));
+    .action(async (o) => setExit(await (await import('./demo.ts')).demoCommand(o)));
 
   for (const cmd of [...program.commands, ...config.commands]) {
     if (cmd.name() === 'config') continue;

@@ -4,7 +4,6 @@ import type { ObjectStore } from './ObjectStore.ts';
 import { FsStore } from './fs/FsStore.ts';
 import { UsageError } from '../errors.ts';
 import type { HamalConfig } from '../config/schema.ts';
-import { S3Store } from './s3/S3Store.ts';
 import { parseS3Target } from './s3/S3Target.ts';
 
 export interface OpenStoreOptions {
@@ -36,6 +35,8 @@ export async function openStore(target: string, options: OpenStoreOptions = {}):
   if (scheme === 's3') {
     const c = options.config;
     const s3 = parseS3Target(target, c?.s3);
+    // Loaded on demand: the AWS SDK costs every other command ~0.2 s of start-up.
+    const { S3Store } = await import('./s3/S3Store.ts');
     const store = await S3Store.open(s3, {
       maxSockets: c?.s3.max_sockets,
       retryMode: c?.s3.retry_mode as 'standard' | 'adaptive' | undefined,
@@ -45,7 +46,8 @@ export async function openStore(target: string, options: OpenStoreOptions = {}):
       caFile: c?.s3.ca_file || undefined,
       requestTimeoutMs: c ? c.mass.default_request_timeout * 1000 : undefined,
     });
-    if (options.create) await store.sweepStaleUploads();
+    // Multipart uploads open for an hour were left by a killed sync (one chunk never takes that long).
+    if (options.create) await store.sweepStaleUploads(3600_000);
     return store;
   }
   throw new UsageError('BAD_TARGET', `target scheme ${scheme}:// is not supported; use s3://bucket/prefix, file:///path or a directory path`, {

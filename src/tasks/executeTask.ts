@@ -1,6 +1,4 @@
 import { LocalSource } from '../sources/local/LocalSource.ts';
-import { VmwareSource } from '../sources/vmware/VmwareSource.ts';
-import { OpenStackSource } from '../sources/openstack/OpenStackSource.ts';
 import type { KeystoneCredentials } from '../sources/openstack/Keystone.ts';
 import type { Source } from '../sources/Source.ts';
 import { parseLocalDisk } from '../sources/local/LocalDisk.ts';
@@ -35,10 +33,6 @@ export interface ExecuteOptions {
   diskSlots?: Slots;
 }
 
-/** Targets whose stale multipart uploads this process already swept. */
-const swept = new Set<string>();
-/** A multipart upload of one chunk still open after this long was left by a killed proxy. */
-const STALE_UPLOAD_MS = 3600_000;
 
 /**
  * Runs one task: builds the source it names and the repository it targets, with the caps
@@ -65,14 +59,6 @@ export async function executeTask(task: Task, config: LoadedConfig, options: Exe
   const store = await openStore(target, { create: true, config: c });
   try {
     const repo = await Repository.open(store, { create: true, blockSize });
-    if (!swept.has(store.location) && 'sweepStaleUploads' in store) {
-      swept.add(store.location);
-      const n = await (store as unknown as { sweepStaleUploads(ms: number): Promise<number> }).sweepStaleUploads(STALE_UPLOAD_MS).catch((err: Error) => {
-        log.child('sync').warn(`stale multipart uploads under ${store.location} not swept: ${err.message}`);
-        return 0;
-      });
-      if (n) log.child('sync').info(`aborted ${n} multipart upload(s) under ${store.location} left by a killed sync`);
-    }
     log.child('sync').info(`syncing ${source.platform} VM ${task.source.vm} to ${store.location}`, { readers, writers, parallelDisks });
     const result = await runVmSync(
       source,
@@ -115,6 +101,8 @@ async function taskSource(task: Task, label: string, config: LoadedConfig): Prom
   if (src.platform === 'vmware') {
     const conn = src.connection as { host: string; port?: number; username: string; thumbprint?: string; caFile?: string; transport?: string; quiesce?: boolean };
     const password = await resolveSecret(src.connection!, label);
+    // Platform code (soap, ...) loads only for tasks that need it.
+    const { VmwareSource } = await import('../sources/vmware/VmwareSource.ts');
     return {
       source: new VmwareSource({
         connection: { url: `https://${conn.host}${conn.port ? `:${conn.port}` : ''}/sdk`, username: conn.username, password, thumbprint: conn.thumbprint, caFile: conn.caFile, timeoutMs: c.mass.default_request_timeout * 1000 },
@@ -153,6 +141,7 @@ async function taskSource(task: Task, label: string, config: LoadedConfig): Prom
     } else {
       throw new UsageError('TASK_INVALID', `${label}: source.connection needs applicationCredentialId, or username and projectName`, { subject: 'source.connection' });
     }
+    const { OpenStackSource } = await import('../sources/openstack/OpenStackSource.ts');
     return {
       source: new OpenStackSource({
         keystone: { authUrl: conn.authUrl, credentials, region: conn.region, interface: conn.interface },
