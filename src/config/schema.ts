@@ -58,7 +58,7 @@ export const SCHEMA = {
       type: { kind: 'string' },
       default: '',
       secret: true,
-      status: 'accepted',
+      status: 'used',
       doc: 'Key that authenticates the proxy to the control plane (a bearer token on every request). A secret: never printed or logged (`config check` shows it masked). Required with `mass_endpoint`.',
     },
     hyper_exporter_id: {
@@ -112,17 +112,17 @@ export const SCHEMA = {
     max_pre_disk_readers_count: int(16, 1, 1024, 'threads', 'used', 'Upper bound for `pre_disk_readers_count`.'),
   },
   fusion_compute: {
-    task_timeout: int(3600, 1, 604800, 'seconds', 'accepted', 'Longest wait for a FusionCompute task. Used by the FusionCompute source.'),
-    create_snap_task_timeout: int(3600, 1, 604800, 'seconds', 'accepted', 'Longest wait for a snapshot to be created. Used by the FusionCompute source.'),
-    delete_snap_task_timeout: int(3600, 1, 604800, 'seconds', 'accepted', 'Longest wait for a snapshot to be deleted. Used by the FusionCompute source.'),
+    task_timeout: int(3600, 1, 604800, 'seconds', 'used', 'Longest a whole FusionCompute VM sync may take, and longest wait for one FusionCompute task (data channels); past it the sync stops cleanly and its snapshot is deleted.'),
+    create_snap_task_timeout: int(3600, 1, 604800, 'seconds', 'used', 'Longest wait for a FusionCompute snapshot to be created; past it the sync fails and the snapshot is deleted (or swept by the next run).'),
+    delete_snap_task_timeout: int(3600, 1, 604800, 'seconds', 'used', 'Longest wait for a FusionCompute snapshot to be deleted.'),
     local_host_ip: {
       type: { kind: 'ip', optional: true },
       default: '',
-      status: 'accepted',
-      doc: "The proxy's IP that FusionCompute opens data channels to; empty = found from the route to FusionCompute. Used by the FusionCompute source.",
+      status: 'used',
+      doc: "The proxy's IP given to FusionCompute when a data channel is opened; empty = the local address of the route to FusionCompute.",
     },
-    max_socket_connections_per_host: int(8, 1, 256, 'connections', 'accepted', 'Data channels open to one FusionCompute host at once. Used by the FusionCompute source.'),
-    max_writer_num: int(10, 1, 256, 'threads', 'accepted', 'Writers for FusionCompute syncs. Used by the FusionCompute source.'),
+    max_socket_connections_per_host: int(8, 1, 256, 'connections', 'used', 'Connections open to one FusionCompute data-channel host at once, over every disk and task of the proxy.'),
+    max_writer_num: int(10, 1, 256, 'threads', 'used', 'Chunk writes per disk of FusionCompute syncs: replaces `[hamal] writers_per_disk` for them (a task\'s own `writers` still wins).'),
   },
   hamal: {
     log_dir: {

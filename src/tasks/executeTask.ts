@@ -53,13 +53,17 @@ export async function executeTask(task: Task, config: LoadedConfig, options: Exe
   if (parallelDisks > c.data_sync_v2.max_parallel_sync_disks_count) {
     throw new UsageError('USAGE', `parallel disks ${parallelDisks} exceeds max_parallel_sync_disks_count (${c.data_sync_v2.max_parallel_sync_disks_count})`);
   }
-  const writers = o.writers ?? task.options?.writers ?? c.hamal.writers_per_disk;
+  // FusionCompute tasks take their writers from [fusion_compute] max_writer_num.
+  const writers = o.writers ?? task.options?.writers ?? (task.source.platform === 'fusion_compute' ? c.fusion_compute.max_writer_num : c.hamal.writers_per_disk);
   const blockSize = o.blockSize ?? (task.options?.blockSizeMb ?? c.hamal.block_size_mb) * 1024 * 1024;
 
   const store = await openStore(target, { create: true, config: c });
   try {
     const repo = await Repository.open(store, { create: true, blockSize });
     log.child('sync').info(`syncing ${source.platform} VM ${task.source.vm} to ${store.location}`, { readers, writers, parallelDisks });
+    // A FusionCompute task as a whole is bounded by [fusion_compute] task_timeout.
+    const limit = task.source.platform === 'fusion_compute' ? AbortSignal.timeout(c.fusion_compute.task_timeout * 1000) : undefined;
+    const signal = limit ? (options.signal ? AbortSignal.any([options.signal, limit]) : limit) : options.signal;
     const result = await runVmSync(
       source,
       task.source.vm,
@@ -81,8 +85,13 @@ export async function executeTask(task: Task, config: LoadedConfig, options: Exe
         },
       },
       options.onEvent ?? (() => {}),
-      options.signal,
-    );
+      signal,
+    ).catch((err) => {
+      if (limit?.aborted && !options.signal?.aborted) {
+        throw new HamalError('FC_TASK_TIMEOUT', `${options.label} did not finish within [fusion_compute] task_timeout (${c.fusion_compute.task_timeout} s)`, { subject: 'task_timeout', cause: err });
+      }
+      throw err;
+    });
     return { ...result, target: store.location };
   } finally {
     await store.close();
@@ -157,6 +166,30 @@ async function taskSource(task: Task, label: string, config: LoadedConfig): Prom
       }),
       disks: src.disks as string[] | undefined,
       releaseCpuMsPerMb: c.period.openstack_release_cpu_time,
+    };
+  }
+  if (src.platform === 'fusion_compute') {
+    const conn = src.connection as { url: string; username: string; caFile?: string; thumbprint?: string; transfer?: 'lanssl' | 'lan' };
+    if (conn.thumbprint) {
+      throw new UsageError('TASK_INVALID', `${label}: source.connection.thumbprint is not supported for FusionCompute yet; give caFile (the CA or the certificate itself)`, {
+        subject: 'source.connection.thumbprint',
+      });
+    }
+    const password = await resolveSecret(src.connection!, label);
+    const f = c.fusion_compute;
+    const { FusionComputeSource } = await import('../sources/fusion_compute/FusionComputeSource.ts');
+    return {
+      source: new FusionComputeSource({
+        client: { url: conn.url, username: conn.username, password, caFile: conn.caFile, timeoutMs: c.mass.default_request_timeout * 1000 },
+        localHostIp: f.local_host_ip || undefined,
+        transfer: conn.transfer ?? 'lanssl',
+        maxConnectionsPerHost: f.max_socket_connections_per_host,
+        createSnapTimeoutMs: f.create_snap_task_timeout * 1000,
+        deleteSnapTimeoutMs: f.delete_snap_task_timeout * 1000,
+        taskTimeoutMs: f.task_timeout * 1000,
+      }),
+      disks: src.disks as string[] | undefined,
+      releaseCpuMsPerMb: 0,
     };
   }
   throw new HamalError('PLATFORM_UNAVAILABLE', `${label}: platform ${src.platform} is not available in this build of hamal`, {

@@ -1,0 +1,115 @@
+// The FusionCompute source against the FusionCompute STAND-IN (tests/helpers/
+// FusionComputeStandIn.ts, written from the public REST reference): verified only against
+// that reading of the documents, as the README's platform table says.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { FusionComputeStandIn } from './helpers/FusionComputeStandIn.ts';
+import { hamal } from './helpers/cli.ts';
+import { MiB, pattern, sha256File, tempDir } from './helpers/disks.ts';
+
+const PASSWORD = 's3cr3t-Pa55word-for-tests';
+let dir: string;
+let fc: FusionComputeStandIn;
+let conf: string;
+
+function task(over: Record<string, unknown> = {}, vm = 'fc-vm-1') {
+  return { version: 1, source: { platform: 'fusion_compute', vm, connection: { url: fc.url, username: 'fcadmin', password: PASSWORD, transfer: 'lan', ...over } }, target: join(dir, 'repo') };
+}
+
+async function sync(t = task(), config = conf) {
+  const file = join(dir, `task-${randomUUID()}.json`);
+  await fsp.writeFile(file, JSON.stringify(t), { mode: 0o600 });
+  return hamal(['sync', '--task', file, '--json', '--config', config]);
+}
+
+/** Syncs, then restores every version made and compares it with the volume as it was. */
+async function syncAndCheck() {
+  const expected = new Map<string, string>();
+  for (const v of fc.volumes) expected.set(`volume-${v.uuid}`, await sha256File(v.file));
+  const r = await sync();
+  assert.is(r.code, 0, r.stderr);
+  const s = JSON.parse(r.stdout) as { disks: Array<{ disk: string; version: string; readBytes: number }> };
+  assert.is(s.disks.length, 2);
+  for (const d of s.disks) {
+    const out = join(dir, 'restored.img');
+    const rr = await hamal(['restore', '--target', join(dir, 'repo'), '--vm', 'fc-vm-1', '--disk', d.disk, '--version', d.version, '--out', out, '--config', conf]);
+    assert.is(rr.code, 0, rr.stderr);
+    assert.is(await sha256File(out), expected.get(d.disk), d.disk);
+    await fsp.rm(out);
+  }
+  assert.equal(fc.snaps, [], 'the snapshot was deleted');
+  return s;
+}
+
+test.before(async () => {
+  dir = await tempDir('hamal-fc-');
+  fc = new FusionComputeStandIn(dir, 'fcadmin', PASSWORD);
+  await fc.start();
+  conf = join(dir, 'hamal.conf');
+  await fsp.writeFile(conf, `[DEFAULT]\nhamal_lib_dir = ${dir}/lib\n[data_sync_v2]\npre_disk_readers_count = 4\n[fusion_compute]\nmax_socket_connections_per_host = 2\nlocal_host_ip = 127.0.0.1\n[hamal]\nblock_size_mb = 1\n`);
+  const [a, b] = [await fc.addVolume('sys', 1), await fc.addVolume('data', 1)];
+  await fc.write(a!, 0, pattern(6 * MiB, 1));
+  await fc.write(b!, 300 * MiB + 12345, pattern(5 * MiB, 2));
+});
+test.after(() => fc.stop());
+
+test('full sync and two incrementals of a VM with two volumes: every restore equals the volume at its snapshot; at most max_socket_connections_per_host connections', async () => {
+  const s1 = await syncAndCheck();
+  assert.ok(s1.disks.every((d) => d.readBytes <= 8 * MiB), 'a full sync reads only the blocks the full bitmap marks');
+  const [a, b] = fc.volumes;
+  await fc.write(a!, 3 * MiB - 100, pattern(300, 3)); // unaligned, across a 1 MiB block boundary
+  await fc.write(b!, 900 * MiB + 1, pattern(70_000, 4)); // where nothing was written before
+  const s2 = await syncAndCheck();
+  assert.ok(s2.disks.every((d) => d.readBytes <= 2 * MiB), JSON.stringify(s2.disks));
+  await fc.write(b!, 300 * MiB + 12345, pattern(4096, 5));
+  const s3 = await syncAndCheck();
+  assert.is(s3.disks.find((d) => d.disk === `volume-${a!.uuid}`)!.readBytes, 0, 'an unchanged volume reads nothing');
+  // 2 disks x 4 readers wanted 8 connections; the cap held them to 2.
+  assert.is(fc.maxOpenDataConnections, 2);
+});
+
+test('a snapshot task that never finishes: the sync fails at create_snap_task_timeout, the snapshot is deleted, nothing committed', async () => {
+  const slow = join(dir, 'slow.conf');
+  await fsp.writeFile(slow, (await fsp.readFile(conf, 'utf8')).replace('[fusion_compute]\n', '[fusion_compute]\ncreate_snap_task_timeout = 2\n'));
+  const before = await fsp.readdir(join(dir, 'repo', 'vms')).catch(() => []);
+  const versions = async () => (await hamal(['versions', '--target', join(dir, 'repo'), '--json', '--config', conf])).stdout;
+  const v0 = await versions();
+  fc.hangSnapshots = true;
+  try {
+    const r = await sync(task(), slow);
+    assert.is(r.code, 1);
+    assert.match(r.stderr, /snapshot hamal-\S+ of VM fc-vm-1 did not finish within 2 s/);
+  } finally {
+    fc.hangSnapshots = false;
+  }
+  assert.equal(fc.snaps, []);
+  assert.is(await versions(), v0);
+  assert.equal(await fsp.readdir(join(dir, 'repo', 'vms')).catch(() => []), before);
+});
+
+test('bad credentials, unknown VM, a bitmap of the wrong length: clear errors, exit 1, nothing committed, no password shown', async () => {
+  const versions = async () => (await hamal(['versions', '--target', join(dir, 'repo'), '--json', '--config', conf])).stdout;
+  const v0 = await versions();
+  const bad = await sync(task({ password: 'Wr0ng-vc-pass-for-tests' }));
+  assert.is(bad.code, 1);
+  assert.match(bad.stderr, /login to FusionCompute http:\/\/127\.0\.0\.1:\d+ as fcadmin failed: wrong user name or password/);
+  const none = await sync(task({}, 'no-such-vm'));
+  assert.is(none.code, 1);
+  assert.match(none.stderr, /no VM no-such-vm on FusionCompute/);
+  fc.shortBitmap = true;
+  try {
+    const short = await sync();
+    assert.is(short.code, 1);
+    assert.match(short.stderr, /changed-block bitmap of volume (sys|data): asked blocks 0\+65536, got 0\+65536 with 65528 bits/);
+  } finally {
+    fc.shortBitmap = false;
+  }
+  assert.equal(fc.snaps, []);
+  assert.is(await versions(), v0);
+  for (const r of [bad, none]) assert.not.match(r.stderr + r.stdout, PASSWORD);
+});
+
+test.run();
