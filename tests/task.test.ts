@@ -94,10 +94,10 @@ test('hamal sync --task runs a local task; a bad task file exits 2 naming the fi
   assert.is(bad.code, 2);
   assert.match(bad.stderr, 'source.disks.0.path: is required');
 
-  await fsp.writeFile(task, JSON.stringify({ version: 1, source: { platform: 'fusion_compute', vm: 'w', connection: { url: 'https://fc', username: 'u', passwordEnv: 'X' } }, target: dir }));
+  await fsp.writeFile(task, JSON.stringify({ version: 1, source: { platform: 'fusion_compute', vm: 'w', connection: { url: 'https://fc', username: 'u', passwordEnv: 'X', thumbprint: 'AA:BB' } }, target: dir }));
   const fc = await hamal(['sync', '--task', task]);
-  assert.is(fc.code, 1);
-  assert.match(fc.stderr, 'platform fusion_compute is not available in this build');
+  assert.is(fc.code, 2);
+  assert.match(fc.stderr, 'source.connection.thumbprint is not supported for FusionCompute yet; give caFile');
 
   await fsp.writeFile(task, JSON.stringify({ version: 1, source: { platform: 'vmware', vm: 'w', connection: { host: 'h', username: 'u', passwordEnv: 'HAMAL_NO_SUCH_VARIABLE' } }, target: dir }));
   const vmw = await hamal(['sync', '--task', task]);
