@@ -6,11 +6,14 @@ import * as assert from 'uvu/assert';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { FusionComputeStandIn } from './helpers/FusionComputeStandIn.ts';
 import { hamal } from './helpers/cli.ts';
 import { MiB, pattern, sha256File, tempDir } from './helpers/disks.ts';
 
 const PASSWORD = 's3cr3t-Pa55word-for-tests';
+const run = promisify(execFile);
 let dir: string;
 let fc: FusionComputeStandIn;
 let conf: string;
@@ -19,7 +22,7 @@ function task(over: Record<string, unknown> = {}, vm = 'fc-vm-1') {
   return { version: 1, source: { platform: 'fusion_compute', vm, connection: { url: fc.url, username: 'fcadmin', password: PASSWORD, transfer: 'lan', ...over } }, target: join(dir, 'repo') };
 }
 
-async function sync(t = task(), config = conf) {
+async function sync(t: object = task(), config = conf) {
   const file = join(dir, `task-${randomUUID()}.json`);
   await fsp.writeFile(file, JSON.stringify(t), { mode: 0o600 });
   return hamal(['sync', '--task', file, '--json', '--config', config]);
@@ -110,6 +113,32 @@ test('bad credentials, unknown VM, a bitmap of the wrong length: clear errors, e
   assert.equal(fc.snaps, []);
   assert.is(await versions(), v0);
   for (const r of [bad, none]) assert.not.match(r.stderr + r.stdout, PASSWORD);
+});
+
+test('lanssl: the data channel is TLS, verified with caFile; without it the certificate is refused', async () => {
+  const tdir = await tempDir('hamal-fc-tls-');
+  const key = join(tdir, 'key.pem');
+  const cert = join(tdir, 'cert.pem');
+  await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1']);
+  const tls = new FusionComputeStandIn(tdir, 'fcadmin', PASSWORD, { key: await fsp.readFile(key, 'utf8'), cert: await fsp.readFile(cert, 'utf8') });
+  await tls.start();
+  try {
+    const v = await tls.addVolume('sys', 1);
+    await tls.write(v, 5 * MiB + 3, pattern(MiB, 9));
+    const t = (over: Record<string, unknown>) => ({ ...task(over), source: { ...task(over).source, connection: { url: tls.url, username: 'fcadmin', password: PASSWORD, ...over } }, target: join(tdir, 'repo') });
+    const refused = await sync(t({}));
+    assert.is(refused.code, 1);
+    assert.match(refused.stderr, /data channel 127\.0\.0\.1:\d+: self-signed certificate/);
+    const ok = await sync(t({ caFile: cert }));
+    assert.is(ok.code, 0, ok.stderr);
+    const [d] = JSON.parse(ok.stdout).disks;
+    const out = join(tdir, 'out.img');
+    const r = await hamal(['restore', '--target', join(tdir, 'repo'), '--vm', 'fc-vm-1', '--disk', d.disk, '--out', out, '--config', conf]);
+    assert.is(r.code, 0, r.stderr);
+    assert.is(await sha256File(out), await sha256File(v.file));
+  } finally {
+    await tls.stop();
+  }
 });
 
 test.run();

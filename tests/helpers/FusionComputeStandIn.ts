@@ -6,6 +6,7 @@
 // Volumes are sparse image files; the stand-in tracks written blocks itself, as a
 // hypervisor's CBT does, so tests write through `write()`.
 import http from 'node:http';
+import https from 'node:https';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { promises as fsp, openSync, readSync, closeSync } from 'node:fs';
@@ -54,12 +55,14 @@ export class FusionComputeStandIn {
   private readonly _tokens = new Set<string>();
   private readonly _channels = new Map<string, string>(); // token -> frozen file
   private _api?: http.Server;
-  private _data?: http.Server;
+  private _data?: http.Server | https.Server;
 
   constructor(
     private readonly _dir: string,
     private readonly _user: string,
     private readonly _password: string,
+    /** Serve data channels over TLS (lanssl) with this key and certificate. */
+    private readonly _tls?: { key: string; cert: string },
   ) {}
 
   async addVolume(name: string, quantityGB: number): Promise<Volume> {
@@ -85,7 +88,7 @@ export class FusionComputeStandIn {
     this._api = http.createServer((q, s) => void this._handle(q, s).catch((e) => this._json(s, 500, { errorCode: 'standin', errorDes: String(e) })));
     await new Promise<void>((r) => this._api!.listen(0, '127.0.0.1', r));
     this.url = `http://127.0.0.1:${(this._api.address() as AddressInfo).port}`;
-    this._data = http.createServer((q, s) => this._serveData(q, s));
+    this._data = this._tls ? https.createServer(this._tls, (q, s) => this._serveData(q, s)) : http.createServer((q, s) => this._serveData(q, s));
     this._data.on('connection', (sock) => {
       this._openData++;
       this.maxOpenDataConnections = Math.max(this.maxOpenDataConnections, this._openData);
