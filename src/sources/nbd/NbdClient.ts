@@ -60,8 +60,9 @@ interface Pending {
  * A client of the NBD protocol, the way hamal reads VMware disks (through `nbdkit vddk`)
  * and any NBD export: fixed-newstyle handshake, NBD_OPT_GO, structured replies and
  * `base:allocation` block status when the server offers them, many reads in flight on
- * one connection. Read data is copied straight from the socket's chunks into the caller's
- * buffer: no concatenation per chunk.
+ * one connection. Replies are parsed synchronously as bytes arrive, and while a read's
+ * payload is due the socket reads straight into the caller's buffer (`onread`): no
+ * promise per chunk, no copy.
  */
 export class NbdClient {
   /** Export size in bytes. */
@@ -79,18 +80,20 @@ export class NbdClient {
   private _metaContextId = -1;
   private _nextHandle = 1n;
   private readonly _pending = new Map<bigint, Pending>();
+  private readonly _scratch: Buffer;
+  /** Handshake: bytes queue for `_take`. Replies: the synchronous parser below. */
+  private _replies = false;
+  /** What the parser waits for: `n` bytes gathered into `small`, or payload copied into `dest`. */
+  private _need: { kind: 'small'; n: number; got: number; then: (b: Buffer) => void } | { kind: 'copy'; dest: Buffer | null; at: number; left: number; then: () => void } | null = null;
+  private readonly _small = Buffer.allocUnsafe(64);
 
-  private constructor(socket: net.Socket, where: string, options: NbdClientOptions) {
+  private constructor(socket: net.Socket, where: string, options: NbdClientOptions, scratch: Buffer) {
+    this._scratch = scratch;
     this._socket = socket;
     this._where = where;
     this._maxRequest = options.maxRequestBytes ?? 4 * 1024 * 1024;
-    socket.on('data', (chunk: Buffer) => {
-      this._chunks.push(chunk);
-      this._buffered += chunk.length;
-      const w = this._waiter;
-      this._waiter = null;
-      w?.();
-    });
+    // Runtimes without `onread` (see connect) deliver chunks as 'data' events instead.
+    socket.on('data', (chunk: Buffer) => this._onBytes(chunk, false));
     const end = (err?: Error) => {
       if (this._closed) return;
       this._closed = err ?? new Error('connection closed');
@@ -108,20 +111,32 @@ export class NbdClient {
   /** Connects to `path` (a Unix socket) or `{ host, port }` and negotiates the export. */
   static async connect(address: string | { host: string; port: number }, options: NbdClientOptions = {}): Promise<NbdClient> {
     const where = typeof address === 'string' ? address : `${address.host}:${address.port}`;
-    const socket = typeof address === 'string' ? net.connect(address) : net.connect(address.port, address.host);
+    // `onread`: the kernel reads straight into the caller's buffer while a read reply's
+    // payload is due (no copy, no chunk allocation); into a reused scratch buffer otherwise.
+    let client: NbdClient | undefined;
+    const scratch = Buffer.allocUnsafe(256 * 1024);
+    const onread = {
+      buffer: () => client?._nextReadBuffer() ?? scratch,
+      callback: (n: number, buf: Uint8Array) => {
+        client?._onBytes(Buffer.from(buf.buffer, buf.byteOffset, n), buf !== scratch);
+        return true;
+      },
+    };
+    const socket =
+      typeof address === 'string' ? net.connect({ path: address, onread }) : net.connect({ port: address.port, host: address.host, onread });
     socket.setNoDelay(true);
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('error', (err) => reject(new HamalError('NBD_CONNECT_FAILED', `cannot connect to NBD server ${where}`, { subject: where, cause: err, retryable: true })));
     });
-    const client = new NbdClient(socket, where, options);
+    client = new NbdClient(socket, where, options, scratch);
     try {
       await client._handshake(options.exportName ?? '');
     } catch (err) {
       socket.destroy();
       throw err;
     }
-    void client._readReplies();
+    client._startReplies();
     return client;
   }
 
@@ -257,65 +272,164 @@ export class NbdClient {
     return extents;
   }
 
-  private async _readReplies(): Promise<void> {
+  /** Every byte from the socket: queued during the handshake, parsed after it. */
+  private _onBytes(chunk: Buffer, direct: boolean): void {
+    if (!this._replies) {
+      // The scratch buffer is reused by the next read: keep a copy.
+      this._chunks.push(Buffer.from(chunk));
+      this._buffered += chunk.length;
+      const w = this._waiter;
+      this._waiter = null;
+      w?.();
+      return;
+    }
     try {
-      while (!this._closed) {
-        const magic = (await this._take(4)).readUInt32BE(0);
-        if (magic === SIMPLE_REPLY_MAGIC) {
-          const h = await this._take(12);
-          const error = h.readUInt32BE(0);
-          const p = this._pending.get(h.readBigUInt64BE(4));
-          if (!p) throw this._fail(`NBD reply for an unknown request from ${this._where}`);
-          this._pending.delete(h.readBigUInt64BE(4));
-          if (error) p.reject(this._fail(`NBD server ${this._where} failed a read at ${p.offset}: error ${error}`));
-          else {
-            if (p.kind === 'read') await this._takeInto(p.into!, 0, p.length);
-            p.resolve();
-          }
-        } else if (magic === STRUCTURED_REPLY_MAGIC) {
-          const h = await this._take(16);
-          const flags = h.readUInt16BE(0);
-          const type = h.readUInt16BE(2);
-          const handle = h.readBigUInt64BE(4);
-          const len = h.readUInt32BE(12);
-          const p = this._pending.get(handle);
-          if (!p) throw this._fail(`NBD reply for an unknown request from ${this._where}`);
-          if (type === REPLY_TYPE_OFFSET_DATA) {
-            const at = Number((await this._take(8)).readBigUInt64BE(0)) - p.offset;
-            await this._takeInto(p.into!, at, len - 8);
-          } else if (type === REPLY_TYPE_OFFSET_HOLE) {
-            const b = await this._take(12);
+      if (direct) {
+        // The kernel wrote these bytes where they belong: only account for them.
+        const need = this._need as { kind: 'copy'; at: number; left: number; then: () => void };
+        need.at += chunk.length;
+        need.left -= chunk.length;
+        if (need.left === 0) {
+          this._need = null;
+          need.then();
+        }
+        return;
+      }
+      this._parse(chunk);
+    } catch (err) {
+      this._abort(err);
+    }
+  }
+
+  /** The buffer the next socket read goes into: the rest of a payload when one is due. */
+  private _nextReadBuffer(): Buffer {
+    const need = this._need;
+    if (need && need.kind === 'copy' && need.dest && need.left >= 16 * 1024) return need.dest.subarray(need.at, need.at + need.left);
+    return this._scratch;
+  }
+
+  private _parse(chunk: Buffer): void {
+    let pos = 0;
+    while (pos < chunk.length) {
+      if (!this._need) this._expect(4, (b) => this._onMagic(b.readUInt32BE(0)));
+      const need = this._need!;
+      if (need.kind === 'small') {
+        const take = Math.min(need.n - need.got, chunk.length - pos);
+        chunk.copy(this._small, need.got, pos, pos + take);
+        need.got += take;
+        pos += take;
+        if (need.got === need.n) {
+          this._need = null;
+          need.then(this._small.subarray(0, need.n));
+        }
+      } else {
+        const take = Math.min(need.left, chunk.length - pos);
+        if (need.dest) chunk.copy(need.dest, need.at, pos, pos + take);
+        need.at += take;
+        need.left -= take;
+        pos += take;
+        if (need.left === 0) {
+          this._need = null;
+          need.then();
+        }
+      }
+    }
+  }
+
+  private _expect(n: number, then: (b: Buffer) => void): void {
+    if (n > this._small.length) {
+      // Larger fields (block status, error messages) are gathered into their own buffer.
+      const big = Buffer.allocUnsafe(n);
+      this._copy(big, 0, n, () => then(big));
+      return;
+    }
+    this._need = { kind: 'small', n, got: 0, then };
+  }
+
+  private _copy(dest: Buffer | null, at: number, n: number, then: () => void): void {
+    if (n === 0) then();
+    else this._need = { kind: 'copy', dest, at, left: n, then };
+  }
+
+  private _pendingFor(handle: bigint): Pending {
+    const p = this._pending.get(handle);
+    if (!p) throw this._fail(`NBD reply for an unknown request from ${this._where}`);
+    return p;
+  }
+
+  private _onMagic(magic: number): void {
+    if (magic === SIMPLE_REPLY_MAGIC) {
+      this._expect(12, (h) => {
+        const error = h.readUInt32BE(0);
+        const handle = h.readBigUInt64BE(4);
+        const p = this._pendingFor(handle);
+        this._pending.delete(handle);
+        if (error) p.reject(this._fail(`NBD server ${this._where} failed a read at ${p.offset}: error ${error}`));
+        else if (p.kind === 'read') this._copy(p.into!, 0, p.length, () => p.resolve());
+        else p.resolve();
+      });
+    } else if (magic === STRUCTURED_REPLY_MAGIC) {
+      this._expect(16, (h) => {
+        const flags = h.readUInt16BE(0);
+        const type = h.readUInt16BE(2);
+        const handle = h.readBigUInt64BE(4);
+        const len = h.readUInt32BE(12);
+        const p = this._pendingFor(handle);
+        const done = () => {
+          if (!(flags & REPLY_FLAG_DONE)) return;
+          this._pending.delete(handle);
+          if (p.error) p.reject(this._fail(`NBD server ${this._where} failed a ${p.kind} at ${p.offset}: error ${p.error}`));
+          else p.resolve();
+        };
+        if (type === REPLY_TYPE_OFFSET_DATA) {
+          this._expect(8, (b) => this._copy(p.into!, Number(b.readBigUInt64BE(0)) - p.offset, len - 8, done));
+        } else if (type === REPLY_TYPE_OFFSET_HOLE) {
+          this._expect(12, (b) => {
             const at = Number(b.readBigUInt64BE(0)) - p.offset;
             p.into!.fill(0, at, at + b.readUInt32BE(8));
-          } else if (type === REPLY_TYPE_BLOCK_STATUS) {
-            const b = await this._take(len);
+            done();
+          });
+        } else if (type === REPLY_TYPE_BLOCK_STATUS) {
+          this._expect(len, (b) => {
             let off = p.offset;
             for (let i = 4; i + 8 <= b.length; i += 8) {
               const n = b.readUInt32BE(i);
               p.extents!.push({ offset: off, length: n, hole: (b.readUInt32BE(i + 4) & STATE_HOLE) !== 0 });
               off += n;
             }
-          } else if (type & 0x8000) {
-            const b = await this._take(len);
+            done();
+          });
+        } else if (type & 0x8000) {
+          this._expect(len, (b) => {
             p.error = b.readUInt32BE(0);
-          } else if (type !== REPLY_TYPE_NONE) {
-            await this._takeInto(null, 0, len);
-          }
-          if (flags & REPLY_FLAG_DONE) {
-            this._pending.delete(handle);
-            if (p.error) p.reject(this._fail(`NBD server ${this._where} failed a ${p.kind} at ${p.offset}: error ${p.error}`));
-            else p.resolve();
-          }
+            done();
+          });
         } else {
-          throw this._fail(`bad reply magic 0x${magic.toString(16)} from ${this._where}`);
+          this._copy(null, 0, type === REPLY_TYPE_NONE ? 0 : len, done);
         }
-      }
-    } catch (err) {
-      const failure = err instanceof HamalError ? err : this._fail(`connection to ${this._where} failed`, err);
-      for (const p of this._pending.values()) p.reject(failure);
-      this._pending.clear();
-      this._socket.destroy();
+      });
+    } else {
+      throw this._fail(`bad reply magic 0x${magic.toString(16)} from ${this._where}`);
     }
+  }
+
+  /** After the handshake: bytes already queued go through the parser, then the socket's. */
+  private _startReplies(): void {
+    this._replies = true;
+    const queued = this._chunks.splice(0);
+    this._buffered = 0;
+    try {
+      for (const c of queued) this._parse(c);
+    } catch (err) {
+      this._abort(err);
+    }
+  }
+
+  private _abort(err: unknown): void {
+    const failure = err instanceof HamalError ? err : this._fail(`connection to ${this._where} failed`, err);
+    for (const p of this._pending.values()) p.reject(failure);
+    this._pending.clear();
+    this._socket.destroy();
   }
 
   /** Says goodbye (NBD_CMD_DISC) and closes. */
