@@ -74,11 +74,15 @@ export class OpenStackSource implements Source {
       const flagBytes = (o.diskFlagSizeMb ?? 48) * 1024 * 1024;
       const disks: Array<{ id: string; label: string; image: string; capacity: number }> = [];
       const skipped: string[] = [];
-      for (const d of found) {
-        const { size } = await rbd.info(d.image);
+      // One rbd call costs 0.1-0.2 s: the images are asked in parallel.
+      const sizes = await Promise.all(found.map((d) => rbd.info(d.image)));
+      found.forEach((d, i) => {
+        const size = sizes[i]!.size;
         if (!o.skipDiskFlag && size < flagBytes) skipped.push(`${d.label}: flag disk (smaller than ${o.diskFlagSizeMb ?? 48} MB)`);
         else disks.push({ ...d, capacity: size });
-      }
+      });
+      // Their snapshots, listed once: the resume check, the base check and the cleanup use them.
+      const existing = new Map(await Promise.all(disks.map(async (d) => [d.image, (await rbd.snapshots(d.image)).map((x) => x.name)] as const)));
       for (const s of skipped) log.child('openstack').warn(`server ${server.name}: disk ${s}; not synced`);
 
       // The snapshot an interrupted sync's journal names is reused when every image still has it.
@@ -86,25 +90,20 @@ export class OpenStackSource implements Source {
       let name: string | undefined;
       for (const candidate of reuse) {
         if (!candidate.startsWith(RBD_SNAPSHOT_PREFIX)) continue;
-        const all = await Promise.all(disks.map(async (d) => (await rbd.snapshots(d.image)).some((s) => s.name === candidate)));
-        if (all.every(Boolean)) name = candidate;
+        if (disks.every((d) => existing.get(d.image)!.includes(candidate))) name = candidate;
       }
       if (name) log.child('openstack').info(`server ${server.name}: resuming with snapshot ${name} of the interrupted sync`);
       else {
         name = `${RBD_SNAPSHOT_PREFIX}${new Date().toISOString().replace(/[-:.]/g, '')}`;
-        const made: string[] = [];
-        try {
-          for (const d of disks) {
-            await rbd.createSnapshot(d.image, name);
-            made.push(d.image);
-          }
-        } catch (err) {
-          await Promise.allSettled(made.map((image) => rbd.removeSnapshot(image, name!)));
-          throw err;
+        const made = await Promise.allSettled(disks.map((d) => rbd.createSnapshot(d.image, name!)));
+        const failed = made.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+        if (failed) {
+          await Promise.allSettled(disks.filter((_, i) => made[i]!.status === 'fulfilled').map((d) => rbd.removeSnapshot(d.image, name!)));
+          throw failed.reason;
         }
       }
       const osDisks = disks.map((d) => ({ image: d.image, info: { id: d.id, label: d.label, capacity: d.capacity, changeId: name! } }));
-      return new RbdSnapshot(server, name, osDisks, skipped, rbd, o);
+      return new RbdSnapshot(server, name, osDisks, skipped, rbd, o, existing);
     } finally {
       http.close();
     }
@@ -141,6 +140,8 @@ class RbdSnapshot implements Snapshot {
     skipped: string[],
     private readonly _rbd: Rbd,
     private readonly _o: OpenStackSourceOptions,
+    /** Snapshots of each image before this one was taken. */
+    private readonly _before: Map<string, string[]>,
   ) {
     this.vm = { id: server.id, name: server.name };
     this.id = _name;
@@ -158,8 +159,7 @@ class RbdSnapshot implements Snapshot {
   async checkSince(disk: DiskInfo, since: ChangeId): Promise<string | null> {
     const d = this._disk(disk);
     if (since === this._name) return null;
-    const snaps = await this._rbd.snapshots(d.image);
-    if (!snaps.some((s) => s.name === since)) return `snapshot ${since} of the last sync is gone from ${d.image} (removed outside hamal)`;
+    if (!this._before.get(d.image)?.includes(since)) return `snapshot ${since} of the last sync is gone from ${d.image} (removed outside hamal)`;
     return null;
   }
 
@@ -209,19 +209,13 @@ class RbdSnapshot implements Snapshot {
     await Promise.allSettled(exports.map((e) => (e.status === 'fulfilled' ? e.value.stop() : undefined)));
     const done = new Set(committed);
     const sub = log.child('openstack');
-    for (const d of this._byId.values()) {
-      try {
-        if (done.has(d.info.id)) {
-          // This snapshot is the base of the next diff: older ones of ours (and leftovers) go.
-          for (const s of await this._rbd.snapshots(d.image)) {
-            if (s.name.startsWith(RBD_SNAPSHOT_PREFIX) && s.name !== this._name) await this._rbd.removeSnapshot(d.image, s.name);
-          }
-        } else {
-          await this._rbd.removeSnapshot(d.image, this._name);
-        }
-      } catch (err) {
-        sub.warn(`snapshot ${this._name} of ${d.image}: ${(err as Error).message}`);
-      }
-    }
+    // Committed: this snapshot is the base of the next diff, older ones of ours (and
+    // leftovers) go. Not committed: this one goes, the base stays. Images in parallel.
+    const removals = [...this._byId.values()].flatMap((d) =>
+      (done.has(d.info.id) ? (this._before.get(d.image) ?? []).filter((n) => n.startsWith(RBD_SNAPSHOT_PREFIX) && n !== this._name) : [this._name]).map((name) => ({ image: d.image, name })),
+    );
+    await Promise.all(
+      removals.map(({ image, name }) => this._rbd.removeSnapshot(image, name).catch((err: Error) => sub.warn(`snapshot ${name} of ${image} not removed: ${err.message}`))),
+    );
   }
 }
