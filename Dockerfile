@@ -15,10 +15,11 @@ RUN npm run build && bash scripts/build-binary /out/hamal
 
 # Stage 2: the binary and the tools it drives, nothing else (no Node, no npm tree).
 # nbdkit serves VMware disks for the nbd transport (VDDK is the operator's, see docs);
-# qemu-utils finds holes in local images; ceph-common gives `rbd` for OpenStack/Ceph.
+# qemu-utils finds holes in local images; ceph-common gives `rbd` for OpenStack/Ceph and
+# qemu-block-extra the rbd driver qemu-nbd reads its snapshots with.
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates qemu-utils nbdkit ceph-common \
+ && apt-get install -y --no-install-recommends ca-certificates qemu-utils qemu-block-extra nbdkit ceph-common \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/hamal /usr/local/bin/hamal
 COPY deploy/hamal.conf.sample /usr/share/hamal/hamal.conf.sample

@@ -188,6 +188,16 @@ async function toolChecks(): Promise<Check[]> {
   out.push({ status: qemu ? 'ok' : 'warn', what: 'qemu-img', detail: qemu ?? 'missing', fix: qemu ? undefined : 'apt-get install qemu-utils: local images are read whole without it (holes not skipped)' });
   const nbdkit = await version('nbdkit', ['--version']);
   out.push({ status: nbdkit ? 'ok' : 'warn', what: 'nbdkit', detail: nbdkit ?? 'missing', fix: nbdkit ? undefined : 'needed by VMware tasks with transport nbd: install nbdkit (with the vddk plugin)' });
+  const rbd = await version('rbd', ['--version']);
+  out.push({ status: rbd ? 'ok' : 'warn', what: 'rbd', detail: rbd ?? 'missing', fix: rbd ? undefined : 'OpenStack/Ceph tasks need the rbd command: apt-get install ceph-common' });
+  const qemuNbd = await version('qemu-nbd', ['--version']);
+  const rbdDriver = await fsp.stat('/usr/lib/x86_64-linux-gnu/qemu/block-rbd.so').then(() => true, () => false);
+  out.push({
+    status: qemuNbd && rbdDriver ? 'ok' : 'warn',
+    what: 'qemu-nbd (rbd)',
+    detail: qemuNbd ? `${qemuNbd}${rbdDriver ? ', rbd driver present' : ', no rbd driver'}` : 'missing',
+    fix: qemuNbd && rbdDriver ? undefined : 'OpenStack/Ceph tasks read snapshots through qemu-nbd: apt-get install qemu-utils qemu-block-extra',
+  });
   const vddk = await fsp.stat('/opt/vmware-vix-disklib-distrib/lib64').then(() => true, () => false);
   out.push({ status: vddk ? 'ok' : 'warn', what: 'VDDK', detail: vddk ? '/opt/vmware-vix-disklib-distrib' : 'not installed', fix: vddk ? undefined : 'VMware tasks with transport nbd need VMware VDDK in /opt/vmware-vix-disklib-distrib; https needs nothing' });
   return out;
