@@ -4,6 +4,7 @@ import * as assert from 'uvu/assert';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
+import net from 'node:net';
 import { NbdClient } from '../src/sources/nbd/NbdClient.ts';
 import { MiB, makeImage, pattern, tempDir } from './helpers/disks.ts';
 
@@ -93,6 +94,94 @@ test('a server that is not there is a clear, retryable error', async () => {
       assert.ok(e.retryable);
     },
   );
+});
+
+/**
+ * A HOSTILE NBD server, hand-written for this test (no real server misbehaves on demand):
+ * it completes a fixed-newstyle handshake with structured replies, then answers the first
+ * read with `reply(handle, offset, length)`.
+ */
+async function hostile(sock: string, reply: (handle: Buffer, offset: bigint, length: number) => Buffer): Promise<net.Server> {
+  const server = net.createServer((c) => {
+    c.write(Buffer.concat([Buffer.from('NBDMAGIC'), Buffer.from('IHAVEOPT'), Buffer.from([0, 3])]));
+    let buf = Buffer.alloc(0);
+    let state: 'flags' | 'opts' | 'cmds' = 'flags';
+    c.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      for (;;) {
+        if (state === 'flags') {
+          if (buf.length < 4) return;
+          buf = buf.subarray(4);
+          state = 'opts';
+        } else if (state === 'opts') {
+          if (buf.length < 16) return;
+          const opt = buf.readUInt32BE(8);
+          const len = buf.readUInt32BE(12);
+          if (buf.length < 16 + len) return;
+          buf = buf.subarray(16 + len);
+          const rep = (type: number, data: Buffer) => {
+            const h = Buffer.alloc(20);
+            h.writeBigUInt64BE(0x3e889045565a9n, 0);
+            h.writeUInt32BE(opt, 8);
+            h.writeUInt32BE(type, 12);
+            h.writeUInt32BE(data.length, 16);
+            c.write(Buffer.concat([h, data]));
+          };
+          if (opt === 7) {
+            const info = Buffer.alloc(12);
+            info.writeUInt16BE(0, 0);
+            info.writeBigUInt64BE(BigInt(MiB), 2);
+            rep(3, info);
+            rep(1, Buffer.alloc(0));
+            state = 'cmds';
+          } else if (opt === 8) rep(1, Buffer.alloc(0));
+          else rep(0x80000001, Buffer.alloc(0));
+        } else {
+          if (buf.length < 28) return;
+          const handle = Buffer.from(buf.subarray(8, 16));
+          c.write(reply(handle, buf.readBigUInt64BE(16), buf.readUInt32BE(24)));
+          buf = buf.subarray(28);
+        }
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(sock, r));
+  return server;
+}
+
+function chunk(handle: Buffer, type: number, payload: Buffer, done = true): Buffer {
+  const h = Buffer.alloc(20);
+  h.writeUInt32BE(0x668e33ef, 0);
+  h.writeUInt16BE(done ? 1 : 0, 4);
+  h.writeUInt16BE(type, 6);
+  handle.copy(h, 8);
+  h.writeUInt32BE(payload.length, 16);
+  return Buffer.concat([h, payload]);
+}
+
+test('a hostile server: a chunk outside the request or a huge reply field fails the read, never writes past the buffer', async () => {
+  const cases: Array<[string, (h: Buffer, off: bigint, len: number) => Buffer, RegExp]> = [
+    ['data past the end', (h, off, len) => { const p = Buffer.alloc(8 + len); p.writeBigUInt64BE(off + 4096n, 0); return chunk(h, 1, p); }, /chunk outside the request/],
+    ['data before the start', (h, off) => { const p = Buffer.alloc(8 + 16); p.writeBigUInt64BE(off - 1n, 0); return chunk(h, 1, p); }, /chunk outside the request/],
+    ['a hole past the end', (h, off, len) => { const p = Buffer.alloc(12); p.writeBigUInt64BE(off, 0); p.writeUInt32BE(len + 1, 8); return chunk(h, 2, p); }, /chunk outside the request/],
+    ['a 1 GiB error field', (h) => { const c = chunk(h, 0x8001, Buffer.alloc(4)); c.writeUInt32BE(1024 * MiB, 16); return c; }, /a 1073741824-byte reply field/],
+  ];
+  for (const [what, reply, expected] of cases) {
+    const sock = join(dir, `hostile-${cases.findIndex((c) => c[0] === what)}.sock`);
+    const server = await hostile(sock, reply);
+    const client = await NbdClient.connect(sock);
+    const into = Buffer.alloc(64 * 1024 + 16, 0xaa);
+    try {
+      await client.read(4096, 64 * 1024, into).then(
+        () => assert.unreachable(what),
+        (e: Error) => assert.match(e.message, expected, what),
+      );
+      assert.ok(into.subarray(64 * 1024).every((b) => b === 0xaa), `${what}: nothing written past the read`);
+    } finally {
+      await client.close();
+      server.close();
+    }
+  }
 });
 
 test.run();

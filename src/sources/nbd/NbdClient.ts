@@ -338,7 +338,9 @@ export class NbdClient {
 
   private _expect(n: number, then: (b: Buffer) => void): void {
     if (n > this._small.length) {
-      // Larger fields (block status, error messages) are gathered into their own buffer.
+      // Larger fields (block status, error messages) are gathered into their own buffer,
+      // within reason: a server cannot make the proxy allocate gigabytes for metadata.
+      if (n > 16 * 1024 * 1024) throw this._fail(`NBD server ${this._where} sent a ${n}-byte reply field`);
       const big = Buffer.allocUnsafe(n);
       this._copy(big, 0, n, () => then(big));
       return;
@@ -381,11 +383,20 @@ export class NbdClient {
           if (p.error) p.reject(this._fail(`NBD server ${this._where} failed a ${p.kind} at ${p.offset}: error ${p.error}`));
           else p.resolve();
         };
+        // A chunk must lie inside its request: a server that says otherwise is not trusted.
+        const inside = (at: number, n: number) => {
+          if (p.kind !== 'read' || at < 0 || n < 0 || at + n > p.length) throw this._fail(`NBD server ${this._where} sent a chunk outside the request at ${p.offset}`);
+        };
         if (type === REPLY_TYPE_OFFSET_DATA) {
-          this._expect(8, (b) => this._copy(p.into!, Number(b.readBigUInt64BE(0)) - p.offset, len - 8, done));
+          this._expect(8, (b) => {
+            const at = Number(b.readBigUInt64BE(0)) - p.offset;
+            inside(at, len - 8);
+            this._copy(p.into!, at, len - 8, done);
+          });
         } else if (type === REPLY_TYPE_OFFSET_HOLE) {
           this._expect(12, (b) => {
             const at = Number(b.readBigUInt64BE(0)) - p.offset;
+            inside(at, b.readUInt32BE(8));
             p.into!.fill(0, at, at + b.readUInt32BE(8));
             done();
           });
