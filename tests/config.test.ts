@@ -13,7 +13,11 @@ const root = fileURLToPath(new URL('../..', import.meta.url));
 const SEED = join(root, 'tests/fixtures/hamal.conf');
 
 test("the seed's hamal.conf loads unchanged with its values", async () => {
-  const c = await loadConfig(SEED);
+  // As install.sh lays it out: mode 0600, since it holds auth_key.
+  const dir = await tempDir();
+  const conf = join(dir, 'hamal.conf');
+  await fsp.writeFile(conf, readFileSync(SEED), { mode: 0o600 });
+  const c = await loadConfig(conf);
   assert.equal(c.warnings, []);
   const v = c.values;
   assert.is(v.DEFAULT.debug, false);
@@ -73,6 +77,17 @@ test('inline comments need whitespace before # or ;, quotes are removed', () => 
   assert.is(c.values.fusion_compute.local_host_ip, '');
   assert.is(c.values.hamal.target, 'file:///a #b');
   assert.is(c.values.DEFAULT.debug, true);
+});
+
+test('a config holding secrets that group or others can read is a warning naming the fix', async () => {
+  const dir = await tempDir();
+  const conf = join(dir, 'hamal.conf');
+  await fsp.writeFile(conf, readFileSync(SEED), { mode: 0o644 });
+  await fsp.chmod(conf, 0o644);
+  const c = await loadConfig(conf);
+  assert.equal(c.warnings, [`${conf} holds secrets and is readable by group or others (mode 644): chmod 600 ${conf}`]);
+  await fsp.writeFile(conf, '[DEFAULT]\ndebug = False\n');
+  assert.equal((await loadConfig(conf)).warnings, [], 'no secret, no warning');
 });
 
 test('unknown sections and keys are warnings naming file and line', () => {

@@ -38,7 +38,13 @@ export async function loadConfig(path?: string): Promise<LoadedConfig> {
       subject: file,
     });
   }
-  return parseConfig(text, file);
+  const loaded = parseConfig(text, file);
+  // Secrets in a file others can read: say so (install.sh writes it 0600).
+  const mode = (await fsp.stat(file).catch(() => undefined))?.mode ?? 0;
+  if (mode & 0o077 && configSecrets(loaded).length) {
+    loaded.warnings.push(`${file} holds secrets and is readable by group or others (mode ${(mode & 0o777).toString(8)}): chmod 600 ${file}`);
+  }
+  return loaded;
 }
 
 /** Parses and checks config text; `file` names it in messages (null: defaults only). */

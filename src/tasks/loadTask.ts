@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import { Ajv, type ErrorObject } from 'ajv';
 import { UsageError } from '../errors.ts';
+import { log } from '../log/Logger.ts';
 import { TASK_SCHEMA } from './taskSchema.ts';
 import type { Task } from './Task.ts';
 
@@ -14,7 +15,13 @@ export async function loadTask(file: string): Promise<Task> {
   } catch (err) {
     throw new UsageError('TASK_NOT_FOUND', `cannot read task file ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`, { subject: file });
   }
-  return parseTask(text, file);
+  const task = parseTask(text, file);
+  // An inline password in a file others can read: say so (passwordFile/passwordEnv avoid it).
+  const mode = (await fsp.stat(file).catch(() => undefined))?.mode ?? 0;
+  if (mode & 0o077 && typeof task.source.connection?.password === 'string') {
+    log.warn(`task file ${file} holds a password and is readable by group or others (mode ${(mode & 0o777).toString(8)}): chmod 600 it, or use passwordFile or passwordEnv`);
+  }
+  return task;
 }
 
 export function parseTask(text: string, file: string): Task {

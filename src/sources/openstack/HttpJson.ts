@@ -3,6 +3,9 @@ import https from 'node:https';
 import { readFileSync } from 'node:fs';
 import { HamalError } from '../../errors.ts';
 
+/** The largest API reply read into memory. */
+const MAX_REPLY_BYTES = 64 * 1024 * 1024;
+
 export interface JsonResponse {
   status: number;
   headers: http.IncomingHttpHeaders;
@@ -40,7 +43,17 @@ export class HttpJson {
         },
         (res) => {
           const parts: Buffer[] = [];
-          res.on('data', (d: Buffer) => parts.push(d));
+          let size = 0;
+          res.on('data', (d: Buffer) => {
+            size += d.length;
+            // API answers are small: a huge one is an attack or a misconfiguration, not data.
+            if (size > MAX_REPLY_BYTES) {
+              res.destroy();
+              reject(new HamalError('REPLY_TOO_LARGE', `${method} ${u.origin}${u.pathname}: the reply exceeds ${MAX_REPLY_BYTES / 1024 / 1024} MiB`, { subject: u.origin }));
+              return;
+            }
+            parts.push(d);
+          });
           res.on('end', () => {
             const text = Buffer.concat(parts).toString('utf8');
             let parsed: unknown = text;

@@ -38,6 +38,9 @@ export function ref(m: Mor): Args {
   return { attributes: { type: m.type }, $value: m.value };
 }
 
+/** The largest SOAP reply read into memory (a big inventory is a few MiB). */
+const MAX_REPLY_BYTES = 256 * 1024 * 1024;
+
 /** How often an idle session is touched (vCenter drops sessions idle for 30 minutes by default). */
 const KEEPALIVE_MS = 10 * 60_000;
 
@@ -118,7 +121,7 @@ export class VsphereClient {
         this._soap.clearHttpHeaders();
         this._soap.addHttpHeader('Cookie', this._cookie);
       }
-      [, text] = await fn.call(this._soap, { _this: ref(target), ...args }, { httpsAgent: this._agent, timeout: this._options.timeoutMs ?? 600_000 });
+      [, text] = await fn.call(this._soap, { _this: ref(target), ...args }, { httpsAgent: this._agent, timeout: this._options.timeoutMs ?? 600_000, maxContentLength: MAX_REPLY_BYTES });
     } catch (err) {
       const e = err as { body?: string; response?: { status?: number; data?: unknown }; message: string };
       const body = e.body ?? (typeof e.response?.data === 'string' ? e.response.data : undefined);
