@@ -98,7 +98,9 @@ export class Journal {
     } catch {
       return { status: 'truncated', detail: 'journal missing' };
     }
-    if (!Number.isSafeInteger(ckpt.bytes) || typeof ckpt.sha256 !== 'string') return { status: 'corrupt', detail: 'bad checkpoint file' };
+    if (!ckpt || typeof ckpt !== 'object' || !Number.isSafeInteger(ckpt.bytes) || ckpt.bytes < 0 || typeof ckpt.sha256 !== 'string') {
+      return { status: 'corrupt', detail: 'bad checkpoint file' };
+    }
     if (data.length < ckpt.bytes) return { status: 'truncated', detail: `journal has ${data.length} bytes, its checkpoint covers ${ckpt.bytes}` };
     const covered = data.subarray(0, ckpt.bytes);
     if (createHash('sha256').update(covered).digest('hex') !== ckpt.sha256) {

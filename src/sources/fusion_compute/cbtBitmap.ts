@@ -18,7 +18,7 @@ export interface CbtPage {
  * an error naming the volume: trusting it could skip changed data.
  */
 export function bitmapExtents(page: CbtPage, asked: { startBlock: number; blockCount: number }, capacity: number, volume: string): Extent[] {
-  const bits = Buffer.from(page.bitmap ?? '', 'base64');
+  const bits = Buffer.from(typeof page.bitmap === 'string' ? page.bitmap : '', 'base64');
   if (page.startBlock !== asked.startBlock || page.bitCount !== asked.blockCount || bits.length * 8 < asked.blockCount || bits.length > Math.ceil(asked.blockCount / 8)) {
     throw new HamalError(
       'FC_BAD_BITMAP',
@@ -26,7 +26,7 @@ export function bitmapExtents(page: CbtPage, asked: { startBlock: number; blockC
       { subject: volume },
     );
   }
-  if (!(page.sectorsPerBlock > 0)) throw new HamalError('FC_BAD_BITMAP', `changed-block bitmap of volume ${volume}: sectorsPerBlock ${page.sectorsPerBlock}`, { subject: volume });
+  if (!Number.isSafeInteger(page.sectorsPerBlock) || page.sectorsPerBlock <= 0 || page.sectorsPerBlock > 1 << 24) throw new HamalError('FC_BAD_BITMAP', `changed-block bitmap of volume ${volume}: sectorsPerBlock ${page.sectorsPerBlock}`, { subject: volume });
   const blockBytes = page.sectorsPerBlock * 512;
   const out: Array<{ offset: number; length: number }> = [];
   for (let i = 0; i < asked.blockCount; i++) {
