@@ -5,6 +5,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import net from 'node:net';
+import fc from 'fast-check';
+import { HamalError } from '../src/errors.ts';
 import { NbdClient } from '../src/sources/nbd/NbdClient.ts';
 import { MiB, makeImage, pattern, tempDir } from './helpers/disks.ts';
 
@@ -103,6 +105,7 @@ test('a server that is not there is a clear, retryable error', async () => {
  */
 async function hostile(sock: string, reply: (handle: Buffer, offset: bigint, length: number) => Buffer): Promise<net.Server> {
   const server = net.createServer((c) => {
+    c.on('error', () => {}); // the client may hang up on a bad answer
     c.write(Buffer.concat([Buffer.from('NBDMAGIC'), Buffer.from('IHAVEOPT'), Buffer.from([0, 3])]));
     let buf = Buffer.alloc(0);
     let state: 'flags' | 'opts' | 'cmds' = 'flags';
@@ -182,6 +185,42 @@ test('a hostile server: a chunk outside the request or a huge reply field fails 
       server.close();
     }
   }
+});
+
+test('fuzz: any bytes a server answers with settle the read (data or an error naming the server), never hang, crash or write past the buffer', async () => {
+  // fast-check, fixed seed: random replies, half of them starting like a real reply header.
+  const header = (h: Buffer) => fc.tuple(fc.constantFrom(0x67446698, 0x668e33ef), fc.uint8Array({ maxLength: 40 })).map(([magic, rest]) => {
+    const b = Buffer.alloc(16);
+    b.writeUInt32BE(magic, 0);
+    h.copy(b, magic === 0x67446698 ? 8 : 8);
+    return Buffer.concat([b, Buffer.from(rest)]);
+  });
+  let n = 0;
+  await fc.assert(
+    fc.asyncProperty(fc.boolean(), fc.uint8Array({ maxLength: 200 }), fc.integer({ min: 0, max: 2 ** 32 - 1 }), async (framed, noise, mutateAt) => {
+      const sock = join(dir, `fuzz-${n++}.sock`);
+      const server = await hostile(sock, (h) => {
+        if (!framed) return Buffer.from(noise);
+        const b = Buffer.concat([fc.sample(header(h), { seed: mutateAt, numRuns: 1 })[0]!, Buffer.from(noise)]);
+        return b;
+      });
+      const client = await NbdClient.connect(sock);
+      const into = Buffer.alloc(4096 + 16, 0xaa);
+      const read = client.read(0, 4096, into).then(
+        () => 'data',
+        (e: Error) => (assert.instance(e, HamalError), 'error'),
+      );
+      // The server goes away after its answer: whatever it sent, the read must settle.
+      setTimeout(() => server.close(), 20);
+      const closed = new Promise((r) => setTimeout(r, 50)).then(() => client.close());
+      const settled = await Promise.race([read, new Promise((r) => setTimeout(() => r('hang'), 2000))]);
+      await closed;
+      assert.is.not(settled, 'hang');
+      assert.ok(into.subarray(4096).every((b) => b === 0xaa), 'nothing written past the read');
+      return true;
+    }),
+    { seed: 20261125, numRuns: 60 },
+  );
 });
 
 test.run();

@@ -365,10 +365,16 @@ export class NbdClient {
         const error = h.readUInt32BE(0);
         const handle = h.readBigUInt64BE(4);
         const p = this._pendingFor(handle);
-        this._pending.delete(handle);
-        if (error) p.reject(this._fail(`NBD server ${this._where} failed a read at ${p.offset}: error ${error}`));
-        else if (p.kind === 'read') this._copy(p.into!, 0, p.length, () => p.resolve());
-        else p.resolve();
+        // The request stays pending until its payload is in: a connection lost meanwhile fails it.
+        const finish = () => {
+          this._pending.delete(handle);
+          p.resolve();
+        };
+        if (error) {
+          this._pending.delete(handle);
+          p.reject(this._fail(`NBD server ${this._where} failed a read at ${p.offset}: error ${error}`));
+        } else if (p.kind === 'read') this._copy(p.into!, 0, p.length, finish);
+        else finish();
       });
     } else if (magic === STRUCTURED_REPLY_MAGIC) {
       this._expect(16, (h) => {
