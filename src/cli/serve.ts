@@ -6,7 +6,7 @@ import type { Server } from 'node:http';
 import type { LoadedConfig } from '../config/loadConfig.ts';
 import { UsageError } from '../errors.ts';
 import { log } from '../log/Logger.ts';
-import { LogFile, type Rotation } from '../log/LogFile.ts';
+import { LogFile, rotationOf } from '../log/LogFile.ts';
 import { setSubprocessSink } from '../log/subprocessLog.ts';
 import { releasing } from '../streams/usingResource.ts';
 import { VERSION } from '../version.ts';
@@ -35,7 +35,7 @@ export async function serveCommand(_opts: object, config: LoadedConfig): Promise
   const c = config.values;
   const logDir = c.hamal.log_dir;
   const lib = c.DEFAULT.hamal_lib_dir;
-  const rotation: Rotation = { type: c.DEFAULT.log_rotation_type as Rotation['type'], maxBytes: c.DEFAULT.max_logfile_size_mb * 1024 * 1024, maxCount: c.DEFAULT.max_logfile_count };
+  const rotation = rotationOf(c.DEFAULT);
   for (const [key, dir] of [['[hamal] log_dir', logDir], ['hamal_lib_dir', lib]] as const) {
     await fsp.mkdir(dir, { recursive: true }).catch((err) => {
       throw new UsageError('DIR_UNWRITABLE', `cannot create ${dir} (${key}): ${(err as NodeJS.ErrnoException).code ?? err}`, { subject: key });

@@ -1,5 +1,6 @@
 import { promises as fsp, constants } from 'node:fs';
 import { VmLog } from '../log/VmLog.ts';
+import { rotationOf } from '../log/LogFile.ts';
 import { parseLocalDisk } from '../sources/local/LocalDisk.ts';
 import type { VmSyncResult } from '../streams/runVmSync.ts';
 import { executeTask } from '../tasks/executeTask.ts';
@@ -13,8 +14,6 @@ import { log } from '../log/Logger.ts';
 import { logSyncEvent } from '../log/logSyncEvent.ts';
 import { formatBytes, formatRate, formatTable } from './format.ts';
 import { Progress } from './Progress.ts';
-
-const MB = 1024 * 1024;
 
 export interface SyncCommandOptions {
   task?: string;
@@ -58,7 +57,7 @@ export async function syncCommand(opts: SyncCommandOptions, config: LoadedConfig
   // The VM's own log, as serve writes it, when the log directory exists (an installed proxy).
   const c = config.values;
   const vmLog = (await fsp.access(c.hamal.log_dir, constants.W_OK).then(() => true, () => false))
-    ? new VmLog(c.hamal.log_dir, vm, { type: c.DEFAULT.log_rotation_type as 'size' | 'time', maxBytes: c.DEFAULT.max_logfile_size_mb * MB, maxCount: c.DEFAULT.max_logfile_count })
+    ? new VmLog(c.hamal.log_dir, vm, rotationOf(c.DEFAULT))
     : undefined;
   const withVmLog = <T>(fn: () => Promise<T>) => (vmLog ? vmLog.run(fn) : fn());
   let result;

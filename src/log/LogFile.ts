@@ -11,6 +11,11 @@ export interface Rotation {
   maxCount?: number;
 }
 
+/** The rotation `[DEFAULT]` of hamal.conf asks for. */
+export function rotationOf(d: { log_rotation_type: string; max_logfile_size_mb: number; max_logfile_count: number }): Rotation {
+  return { type: d.log_rotation_type === 'time' ? 'time' : 'size', maxBytes: d.max_logfile_size_mb * 1024 * 1024, maxCount: d.max_logfile_count };
+}
+
 /**
  * One log file with classic logrotate-style rotation (`hamal-period.log`, `.1`, `.2`, ...)
  * by rotating-file-stream. Writes are buffered by the stream; `close` flushes.

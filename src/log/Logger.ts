@@ -92,8 +92,8 @@ export class Logger {
     return out.replace(SECRET_PAIR, `$1${REDACTED}`).replace(URL_PASSWORD, `$1${REDACTED}@`);
   }
 
-  private _log(level: LogLevel, message: string, fields?: Record<string, unknown>): void {
-    if (!this.enabled(level)) return;
+  /** A finished, redacted line, for a sink of the caller's own (a VM's log alone). */
+  line(level: LogLevel, message: string, fields?: Record<string, unknown>): string {
     let line = `${new Date().toISOString()} ${level.toUpperCase().padEnd(7)} [${this.component}] ${message}`;
     if (fields) {
       for (const [k, v] of Object.entries(fields)) {
@@ -101,7 +101,12 @@ export class Logger {
         line += ` ${k}=${SECRET_KEY.test(k) ? REDACTED : this._value(v, 0)}`;
       }
     }
-    const redacted = this.redact(line);
+    return this.redact(line);
+  }
+
+  private _log(level: LogLevel, message: string, fields?: Record<string, unknown>): void {
+    if (!this.enabled(level)) return;
+    const redacted = this.line(level, message, fields);
     this._state.sink(redacted);
     // Lines logged while a VM's sync runs also go to that VM's log (vmLog.ts).
     scopeSink.getStore()?.(redacted);

@@ -28,7 +28,13 @@ export class VmLog {
   }
 
   run<T>(fn: () => Promise<T>): Promise<T> {
-    return scopeSink.run((line) => (this._file ? this._file.write(line) : this._pending.push(line)), fn);
+    return scopeSink.run((line) => this.note(line), fn);
+  }
+
+  /** A line for this VM's log only (the service logs the same event its own way). */
+  note(line: string): void {
+    if (this._file) this._file.write(line);
+    else this._pending.push(line);
   }
 
   get path(): string | undefined {

@@ -1,5 +1,6 @@
 import type { KeyObject } from 'node:crypto';
 import { HamalError } from '../errors.ts';
+import { HttpJson } from '../sources/http/HttpJson.ts';
 import { log } from '../log/Logger.ts';
 import type { Heartbeat, Report, Reporter, TaskFeed } from './ControlPlane.ts';
 import { acceptTask, TaskRejected, type AcceptedTask, type NonceStore } from './SignedTask.ts';
@@ -24,9 +25,11 @@ export interface HttpControlPlaneOptions {
  */
 export class HttpControlPlane implements TaskFeed, Reporter {
   private readonly _base: string;
+  private readonly _http: HttpJson;
 
   constructor(private readonly _o: HttpControlPlaneOptions) {
     this._base = _o.endpoint.replace(/\/+$/, '');
+    this._http = new HttpJson(undefined, _o.timeoutMs);
     log.addSecret(_o.authKey);
   }
 
@@ -52,32 +55,18 @@ export class HttpControlPlane implements TaskFeed, Reporter {
     return this._request('POST', `/v1/tasks/${encodeURIComponent(r.body.taskId)}/${r.kind}`, { proxyId: this._o.proxyId, ...r.body }).then(() => undefined);
   }
 
+  /** Network errors come from HttpJson as retryable; statuses are judged here. */
   private async _request(method: string, path: string, body?: unknown): Promise<unknown> {
     const url = `${this._base}${path}`;
-    let res: Response;
-    try {
-      res = await fetch(url, {
-        method,
-        headers: {
-          Authorization: `Bearer ${this._o.authKey}`,
-          'X-Hamal-Proxy': this._o.proxyId,
-          ...(body === undefined ? {} : { 'Content-Type': 'application/json' }),
-        },
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal: AbortSignal.timeout(this._o.timeoutMs),
-      });
-    } catch (err) {
-      const cause = (err as { cause?: Error }).cause;
-      throw new HamalError('CONTROL_PLANE_UNREACHABLE', `${method} ${url}: ${cause?.message ?? (err as Error).message}`, { subject: url, retryable: true, cause: err });
-    }
-    const text = await res.text();
-    if (!res.ok) {
+    const res = await this._http.request(method, url, { Authorization: `Bearer ${this._o.authKey}`, 'X-Hamal-Proxy': this._o.proxyId }, body);
+    if (res.status >= 300) {
       const hint = res.status === 401 || res.status === 403 ? ' (check [mass] auth_key and hyper_exporter_id)' : '';
+      const text = typeof res.body === 'string' ? res.body : JSON.stringify(res.body ?? '');
       throw new HamalError('CONTROL_PLANE', `${method} ${url}: HTTP ${res.status}${hint}: ${text.slice(0, 200)}`, {
         subject: url,
         retryable: res.status === 408 || res.status === 429 || res.status >= 500,
       });
     }
-    return text ? JSON.parse(text) : undefined;
+    return res.body;
   }
 }

@@ -1,4 +1,5 @@
 import { promises as fsp } from 'node:fs';
+import { replaceFile } from './replaceFile.ts';
 
 /**
  * `ip_mapping.backup`: each VM's NICs and IPs as its source last reported them, so an
@@ -14,7 +15,5 @@ export async function recordIpMapping(file: string, vm: string, nics: unknown, a
     all = {};
   }
   all[vm] = { nics, at: at.toISOString() };
-  const tmp = `${file}.tmp`;
-  await fsp.writeFile(tmp, JSON.stringify(all, null, 2) + '\n');
-  await fsp.rename(tmp, file);
+  await replaceFile(file, JSON.stringify(all, null, 2) + '\n');
 }

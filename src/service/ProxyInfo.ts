@@ -1,5 +1,4 @@
-import { promises as fsp } from 'node:fs';
-import { dirname } from 'node:path';
+import { replaceFile } from './replaceFile.ts';
 
 export interface ProxyInfoState {
   id: string;
@@ -24,12 +23,7 @@ export class ProxyInfo {
   set(state: ProxyInfoState['state']): Promise<void> {
     this._state = { ...this._state, state };
     const snapshot = { ...this._state, updatedAt: new Date().toISOString() };
-    this._writing = this._writing.catch(() => {}).then(async () => {
-      await fsp.mkdir(dirname(this._path), { recursive: true });
-      const tmp = `${this._path}.tmp`;
-      await fsp.writeFile(tmp, JSON.stringify(snapshot, null, 2) + '\n');
-      await fsp.rename(tmp, this._path);
-    });
+    this._writing = this._writing.catch(() => {}).then(() => replaceFile(this._path, JSON.stringify(snapshot, null, 2) + '\n'));
     return this._writing;
   }
 }

@@ -1,6 +1,6 @@
 import { createPublicKey, verify, type KeyObject } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import { dirname } from 'node:path';
+import { replaceFile } from './replaceFile.ts';
 import { HamalError } from '../errors.ts';
 import { parseTask } from '../tasks/loadTask.ts';
 import type { Task } from '../tasks/Task.ts';
@@ -82,10 +82,7 @@ export class NonceStore {
     for (const [n, exp] of this._seen) if (exp + SKEW_MS < now) this._seen.delete(n);
     if (this._seen.has(nonce)) return false;
     this._seen.set(nonce, expiresAtMs);
-    await fsp.mkdir(dirname(this._file), { recursive: true });
-    const tmp = `${this._file}.tmp`;
-    await fsp.writeFile(tmp, JSON.stringify(Object.fromEntries(this._seen)));
-    await fsp.rename(tmp, this._file);
+    await replaceFile(this._file, JSON.stringify(Object.fromEntries(this._seen)));
     return true;
   }
 }

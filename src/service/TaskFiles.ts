@@ -7,6 +7,7 @@ import { parseTask } from '../tasks/loadTask.ts';
 import type { Task } from '../tasks/Task.ts';
 import type { ResultReport, TaskFeed } from './ControlPlane.ts';
 import { TaskRejected, type AcceptedTask } from './SignedTask.ts';
+import { replaceFile } from './replaceFile.ts';
 
 /** When a task file runs: every N seconds, or on a cron expression (5 or 6 fields, local time). */
 export type Schedule = NonNullable<Task['schedule']>;
@@ -63,7 +64,8 @@ export class TaskFiles implements TaskFeed {
       state[name] = { lastStart: new Date(now).toISOString() };
       out.push({ id, task, expiresAt: '' });
     }
-    await this._save();
+    // The state changes only when a task starts: most polls write nothing.
+    if (out.some((t) => !(t instanceof TaskRejected))) await this._save();
     return out;
   }
 
@@ -87,9 +89,7 @@ export class TaskFiles implements TaskFeed {
   }
 
   private async _save() {
-    const tmp = `${this._stateFile}.tmp`;
-    await fsp.writeFile(tmp, JSON.stringify(this._state, null, 1));
-    await fsp.rename(tmp, this._stateFile);
+    await replaceFile(this._stateFile, JSON.stringify(this._state, null, 1));
   }
 }
 

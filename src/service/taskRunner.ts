@@ -58,12 +58,9 @@ export function taskRunner(config: LoadedConfig, logDir: string, rotation: Rotat
           (err): ResultReport => ({ ...base, state: abort.signal.aborted ? 'interrupted' : 'failed', error: describeError(err), at: new Date().toISOString() }),
         )
         .then(async (r) => {
-          // The VM's log ends with the outcome, so the log alone tells whether the sync succeeded.
-          await vmLog.run(async () => {
-            const line = `task ${t.id}: VM ${vmName} ${r.state}${r.error ? `: ${r.error}` : ''}`;
-            if (r.state === 'succeeded') log.child('task').info(line);
-            else log.child('task').error(line);
-          });
+          // The VM's log ends with the outcome, so the log alone tells whether the sync
+          // succeeded; the service's own log gets its line from Service.
+          vmLog.note(log.child('task').line(r.state === 'succeeded' ? 'info' : 'error', `task ${t.id}: VM ${vmName} ${r.state}${r.error ? `: ${r.error}` : ''}`));
           await vmLog.close();
           subscriber.next(r);
           subscriber.complete();

@@ -1,6 +1,6 @@
 import { HamalError, NotFoundError } from '../../errors.ts';
 import { log } from '../../log/Logger.ts';
-import { HttpJson } from '../openstack/HttpJson.ts';
+import { HttpJson } from '../http/HttpJson.ts';
 
 export interface FcClientOptions {
   /** `https://fc-vrm:7443`. */

@@ -9,6 +9,7 @@ import { log } from '../../log/Logger.ts';
 import { FcClient, type FcClientOptions } from './FcClient.ts';
 import { bitmapExtents, type CbtPage } from './cbtBitmap.ts';
 import { DataChannel, type DataChannelInfo } from './DataChannel.ts';
+import { PerDisk } from '../PerDisk.ts';
 
 export interface FusionComputeSourceOptions {
   client: FcClientOptions;
@@ -168,7 +169,7 @@ class FcSnapshot implements Snapshot {
   readonly disks: readonly DiskInfo[];
   readonly info: Record<string, unknown>;
   private readonly _byId: Map<string, FcVolume>;
-  private readonly _channels = new Map<string, Promise<DataChannel>>();
+  private readonly _channels = new PerDisk<DataChannel>();
   private _released = false;
 
   constructor(
@@ -215,8 +216,8 @@ class FcSnapshot implements Snapshot {
             blockCount: asked.blockCount,
           })) as unknown as CbtPage;
           blockBytes = reply.sectorsPerBlock * 512;
+          // bitmapExtents refuses an answer without a whole positive sectorsPerBlock.
           for (const e of bitmapExtents(reply, asked, disk.capacity, v.name)) subscriber.next(e);
-          if (!(blockBytes > 0)) break;
         }
       })().then(
         () => subscriber.complete(),
@@ -229,24 +230,19 @@ class FcSnapshot implements Snapshot {
   }
 
   private _channel(v: FcVolume): Promise<DataChannel> {
-    let c = this._channels.get(v.info.id);
-    if (!c) {
-      c = (async () => {
-        const transfer = this._o.transfer ?? 'lanssl';
-        const t = await this._fc.call('POST', `${v.uri}/backupresources`, `data channel of volume ${v.name}`, {
-          taskType: 'CBTBackup',
-          ip: this._ip,
-          snapUrns: [this._snap.urn],
-          transferType: transfer,
-        });
-        const done = await this._fc.waitTask(String(t.taskUri), `data channel of volume ${v.name}`, this._o.taskTimeoutMs ?? 3600_000);
-        const r = (done.result ?? done) as Partial<DataChannelInfo>;
-        if (!r.host || !r.port || !r.token || !r.url) throw new HamalError('FC_DATA_CHANNEL', `the data channel task of volume ${v.name} gave no host, port, token and url`, { subject: v.urn });
-        return new DataChannel({ host: r.host, port: Number(r.port), token: r.token, url: r.url }, transfer, this._o.maxConnectionsPerHost ?? 8, this._o.dataCaFile ?? this._o.client.caFile, this._o.client.timeoutMs ?? 600_000);
-      })();
-      this._channels.set(v.info.id, c);
-    }
-    return c;
+    return this._channels.get(v.info.id, async () => {
+      const transfer = this._o.transfer ?? 'lanssl';
+      const t = await this._fc.call('POST', `${v.uri}/backupresources`, `data channel of volume ${v.name}`, {
+        taskType: 'CBTBackup',
+        ip: this._ip,
+        snapUrns: [this._snap.urn],
+        transferType: transfer,
+      });
+      const done = await this._fc.waitTask(String(t.taskUri), `data channel of volume ${v.name}`, this._o.taskTimeoutMs ?? 3600_000);
+      const r = (done.result ?? done) as Partial<DataChannelInfo>;
+      if (!r.host || !r.port || !r.token || !r.url) throw new HamalError('FC_DATA_CHANNEL', `the data channel task of volume ${v.name} gave no host, port, token and url`, { subject: v.urn });
+      return new DataChannel({ host: r.host, port: Number(r.port), token: r.token, url: r.url }, transfer, this._o.maxConnectionsPerHost ?? 8, this._o.dataCaFile ?? this._o.client.caFile, this._o.client.timeoutMs ?? 600_000);
+    });
   }
 
   async read(disk: DiskInfo, offset: number, length: number, into?: Buffer): Promise<Buffer> {
@@ -257,7 +253,8 @@ class FcSnapshot implements Snapshot {
   async release(): Promise<void> {
     if (this._released) return;
     this._released = true;
-    await Promise.allSettled(this._channels.values());
+    // Channels share their host's agent and cap: nothing of theirs to stop.
+    await this._channels.stopAll(() => undefined);
     try {
       await deleteSnapshot(this._fc, this._snap.uri, this._snap.name, this._o.deleteSnapTimeoutMs ?? 3600_000);
     } catch (err) {

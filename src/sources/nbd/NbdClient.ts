@@ -150,8 +150,8 @@ export class NbdClient {
     return out;
   }
 
-  /** Copies the next `n` bytes of the stream into `dest` at `at` (or discards them when `dest` is null). */
-  private async _takeInto(dest: Buffer | null, at: number, n: number): Promise<void> {
+  /** Copies the next `n` bytes of the handshake into `dest` at `at`. */
+  private async _takeInto(dest: Buffer, at: number, n: number): Promise<void> {
     let done = 0;
     while (done < n) {
       if (this._buffered === 0) {
@@ -161,7 +161,7 @@ export class NbdClient {
       }
       const head = this._chunks[0]!;
       const take = Math.min(head.length, n - done);
-      if (dest) head.copy(dest, at + done, 0, take);
+      head.copy(dest, at + done, 0, take);
       done += take;
       this._buffered -= take;
       if (take === head.length) this._chunks.shift();

@@ -1,6 +1,6 @@
 import { HamalError } from '../../errors.ts';
 import { log } from '../../log/Logger.ts';
-import type { HttpJson } from './HttpJson.ts';
+import type { HttpJson } from '../http/HttpJson.ts';
 
 /** Who the proxy is to Keystone v3: a user with a project scope, or an application credential. */
 export type KeystoneCredentials =

@@ -1,5 +1,5 @@
 import { HamalError, NotFoundError } from '../../errors.ts';
-import type { HttpJson } from './HttpJson.ts';
+import type { HttpJson } from '../http/HttpJson.ts';
 import type { Keystone } from './Keystone.ts';
 
 export interface Server {

@@ -8,7 +8,8 @@ import { HamalError } from '../../errors.ts';
 import { log } from '../../log/Logger.ts';
 import { Rbd, type CephAccess } from '../ceph/Rbd.ts';
 import { NbdServerProcess } from '../nbd/NbdServerProcess.ts';
-import { HttpJson } from './HttpJson.ts';
+import { PerDisk } from '../PerDisk.ts';
+import { HttpJson } from '../http/HttpJson.ts';
 import { Keystone, type KeystoneOptions } from './Keystone.ts';
 import { OpenStackApi, type Server } from './OpenStackApi.ts';
 
@@ -130,7 +131,7 @@ class RbdSnapshot implements Snapshot {
   readonly disks: readonly DiskInfo[];
   readonly info: Record<string, unknown>;
   private readonly _byId: Map<string, OsDisk>;
-  private readonly _exports = new Map<string, Promise<NbdServerProcess>>();
+  private readonly _exports = new PerDisk<NbdServerProcess>();
   private _released = false;
 
   constructor(
@@ -172,30 +173,25 @@ class RbdSnapshot implements Snapshot {
   }
 
   private _export(disk: OsDisk): Promise<NbdServerProcess> {
-    let e = this._exports.get(disk.info.id);
-    if (!e) {
-      e = (async () => {
-        const a = this._rbd.access;
-        for (const [what, v] of [['ceph.conf', a.conf], ['keyring', a.keyring]] as const) {
-          if (/[:@]/.test(v)) throw new HamalError('CEPH_PATH', `the ${what} path ${v} holds ':' or '@', which qemu's rbd: syntax cannot carry`, { subject: v });
-        }
-        const dir = await NbdServerProcess.privateDir(this._o.workDir ?? tmpdir(), 'qemu-nbd');
-        const socket = join(dir, 'nbd.sock');
-        const id = a.user.replace(/^client\./, '');
-        const argv = [
-          'qemu-nbd',
-          '--read-only',
-          '--persistent',
-          `--shared=${this._o.readers ?? 4}`,
-          '--format=raw',
-          `--socket=${socket}`,
-          `rbd:${disk.image}@${this._name}:conf=${a.conf}:id=${id}:keyring=${a.keyring}`,
-        ];
-        return NbdServerProcess.start(argv, dir, socket, `${disk.image}@${this._name}`, this._o.maxReadBytes ?? 4 * 1024 * 1024);
-      })();
-      this._exports.set(disk.info.id, e);
-    }
-    return e;
+    return this._exports.get(disk.info.id, async () => {
+      const a = this._rbd.access;
+      for (const [what, v] of [['ceph.conf', a.conf], ['keyring', a.keyring]] as const) {
+        if (/[:@]/.test(v)) throw new HamalError('CEPH_PATH', `the ${what} path ${v} holds ':' or '@', which qemu's rbd: syntax cannot carry`, { subject: v });
+      }
+      const dir = await NbdServerProcess.privateDir(this._o.workDir ?? tmpdir(), 'qemu-nbd');
+      const socket = join(dir, 'nbd.sock');
+      const id = a.user.replace(/^client\./, '');
+      const argv = [
+        'qemu-nbd',
+        '--read-only',
+        '--persistent',
+        `--shared=${this._o.readers ?? 4}`,
+        '--format=raw',
+        `--socket=${socket}`,
+        `rbd:${disk.image}@${this._name}:conf=${a.conf}:id=${id}:keyring=${a.keyring}`,
+      ];
+      return NbdServerProcess.start(argv, dir, socket, `${disk.image}@${this._name}`, this._o.maxReadBytes ?? 4 * 1024 * 1024);
+    });
   }
 
   async read(disk: DiskInfo, offset: number, length: number, into?: Buffer): Promise<Buffer> {
@@ -205,8 +201,7 @@ class RbdSnapshot implements Snapshot {
   async release(committed: readonly string[] = []): Promise<void> {
     if (this._released) return;
     this._released = true;
-    const exports = await Promise.allSettled(this._exports.values());
-    await Promise.allSettled(exports.map((e) => (e.status === 'fulfilled' ? e.value.stop() : undefined)));
+    await this._exports.stopAll((e) => e.stop());
     const done = new Set(committed);
     const sub = log.child('openstack');
     // Committed: this snapshot is the base of the next diff, older ones of ours (and

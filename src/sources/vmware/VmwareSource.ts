@@ -12,6 +12,7 @@ import { changedAreas, changeIdEpoch } from './changedAreas.ts';
 import { DatastoreFile } from './DatastoreFile.ts';
 import { NbdkitExport, VDDK_TEMPLATE } from './NbdkitExport.ts';
 import type { NbdServerProcess } from '../nbd/NbdServerProcess.ts';
+import { PerDisk } from '../PerDisk.ts';
 
 export interface VmwareSourceOptions {
   connection: VsphereOptions;
@@ -138,7 +139,7 @@ class VmwareSnapshot implements Snapshot {
   readonly disks: readonly DiskInfo[];
   readonly info: Record<string, unknown>;
   private readonly _files = new Map<string, { disk: VmDisk; file: DatastoreFile }>();
-  private readonly _exports = new Map<string, Promise<NbdServerProcess>>();
+  private readonly _exports = new PerDisk<NbdServerProcess>();
   private _released = false;
 
   constructor(
@@ -179,11 +180,10 @@ class VmwareSnapshot implements Snapshot {
   }
 
   private _export(disk: DiskInfo, d: VmDisk): Promise<NbdServerProcess> {
-    let e = this._exports.get(disk.id);
-    if (!e) {
+    return this._exports.get(disk.id, () => {
       const m = /^\[([^\]]+)\]\s*(.+)$/.exec(d.fileName);
       const c = this._options.connection;
-      e = NbdkitExport.start(
+      return NbdkitExport.start(
         this._options.nbdkitTemplate ?? VDDK_TEMPLATE,
         {
           server: this._client.url.hostname,
@@ -199,9 +199,7 @@ class VmwareSnapshot implements Snapshot {
         this._options.workDir ?? tmpdir(),
         this._options.maxReadBytes ?? 512 * 1024,
       );
-      this._exports.set(disk.id, e);
-    }
-    return e;
+    });
   }
 
   async read(disk: DiskInfo, offset: number, length: number, into?: Buffer): Promise<Buffer> {
@@ -220,8 +218,7 @@ class VmwareSnapshot implements Snapshot {
     if (this._released) return;
     this._released = true;
     try {
-      const exports = await Promise.allSettled(this._exports.values());
-      await Promise.allSettled(exports.map((e) => (e.status === 'fulfilled' ? e.value.stop() : undefined)));
+      await this._exports.stopAll((e) => e.stop());
       await removeSnapshot(this._client, this._snap, this._timeoutMs);
     } finally {
       await this._client.logout();

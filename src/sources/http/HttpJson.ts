@@ -68,7 +68,7 @@ export class HttpJson {
         },
       );
       req.on('timeout', () => req.destroy(new Error(`no answer within ${this._timeoutMs / 1000} s`)));
-      req.on('error', (err) => reject(new HamalError('OPENSTACK_UNREACHABLE', `${method} ${u.origin}${u.pathname}: ${err.message}`, { subject: u.origin, cause: err, retryable: true })));
+      req.on('error', (err) => reject(new HamalError('HTTP_UNREACHABLE', `${method} ${u.origin}${u.pathname}: ${err.message}`, { subject: u.origin, cause: err, retryable: true })));
       req.end(data);
     });
   }

@@ -1,0 +1,19 @@
+/**
+ * One resource per disk of a snapshot (an NBD server, a data channel), made on the first
+ * read and shared by the later ones; the snapshot stops them all when it is released.
+ */
+export class PerDisk<T> {
+  private readonly _made = new Map<string, Promise<T>>();
+
+  get(disk: string, make: () => Promise<T>): Promise<T> {
+    let p = this._made.get(disk);
+    if (!p) this._made.set(disk, (p = make()));
+    return p;
+  }
+
+  /** Waits for those still being made, then stops each one that was; failures are ignored. */
+  async stopAll(stop: (resource: T) => unknown): Promise<void> {
+    const made = await Promise.allSettled(this._made.values());
+    await Promise.allSettled(made.map((m) => (m.status === 'fulfilled' ? stop(m.value) : undefined)));
+  }
+}
