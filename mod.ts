@@ -36,6 +36,8 @@ export { FsStore, type FsStoreOptions } from './src/sinks/fs/FsStore.ts';
 export { openStore } from './src/sinks/openStore.ts';
 export { RawImage } from './src/sinks/raw/RawImage.ts';
 export { Repository, DEFAULT_BLOCK_SIZE, type RepositoryOptions, type RepositoryConfig } from './src/repo/Repository.ts';
+export { LeaseFence, type Lease } from './src/repo/Lease.ts';
+export { pruneRepository, type PruneOptions, type PruneReport } from './src/repo/pruneRepository.ts';
 export type { Manifest, VersionStats } from './src/repo/Manifest.ts';
 export { chunkIdOf, type ChunkId } from './src/repo/ChunkId.ts';
 export type { VersionId } from './src/repo/VersionId.ts';

@@ -3,6 +3,7 @@
 // serve`, HEALTHCHECK `hamal health`) run as a plain process; the Dockerfile and compose
 // file checked by what runs without a Docker engine.
 import { test } from 'uvu';
+import YAML from 'yaml';
 import * as assert from 'uvu/assert';
 import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -126,6 +127,26 @@ test('Dockerfile and compose file: sources exist, entrypoint, health check and v
   assert.match(compose, /stop_grace_period: 40s/);
   const conf = await sh(binary, ['config', 'check', '--config', 'deploy/hamal.conf.sample']);
   assert.is(conf.code, 0, conf.out);
+});
+
+test('many proxies: the replicas compose file and the Kubernetes Deployment give each proxy its own id and lib dir', async () => {
+  const compose = YAML.parse(await fsp.readFile(join(REPO, 'deploy/docker-compose-hamal-replicas.yaml'), 'utf8'));
+  const svc = compose.services.hamal;
+  assert.is(svc.network_mode, undefined, 'bridge networking: one host name, so one proxy id, per replica');
+  assert.is(svc.container_name, undefined, 'replicas cannot share a container name');
+  assert.ok(!svc.volumes.some((v: string) => v.startsWith('/var/lib/hamal')), 'journals are per proxy');
+  assert.equal(svc.healthcheck.test, ['CMD', 'hamal', 'health']);
+  const k8s = YAML.parse(await fsp.readFile(join(REPO, 'deploy/kubernetes/hamal.yaml'), 'utf8'));
+  assert.is(k8s.kind, 'Deployment');
+  const pod = k8s.spec.template.spec;
+  assert.ok(pod.terminationGracePeriodSeconds >= 40);
+  const c = pod.containers[0];
+  assert.equal(c.args, ['serve']);
+  assert.equal(c.livenessProbe.exec.command, ['hamal', 'health']);
+  assert.equal(c.env.find((e: { name: string }) => e.name === 'HAMAL_PROXY_ID').valueFrom.fieldRef.fieldPath, 'metadata.name');
+  const mounts = Object.fromEntries(c.volumeMounts.map((m: { mountPath: string; name: string }) => [m.mountPath, m.name]));
+  for (const dir of ['/etc/hamal', '/var/lib/hamal', '/var/log/hamal']) assert.ok(mounts[dir], dir);
+  assert.is(pod.volumes.find((v: { name: string }) => v.name === mounts['/etc/hamal']).secret.defaultMode, 0o400);
 });
 
 test.run();

@@ -3,7 +3,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { TestScheduler } from 'rxjs/testing';
-import { map, of, throwError, timer, defer, type Observable } from 'rxjs';
+import { map, of, throwError, timer, defer, Observable } from 'rxjs';
 import { Service, type ServiceDeps } from '../src/service/Service.ts';
 import type { Report, ResultReport } from '../src/service/ControlPlane.ts';
 import { TaskRejected, type AcceptedTask } from '../src/service/SignedTask.ts';
@@ -137,6 +137,48 @@ test('a rejected task is reported as rejected, never run', () => {
     );
   });
   log.configure({ sink: (l) => process.stderr.write(l + '\n') });
+});
+
+test('a leased task is renewed every ttl/3 and stopped once renewals failed for a whole ttl (the control plane may have moved it)', () => {
+  const lines = quiet();
+  scheduler().run(({ flush }) => {
+    const renewals: number[] = [];
+    const results: ResultReport[] = [];
+    let stoppedAt = -1;
+    let now = 0;
+    const leased: AcceptedTask = { ...task('L'), lease: { epoch: 3, ttlSeconds: 30 } };
+    let served = false;
+    const deps: ServiceDeps = {
+      feed: { poll: () => of(served ? [] : ((served = true), [leased])) },
+      reporter: {
+        heartbeat: () => of(undefined),
+        report: (r: Report) => defer(() => (r.kind === 'result' && results.push(r.body), of(undefined))),
+        // Reachable for the first 25 s, then the network to the control plane is gone.
+        renewLease: (_id: string, epoch: number) => defer(() => (renewals.push(now), now < 25_000 ? of(undefined) : throwError(() => new Error(`unreachable (epoch ${epoch})`)))),
+      },
+      // A sync that would run for ten minutes; unsubscribing it is how it stops.
+      runTask: () => new Observable<ResultReport>(() => () => (stoppedAt = now)),
+      facts,
+    };
+    const svc = new Service(deps, { pollMs: 1000, heartbeatMs: 0, progressMs: 60_000, maxTasks: 1, flushMs: 0 });
+    const clock = timer(0, 1000).subscribe((i) => (now = i * 1000));
+    const sub = svc.run().subscribe();
+    timer(120_000).subscribe(() => {
+      svc.stop();
+      clock.unsubscribe();
+    });
+    flush();
+    sub.unsubscribe();
+    // Every 10 s; the last good one at 20 s, so the lease is given up at 50 s.
+    assert.equal(renewals.slice(0, 5), [10_000, 20_000, 30_000, 40_000, 50_000]);
+    assert.is(stoppedAt, 50_000);
+    assert.is(results.length, 1);
+    assert.is(results[0]!.state, 'interrupted');
+    assert.is(results[0]!.epoch, 3);
+    assert.match(results[0]!.error!, /lease lost: no renewal for 30 s/);
+  });
+  log.configure({ sink: (l) => process.stderr.write(l + '\n') });
+  void lines;
 });
 
 test.run();

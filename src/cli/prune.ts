@@ -13,6 +13,7 @@ export async function pruneCommand(opts: { target: string; keepLast: number; vm?
     if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
     else {
       for (const v of report.deletedVersions) process.stdout.write(`${opts.dryRun ? 'would delete' : 'deleted'} version ${v}\n`);
+      for (const p of report.deletedPartials) process.stdout.write(`${opts.dryRun ? 'would delete' : 'deleted'} the partial index of ${p} (its version can no longer resume)\n`);
       process.stdout.write(
         `${opts.dryRun ? 'would delete' : 'deleted'} ${report.deletedVersions.length} versions and ${report.deletedChunks} chunks ` +
           `(${formatBytes(report.freedBytes)}); ${report.keptVersions} versions kept\n`,

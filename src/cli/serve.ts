@@ -52,7 +52,8 @@ export async function serveCommand(_opts: object, config: LoadedConfig): Promise
   setSubprocessSink((line) => subprocessLog.write(line));
   const sub = log.child('service');
 
-  const proxyId = c.mass.hyper_exporter_id || hostname();
+  // Replicas share one hamal.conf: each takes its id from the environment (a pod's name).
+  const proxyId = process.env.HAMAL_PROXY_ID || c.mass.hyper_exporter_id || hostname();
   const mode = c.mass.mass_endpoint ? 'control-plane' : 'standalone';
   let controlPlane: HttpControlPlane | undefined;
   if (c.mass.mass_endpoint) {
@@ -85,7 +86,7 @@ export async function serveCommand(_opts: object, config: LoadedConfig): Promise
     {
       feed,
       reporter: controlPlane,
-      runTask: taskRunner(config, logDir, rotation, new Slots(c.hamal.max_running_disks, '[hamal] max_running_disks')),
+      runTask: taskRunner(config, logDir, rotation, new Slots(c.hamal.max_running_disks, '[hamal] max_running_disks'), proxyId),
       facts: () => ({
         proxyId,
         version: VERSION,

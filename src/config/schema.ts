@@ -139,6 +139,7 @@ export const SCHEMA = {
     },
     heartbeat_interval: int(30, 1, 3600, 'seconds', 'used', 'Seconds between two heartbeats to the control plane.'),
     max_running_tasks: int(2, 1, 256, undefined, 'used', 'Tasks (VM syncs) `serve` runs at once; the others wait. Memory: this x parallel_sync_disks_count x (pre_disk_readers_count + writers_per_disk) x block size.'),
+    partial_index_interval: int(60, 0, 86400, 'seconds', 'used', 'Seconds between two partial indexes of a version in progress written to the repository (`vms/<vm>/disks/<disk>/partial`): another proxy, or this one after its lib dir was lost, resumes the version from it without re-storing finished blocks; prune keeps their chunks. 0 = none. Cost: one PUT of 36 bytes per block stored so far.'),
     max_running_disks: int(8, 1, 1024, 'disks', 'used', 'Disks `serve` syncs at once over all its tasks; each task also keeps to parallel_sync_disks_count. Bounds memory and the load on the platform.'),
     health_listen: {
       type: { kind: 'string' },

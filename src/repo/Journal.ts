@@ -106,13 +106,24 @@ export class Journal {
     if (createHash('sha256').update(covered).digest('hex') !== ckpt.sha256) {
       return { status: 'corrupt', detail: 'journal does not match its checkpoint hash' };
     }
+    const parsed = Journal.parse(covered, expected);
+    return parsed.status === 'resumed' ? { ...parsed, bytes: ckpt.bytes } : parsed;
+  }
+
+  /**
+   * Reads journal bytes (header line + records) that are known to be whole: the
+   * checkpointed part of a journal file, or a partial index from the repository.
+   */
+  static parse(covered: Buffer, expected: JournalHeader): Recovery {
     const nl = covered.indexOf(10);
+    if (nl < 0) return { status: 'corrupt', detail: 'no journal header' };
     let header: JournalHeader;
     try {
       header = JSON.parse(covered.subarray(0, nl).toString('utf8'));
     } catch {
       return { status: 'corrupt', detail: 'bad journal header' };
     }
+    if (typeof header !== 'object' || header === null) return { status: 'corrupt', detail: 'bad journal header' };
     for (const k of Object.keys(expected) as Array<keyof JournalHeader>) {
       if (header[k] !== expected[k]) {
         return { status: 'mismatch', detail: `${k} was ${JSON.stringify(header[k])}, now ${JSON.stringify(expected[k])}` };
@@ -128,8 +139,34 @@ export class Journal {
       const id = body.subarray(at + 4, at + RECORD);
       entries.set(index, id.equals(ZERO_ID) ? null : id.toString('hex'));
     }
-    return { status: 'resumed', entries, bytes: ckpt.bytes };
+    return { status: 'resumed', entries, bytes: covered.length };
   }
+
+  /** The header of journal bytes, or null when they have none that parses. */
+  static headerOf(bytes: Buffer): JournalHeader | null {
+    const nl = bytes.indexOf(10);
+    try {
+      const h = JSON.parse(bytes.subarray(0, nl < 0 ? bytes.length : nl).toString('utf8'));
+      return typeof h === 'object' && h !== null ? h : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** The bytes the last checkpoint made durable: what a partial index in the repository holds. */
+  async checkpointed(): Promise<Buffer> {
+    await this._checkpointing.catch(() => {});
+    const bytes = this._bytes;
+    const data = Buffer.alloc(bytes);
+    let done = 0;
+    while (done < bytes) {
+      const { bytesRead } = await this._handle.read(data, done, bytes - done, done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return data.subarray(0, done);
+  }
+
 
   /**
    * Starts a journal at `path`: a new one with `header`, or (with `resume`) the recovered
@@ -152,7 +189,7 @@ export class Journal {
         return new Journal(path, handle, resume.bytes, createHash('sha256').update(data), records);
       }
       await fsp.rm(checkpointPath(path), { force: true });
-      const handle = await fsp.open(path, 'w');
+      const handle = await fsp.open(path, 'w+');
       const journal = new Journal(path, handle, 0, createHash('sha256'), 0);
       journal._pending.push(Buffer.from(JSON.stringify(header) + '\n'));
       await journal.checkpoint();

@@ -5,6 +5,8 @@ import { chunkIdOf, chunkKey, type ChunkId } from './ChunkId.ts';
 import { encodeManifest, parseManifest, type Manifest } from './Manifest.ts';
 import { isVersionId, newVersionId, type VersionId } from './VersionId.ts';
 import { decodeName, encodeName } from './names.ts';
+import { LeaseFence, type Lease } from './Lease.ts';
+import { Journal } from './Journal.ts';
 
 export const REPOSITORY_FORMAT = 1;
 export const DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024;
@@ -250,11 +252,64 @@ export class Repository {
     return manifest;
   }
 
+  // ---- versions in flight (docs/format.md, Partial indexes and leases)
+
+  private _diskPrefix(vm: string, disk: string): string {
+    return `vms/${encodeName(vm)}/disks/${encodeName(disk)}/`;
+  }
+
+  /** Stores the checkpointed journal of a version in progress, so another proxy can resume it. */
+  async putPartial(vm: string, disk: string, journalBytes: Uint8Array): Promise<void> {
+    await this.store.put(this._diskPrefix(vm, disk) + 'partial', journalBytes);
+    await this.store.flush();
+  }
+
+  /** The partial index of a disk's version in progress, or null. */
+  async getPartial(vm: string, disk: string): Promise<Buffer | null> {
+    try {
+      return await this.store.get(this._diskPrefix(vm, disk) + 'partial');
+    } catch (err) {
+      if (err instanceof NotFoundError) return null;
+      throw err;
+    }
+  }
+
+  async deletePartial(vm: string, disk: string): Promise<void> {
+    await this.store.delete(this._diskPrefix(vm, disk) + 'partial');
+  }
+
+  /** Disks of one VM (or of all VMs) with a partial index. */
+  async listPartials(vm?: string): Promise<Array<{ vm: string; disk: string }>> {
+    const out: Array<{ vm: string; disk: string }> = [];
+    for await (const key of this.store.list(vm === undefined ? 'vms/' : `vms/${encodeName(vm)}/disks/`)) {
+      const parts = key.split('/');
+      if (parts.length === 5 && parts[2] === 'disks' && parts[4] === 'partial') out.push({ vm: decodeName(parts[1]!), disk: decodeName(parts[3]!) });
+    }
+    return out;
+  }
+
+  /** Snapshot ids the partial indexes of one VM name (unverified: a hint for the source). */
+  async partialSnapshotIds(vm: string): Promise<string[]> {
+    const ids: string[] = [];
+    for (const p of await this.listPartials(vm)) {
+      const bytes = await this.getPartial(p.vm, p.disk);
+      const header = bytes && Journal.headerOf(bytes.subarray(0, 4096));
+      if (header && typeof header.snapshotId === 'string') ids.push(header.snapshotId);
+    }
+    return ids;
+  }
+
+  /** The fence of one disk for a sync under `lease`. */
+  fence(vm: string, disk: string, lease: Lease): LeaseFence {
+    return new LeaseFence(this.store, this._diskPrefix(vm, disk) + 'lease.json', lease, `vm ${vm} disk ${disk}`);
+  }
+
   /**
    * Makes a version visible: flushes the store (its chunks are durable), checks no prune
    * took chunks the index vouched for, then writes the manifest, never over another.
+   * `fence` is checked last, just before the manifest is written.
    */
-  async commitVersion(manifest: Manifest): Promise<void> {
+  async commitVersion(manifest: Manifest, fence?: LeaseFence): Promise<void> {
     await this.store.flush();
     if ((await this.generation()) !== this._openGeneration) {
       const missing: ChunkId[] = [];
@@ -270,6 +325,7 @@ export class Repository {
         );
       }
     }
+    await fence?.check();
     await this.store.put(this._versionsPrefix(manifest.vm, manifest.disk) + manifest.version + '.json', encodeManifest(manifest), { ifAbsent: true });
     await this.store.flush();
   }

@@ -2,6 +2,7 @@ import type { Repository } from './Repository.ts';
 import { RepositoryLock, type LockOptions } from './RepositoryLock.ts';
 import type { ChunkId } from './ChunkId.ts';
 import { chunkKey } from './ChunkId.ts';
+import { Journal } from './Journal.ts';
 
 export interface PruneOptions {
   /** Versions kept per disk, newest first. */
@@ -16,6 +17,8 @@ export interface PruneOptions {
 
 export interface PruneReport {
   deletedVersions: string[];
+  /** Partial indexes of versions in flight that can no longer resume (their parent is not the latest version). */
+  deletedPartials: string[];
   keptVersions: number;
   deletedChunks: number;
   freedBytes: number;
@@ -42,7 +45,7 @@ export async function pruneRepository(repo: Repository, options: PruneOptions): 
 }
 
 async function prune(repo: Repository, options: PruneOptions, lock: RepositoryLock | null): Promise<PruneReport> {
-  const report: PruneReport = { deletedVersions: [], keptVersions: 0, deletedChunks: 0, freedBytes: 0 };
+  const report: PruneReport = { deletedVersions: [], deletedPartials: [], keptVersions: 0, deletedChunks: 0, freedBytes: 0 };
   const referenced = new Set<ChunkId>();
   for (const vm of await repo.listVms()) {
     for (const disk of await repo.listDisks(vm)) {
@@ -58,6 +61,18 @@ async function prune(repo: Repository, options: PruneOptions, lock: RepositoryLo
         report.keptVersions++;
       }
     }
+  }
+  // A version in flight that another proxy may resume keeps its chunks (docs/format.md).
+  for (const { vm, disk } of await repo.listPartials()) {
+    const bytes = await repo.getPartial(vm, disk);
+    const header = bytes && Journal.headerOf(bytes);
+    const parsed = header ? Journal.parse(bytes!, header) : null;
+    if (parsed?.status === 'resumed' && header!.parent === (await repo.latestVersion(vm, disk))) {
+      for (const id of parsed.entries.values()) if (id !== null) referenced.add(id);
+      continue;
+    }
+    if (!options.dryRun) await repo.deletePartial(vm, disk);
+    report.deletedPartials.push(`${vm}/${disk}`);
   }
   if (!options.dryRun) {
     await repo.store.flush();

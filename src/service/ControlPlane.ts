@@ -19,6 +19,8 @@ export interface ResultReport {
   taskId: string;
   vm?: string;
   state: 'succeeded' | 'failed' | 'rejected' | 'interrupted';
+  /** The lease epoch the task ran under, when it had one: a result of an older epoch is stale. */
+  epoch?: number;
   error?: string;
   versions?: Array<{ disk: string; version: string; parent: string | null; readBytes: number; storedBytes: number; resumedBytes: number }>;
   failedDisks?: Array<{ disk: string; error: string }>;
@@ -44,4 +46,9 @@ export interface TaskFeed {
 export interface Reporter {
   heartbeat(h: Heartbeat): ObservableInput<void>;
   report(r: Report): ObservableInput<void>;
+  /**
+   * Renews the lease of a running task; fails with LEASE_LOST (not retryable) when the
+   * control plane gave the task to another proxy.
+   */
+  renewLease?(taskId: string, epoch: number): ObservableInput<void>;
 }

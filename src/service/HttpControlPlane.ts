@@ -55,6 +55,17 @@ export class HttpControlPlane implements TaskFeed, Reporter {
     return this._request('POST', `/v1/tasks/${encodeURIComponent(r.body.taskId)}/${r.kind}`, { proxyId: this._o.proxyId, ...r.body }).then(() => undefined);
   }
 
+  async renewLease(taskId: string, epoch: number): Promise<void> {
+    try {
+      await this._request('POST', `/v1/tasks/${encodeURIComponent(taskId)}/lease`, { proxyId: this._o.proxyId, epoch });
+    } catch (err) {
+      if (err instanceof HamalError && / HTTP (409|410): /.test(err.message)) {
+        throw new HamalError('LEASE_LOST', `task ${taskId}: the control plane gave the task to another proxy (lease epoch ${epoch} refused)`, { subject: taskId, cause: err });
+      }
+      throw err;
+    }
+  }
+
   /** Network errors come from HttpJson as retryable; statuses are judged here. */
   private async _request(method: string, path: string, body?: unknown): Promise<unknown> {
     const url = `${this._base}${path}`;

@@ -14,6 +14,7 @@ export class Metrics {
     this.declare('hamal_report_retries_total', 'counter', 'Reports to the control plane sent again after a failure.');
     this.declare('hamal_heartbeat_failures_total', 'counter', 'Heartbeats the control plane did not take.');
     this.declare('hamal_poll_failures_total', 'counter', 'Task polls that failed.');
+    this.declare('hamal_leases_lost_total', 'counter', 'Task leases lost to another proxy (refused renewal, or none for a whole ttl); the task stopped here.');
     this.declare('hamal_errors_total', 'counter', 'Errors, by code.');
   }
 

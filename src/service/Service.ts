@@ -144,9 +144,12 @@ export class Service {
       ),
       mergeMap((list) => from(list)),
       filter((t) => {
-        const id = t instanceof TaskRejected ? t.taskId : t.id;
+        // A task handed back under a newer lease epoch is a new run of it; a replayed copy
+        // of a task already run is not news.
+        const id = t instanceof TaskRejected ? t.taskId : t.lease ? `${t.id}#${t.lease.epoch}` : t.id;
         if (this._seen.has(id)) return false;
         this._seen.add(id);
+        if (!(t instanceof TaskRejected)) this._seen.add(t.id);
         // Months of periodic tasks: remember the latest ids only.
         if (this._seen.size > 10_000) this._seen.delete(this._seen.values().next().value!);
         return true;
@@ -217,7 +220,8 @@ export class Service {
         tap(() => this._queue({ kind: 'progress', body: progress.report(new Date(this._sched.now())) })),
         ignoreElements(),
       );
-      return merge(ticks$, result$).pipe(
+      return merge(ticks$, result$, this._leaseLost(t, started)).pipe(
+        map((r) => (t.lease ? { ...r, epoch: t.lease.epoch } : r)),
         take(1),
         finalize(() => {
           this._running.delete(t.id);
@@ -225,6 +229,42 @@ export class Service {
         }),
       );
     });
+  }
+
+  /**
+   * The lease stream of a leased task: a renewal every ttl / 3, never two at once. It ends
+   * the task (which unsubscribes the sync: journal kept, snapshot released) when the
+   * control plane refuses a renewal or none succeeded for a whole ttl, since by then the
+   * task may run elsewhere. The repository fences this proxy off in any case.
+   */
+  private _leaseLost(t: AcceptedTask, started: number): Observable<ResultReport> {
+    const renew = this._deps.reporter?.renewLease?.bind(this._deps.reporter);
+    if (!t.lease || !renew) return EMPTY;
+    const { epoch, ttlSeconds } = t.lease;
+    const ttlMs = ttlSeconds * 1000;
+    let renewedAt = started;
+    const lost = (why: string): ResultReport => {
+      this._log.warn(`task ${t.id}: lease epoch ${epoch} lost (${why}); stopping it here`);
+      this.metrics.add('hamal_leases_lost_total');
+      return { taskId: t.id, vm: t.task.source.vm, state: 'interrupted', error: `lease lost: ${why}`, at: new Date(this._sched.now()).toISOString() };
+    };
+    return timer(ttlMs / 3, ttlMs / 3, this._sched).pipe(
+      exhaustMap(() =>
+        defer(() => renew(t.id, epoch)).pipe(
+          map(() => {
+            renewedAt = this._sched.now();
+            return null;
+          }),
+          catchError((err) => {
+            if (err instanceof HamalError && err.code === 'LEASE_LOST') return of(lost(describeError(err)));
+            this._log.warn(`task ${t.id}: lease renewal failed: ${describeError(err)}`);
+            const silent = this._sched.now() - renewedAt;
+            return of(silent >= ttlMs ? lost(`no renewal for ${Math.round(silent / 1000)} s, longer than its ttl of ${ttlSeconds} s`) : null);
+          }),
+        ),
+      ),
+      filter((r): r is ResultReport => r !== null),
+    );
   }
 
   private _rejected(t: TaskRejected): ResultReport {

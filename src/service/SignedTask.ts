@@ -14,6 +14,16 @@ export interface TaskEnvelope {
   expiresAt: string;
   nonce: string;
   task: unknown;
+  /** Present when several proxies share the work: the task runs under this lease (docs/control-plane.md, Leases). */
+  lease?: TaskLease;
+}
+
+/** A task's lease as the control plane grants it; renewed every ttlSeconds / 3. */
+export interface TaskLease {
+  /** Grows each time the task is handed to another proxy; the repository fences older ones. */
+  epoch: number;
+  /** The lease ends this long after its last renewal; past it the control plane may hand the task on. */
+  ttlSeconds: number;
 }
 
 export interface SignedTask {
@@ -26,6 +36,7 @@ export interface AcceptedTask {
   id: string;
   task: Task;
   expiresAt: string;
+  lease?: TaskLease;
 }
 
 /** Clocks of the control plane and the proxy may differ by this much. */
@@ -117,6 +128,14 @@ export async function acceptTask(signed: unknown, key: KeyObject, proxyId: strin
   } catch (err) {
     throw new TaskRejected(id, (err as Error).message);
   }
+  let lease: TaskLease | undefined;
+  if (e.lease !== undefined) {
+    const l = e.lease as Partial<TaskLease> | null;
+    if (!l || !Number.isSafeInteger(l.epoch) || l.epoch! < 1 || !Number.isSafeInteger(l.ttlSeconds) || l.ttlSeconds! < 3 || l.ttlSeconds! > 86400) {
+      throw new TaskRejected(id, 'lease must be { epoch: integer >= 1, ttlSeconds: integer 3..86400 }');
+    }
+    lease = { epoch: l.epoch!, ttlSeconds: l.ttlSeconds! };
+  }
   if (!(await nonces.claim(e.nonce, expires, now))) throw new TaskRejected(id, `replayed (nonce ${e.nonce} was already used)`);
-  return { id, task, expiresAt: e.expiresAt! };
+  return { id, task, expiresAt: e.expiresAt!, ...(lease ? { lease } : {}) };
 }

@@ -18,7 +18,7 @@ import { recordIpMapping } from './IpMapping.ts';
  * its events, the VM's NICs recorded in ip_mapping.backup. Unsubscribing aborts the sync
  * (the snapshot is removed, the journal kept for the next run).
  */
-export function taskRunner(config: LoadedConfig, logDir: string, rotation: Rotation, diskSlots?: Slots): (t: AcceptedTask, progress: TaskProgress) => Observable<ResultReport> {
+export function taskRunner(config: LoadedConfig, logDir: string, rotation: Rotation, diskSlots?: Slots, proxyId = ''): (t: AcceptedTask, progress: TaskProgress) => Observable<ResultReport> {
   return (t, progress) =>
     new Observable<ResultReport>((subscriber) => {
       const abort = new AbortController();
@@ -32,6 +32,7 @@ export function taskRunner(config: LoadedConfig, logDir: string, rotation: Rotat
             label: `task ${t.id}`,
             signal: abort.signal,
             diskSlots,
+            lease: t.lease ? { taskId: t.id, epoch: t.lease.epoch, holder: proxyId } : undefined,
             onEvent: (e) => {
               progress.onEvent(e);
               logSyncEvent(e);
@@ -49,7 +50,7 @@ export function taskRunner(config: LoadedConfig, logDir: string, rotation: Rotat
             return {
               ...base,
               state: r.failed.length ? 'failed' : 'succeeded',
-              error: r.failed.length ? `${r.failed.length} disk(s) failed` : undefined,
+              error: r.failed.length ? `${r.failed.length} disk(s) failed: ${r.failed.map((f) => `${f.disk}: ${describeError(f.error)}`).join('; ')}` : undefined,
               versions: r.versions.map((m) => ({ disk: m.disk, version: m.version, parent: m.parent, readBytes: m.stats.readBytes, storedBytes: m.stats.storedBytes, resumedBytes: m.stats.resumedBytes ?? 0 })),
               failedDisks: r.failed.map((f) => ({ disk: f.disk, error: describeError(f.error) })),
               at: new Date().toISOString(),

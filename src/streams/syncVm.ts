@@ -57,7 +57,9 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
     const release = (snapshot: Snapshot) => Promise.allSettled([...inflight]).then(() => snapshot.release(committed));
     const take = async () => {
       const reuse = options.journalDir ? await Journal.snapshotIdsOf(options.journalDir, repo.config.id, vm) : [];
-      return source.snapshot(vm, { reuse });
+      // A version another proxy left in flight resumes here only from the snapshot it read.
+      if (options.journalDir && (options.partialIndexSeconds ?? 60) > 0) reuse.push(...(await repo.partialSnapshotIds(vm)));
+      return source.snapshot(vm, { reuse: [...new Set(reuse)] });
     };
     return usingResource(take, release, (snapshot) => {
       const wanted = options.disks ? new Set(options.disks) : null;

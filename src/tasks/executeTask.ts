@@ -4,6 +4,7 @@ import type { Source } from '../sources/Source.ts';
 import { parseLocalDisk } from '../sources/local/LocalDisk.ts';
 import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
+import type { Lease } from '../repo/Lease.ts';
 import { runVmSync, type VmSyncResult } from '../streams/runVmSync.ts';
 import type { SyncEvent } from '../streams/SyncEvent.ts';
 import { HamalError, UsageError } from '../errors.ts';
@@ -31,6 +32,8 @@ export interface ExecuteOptions {
   signal?: AbortSignal;
   /** Disk slots shared by every task of the process (serve: `[hamal] max_running_disks`). */
   diskSlots?: Slots;
+  /** The control plane's lease of this task: the repository fences older holders off. */
+  lease?: Lease;
 }
 
 
@@ -74,6 +77,8 @@ export async function executeTask(task: Task, config: LoadedConfig, options: Exe
         parallelDisks,
         journalDir: c.DEFAULT.hamal_lib_dir,
         checkpointSeconds: c.data_sync_v2.fsync_period_frequency,
+        partialIndexSeconds: c.hamal.partial_index_interval,
+        lease: options.lease,
         checkpointTimeoutSeconds: c.data_sync_v2.fsync_timeout,
         releaseCpuMsPerMb,
         disks,

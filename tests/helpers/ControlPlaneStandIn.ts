@@ -17,6 +17,12 @@ export class ControlPlaneStandIn {
   /** Signed tasks handed out at the next polls, per proxy, until a result for them arrives. */
   readonly queue = new Map<string, unknown[]>();
   down = false;
+  /** Leased tasks (docs/control-plane.md, Leases), by task id. */
+  readonly leases = new Map<string, { task: unknown; epoch: number; holder: string; expiresAt: number; ttlSeconds: number; candidates: string[]; done: boolean }>();
+  /** Results of an older lease epoch than the task's current one: ignored. */
+  readonly staleResults: Array<Record<string, unknown>> = [];
+  /** Lease renewals refused (proxy, epoch). */
+  readonly refusedRenewals: string[] = [];
   readonly publicKeyPem: string;
   private readonly _privateKey: KeyObject;
   private _server?: http.Server;
@@ -56,6 +62,31 @@ export class ControlPlaneStandIn {
     this.queue.set(proxyId, [...(this.queue.get(proxyId) ?? []), signedTask]);
   }
 
+  /**
+   * A task several proxies may run: handed to `candidates[0]` under epoch 1; once its
+   * lease expires without renewal, handed to the next candidate that polls, epoch + 1.
+   */
+  leased(id: string, task: unknown, candidates: string[], ttlSeconds: number): void {
+    this.leases.set(id, { task, epoch: 1, holder: candidates[0]!, expiresAt: Date.now() + ttlSeconds * 1000, ttlSeconds, candidates, done: false });
+  }
+
+  private _leasedFor(proxy: string): unknown[] {
+    const out: unknown[] = [];
+    for (const [id, l] of this.leases) {
+      if (l.done || !l.candidates.includes(proxy)) continue;
+      if (l.holder !== proxy) {
+        if (Date.now() < l.expiresAt) continue;
+        l.epoch++;
+        l.holder = proxy;
+        l.expiresAt = Date.now() + l.ttlSeconds * 1000;
+      }
+      const signed = this.signed(id, proxy, l.task);
+      const envelope = { ...signed.envelope, lease: { epoch: l.epoch, ttlSeconds: l.ttlSeconds } };
+      out.push({ envelope, signature: sign(null, Buffer.from(canonicalJson(envelope)), this._privateKey).toString('base64') });
+    }
+    return out;
+  }
+
   private async _handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     let body = '';
     for await (const chunk of req) body += chunk;
@@ -73,10 +104,25 @@ export class ControlPlaneStandIn {
     if ((m = /^\/v1\/proxies\/([^/]+)\/tasks$/.exec(req.url!)) && req.method === 'GET') {
       const proxy = decodeURIComponent(m[1]!);
       res.writeHead(200, { 'Content-Type': 'application/json' });
-      return void res.end(JSON.stringify({ tasks: this.queue.get(proxy) ?? [] }));
+      return void res.end(JSON.stringify({ tasks: [...(this.queue.get(proxy) ?? []), ...this._leasedFor(proxy)] }));
+    }
+    if ((m = /^\/v1\/tasks\/([^/]+)\/lease$/.exec(req.url!)) && req.method === 'POST') {
+      const l = this.leases.get(decodeURIComponent(m[1]!));
+      if (!l || l.done || l.holder !== json.proxyId || l.epoch !== json.epoch) {
+        this.refusedRenewals.push(`${json.proxyId}@${json.epoch}`);
+        return void res.writeHead(409, { 'Content-Type': 'application/json' }).end('{"error":"lease held by another proxy"}');
+      }
+      l.expiresAt = Date.now() + l.ttlSeconds * 1000;
+      return void res.writeHead(204).end();
     }
     if ((m = /^\/v1\/tasks\/([^/]+)\/(progress|result)$/.exec(req.url!)) && req.method === 'POST') {
       const taskId = decodeURIComponent(m[1]!);
+      const l = this.leases.get(taskId);
+      if (l && m[2] === 'result' && json.epoch !== l.epoch) {
+        this.staleResults.push(json);
+        return void res.writeHead(204).end();
+      }
+      if (l && m[2] === 'result') l.done = true;
       (m[2] === 'progress' ? this.progress : this.results).push(json);
       if (m[2] === 'result') {
         for (const [p, list] of this.queue) this.queue.set(p, list.filter((t) => (t as { envelope?: { id?: string } }).envelope?.id !== taskId));
