@@ -14,7 +14,9 @@ import { changedAreas, changeIdEpoch } from '../src/sources/vmware/changedAreas.
 import { writeAt, sha256File, tempDir } from './helpers/disks.ts';
 import { FsStore, Repository, restoreDisk, runVmSync, type SyncEvent } from '../mod.ts';
 import { VmwareSource } from '../src/sources/vmware/VmwareSource.ts';
-import { rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
+
+const run = (cmd: string, args: string[]) => new Promise<number | null>((r) => spawn(cmd, args, { stdio: 'ignore' }).on('close', r).on('error', () => r(-1)));
 import { hamal, HAMAL, TEST_LIB_DIR } from './helpers/cli.ts';
 import { join } from 'node:path';
 import { pattern } from './helpers/disks.ts';
@@ -397,6 +399,78 @@ test('SIGKILL mid-read: the next run reuses the snapshot, resumes from the journ
   assert.is(await sha256File(out), sha);
   await rm(dir, { recursive: true, force: true });
   await c.logout();
+});
+
+// The fault matrix: SIGKILL at each phase of a sync (src/failpoints.ts), then a plain rerun.
+// Each ends with the disk restorable as it is, verify --deep passing and no snapshot left.
+for (const [phase, point] of [
+  ['the snapshot taken', 'snapshot.taken'],
+  ['a block read, not stored', 'block.read@2'],
+  ['a chunk stored, not journaled', 'chunk.stored@2'],
+  ['the manifest about to be written', 'manifest.write'],
+  ['the manifest written, the journal not yet removed', 'manifest.written'],
+  ['the snapshot about to be removed', 'snapshot.release'],
+] as const) {
+  test(`fault matrix: SIGKILL with ${phase} (${point}); the rerun completes, verify --deep passes, no snapshot left`, async () => {
+    const dir = await tempDir();
+    const c = await connect();
+    const vm = await findVm(c, 'DC0_H0_VM1');
+    const { local } = await liveDisk(c, vm.mor);
+    const MiB = 1024 * 1024;
+    await truncate(local, 16 * MiB);
+    await writeAt(local, 0, pattern(16 * MiB, point.length));
+    const sha = await sha256File(local);
+    const u = new URL(url);
+    const conf = join(dir, 'hamal.conf');
+    await writeFile(conf, `[DEFAULT]\nhamal_lib_dir = ${join(dir, 'lib')}\n[vmware]\nskip_disk_flag = True\n[data_sync_v2]\npre_disk_readers_count = 1\n`);
+    const taskFile = join(dir, 't.json');
+    await writeFile(taskFile, JSON.stringify({ version: 1, source: { platform: 'vmware', vm: 'DC0_H0_VM1', connection: { host: u.hostname, port: Number(u.port), username: 'hamal', passwordEnv: 'VC_PASSWORD', thumbprint } }, target: join(dir, 'repo') }));
+    const killed = await hamal(['--config', conf, 'sync', '--task', taskFile], { VC_PASSWORD: PASSWORD, HAMAL_FAILPOINTS: point.replace(/(@\d+)?$/, '=kill$1') });
+    assert.is(killed.signal, 'SIGKILL', `the failpoint ${point} was reached: ${killed.stderr}`);
+    const again = await hamal(['--config', conf, 'sync', '--task', taskFile, '--json'], { VC_PASSWORD: PASSWORD });
+    assert.is(again.code, 0, again.stderr);
+    assert.equal(await listSnapshots(c, vm.mor), [], 'no snapshot of ours is left');
+    const disk = JSON.parse(again.stdout).disks[0].disk;
+    const out = join(dir, 'out.img');
+    const restored = await hamal(['restore', '--target', join(dir, 'repo'), '--vm', 'DC0_H0_VM1', '--disk', disk, '--out', out]);
+    assert.is(restored.code, 0, restored.stderr);
+    assert.is(await sha256File(out), sha);
+    const verify = await hamal(['verify', '--target', join(dir, 'repo'), '--deep']);
+    assert.is(verify.code, 0, verify.stdout + verify.stderr);
+    await rm(dir, { recursive: true, force: true });
+    await c.logout();
+  });
+}
+
+test('the lib dir full (a 64 KiB tmpfs, filled): the sync fails naming the journal and ENOSPC, exit 1, no snapshot left; with space again it completes', async () => {
+  const dir = await tempDir();
+  const lib = join(dir, 'lib');
+  await mkdir(lib);
+  const mounted = await run('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', lib]);
+  // Where tmpfs cannot be mounted (no CAP_SYS_ADMIN) the failpoint stands in for it.
+  const fill = mounted === 0 ? await writeFile(join(lib, 'filler'), Buffer.alloc(64 * 1024)).then(() => true, () => true) : false;
+  try {
+    const c = await connect();
+    const vm = await findVm(c, 'DC0_C0_RP0_VM2');
+    const u = new URL(url);
+    const conf = join(dir, 'hamal.conf');
+    await writeFile(conf, `[DEFAULT]\nhamal_lib_dir = ${lib}\n[vmware]\nskip_disk_flag = True\n`);
+    const taskFile = join(dir, 't.json');
+    await writeFile(taskFile, JSON.stringify({ version: 1, source: { platform: 'vmware', vm: 'DC0_C0_RP0_VM2', connection: { host: u.hostname, port: Number(u.port), username: 'hamal', passwordEnv: 'VC_PASSWORD', thumbprint } }, target: join(dir, 'repo') }));
+    const full = await hamal(['--config', conf, 'sync', '--task', taskFile], { VC_PASSWORD: PASSWORD, ...(fill ? {} : { HAMAL_FAILPOINTS: 'journal.write=enospc' }) });
+    assert.is(full.code, 1, full.stderr);
+    assert.match(full.stderr, /cannot write journal \S+\.journal: ENOSPC/);
+    assert.equal(await listSnapshots(c, vm.mor), [], 'the snapshot is removed');
+    assert.equal(JSON.parse((await hamal(['versions', '--target', join(dir, 'repo'), '--json'])).stdout), []);
+    if (fill) await rm(join(lib, 'filler'));
+    const again = await hamal(['--config', conf, 'sync', '--task', taskFile], { VC_PASSWORD: PASSWORD });
+    assert.is(again.code, 0, again.stderr);
+    assert.equal(await listSnapshots(c, vm.mor), []);
+    await c.logout();
+  } finally {
+    if (mounted === 0) await run('umount', [lib]);
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('nbdkit dying mid-read: the disk fails cleanly, the snapshot is removed, no version is committed', async () => {

@@ -4,6 +4,7 @@ import { dirname, join } from 'node:path';
 import { HamalError } from '../errors.ts';
 import type { ChunkId } from './ChunkId.ts';
 import { encodeName } from './names.ts';
+import { failpoint } from '../failpoints.ts';
 
 export const JOURNAL_FORMAT = 1;
 const RECORD = 36; // uint32 block index + 32-byte SHA-256 (all zero: a zero block)
@@ -234,6 +235,7 @@ export class Journal {
     this._pendingRecords = 0;
     await flushStore?.();
     try {
+      failpoint('journal.write');
       if (batch.length) {
         const data = Buffer.concat(batch);
         let done = 0;

@@ -7,6 +7,7 @@ import { isVersionId, newVersionId, type VersionId } from './VersionId.ts';
 import { decodeName, encodeName } from './names.ts';
 import { LeaseFence, type Lease } from './Lease.ts';
 import { Journal } from './Journal.ts';
+import { failpoint } from '../failpoints.ts';
 
 export const REPOSITORY_FORMAT = 1;
 export const DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024;
@@ -326,6 +327,7 @@ export class Repository {
       }
     }
     await fence?.check();
+    failpoint('manifest.write');
     await this.store.put(this._versionsPrefix(manifest.vm, manifest.disk) + manifest.version + '.json', encodeManifest(manifest), { ifAbsent: true });
     await this.store.flush();
   }

@@ -14,6 +14,7 @@ import { Slots } from './Slots.ts';
 import { sleepForRead } from './releaseCpu.ts';
 import { releasing } from './usingResource.ts';
 import { BufferPool } from './BufferPool.ts';
+import { failpoint } from '../failpoints.ts';
 import type { SyncEvent } from './SyncEvent.ts';
 
 export interface DiskSyncOptions {
@@ -168,11 +169,13 @@ export function syncDisk(
             return d;
           });
           stats.readBytes += ref.length;
+          failpoint('block.read');
           if (isZero(data)) return { ref, id: null, stored: false };
           const id = chunkIdOf(data);
           // A block equal to the parent's is in the repository (format invariant 3).
           const same = parentBlocks !== null && parentBlocks[ref.index] === id;
           const stored = !same && (await writers.use(() => repo.storeChunk(id, data))) === 'stored';
+          if (stored) failpoint('chunk.stored');
           if (stored) stats.storedBytes += ref.length;
           else stats.dedupBytes += ref.length;
           return { ref, id, stored };
@@ -265,6 +268,7 @@ export function syncDisk(
           blocks,
         };
         await repo.commitVersion(manifest, fence);
+        failpoint('manifest.written');
         await journal?.remove();
         if (partial) await repo.deletePartial(vm, disk.id);
         committed = true;

@@ -1,6 +1,7 @@
 import { catchError, concat, defer, finalize, from, mergeMap, of, tap, throwError, type Observable } from 'rxjs';
 import type { Slots } from './Slots.ts';
 import { usingResource } from './usingResource.ts';
+import { failpoint } from '../failpoints.ts';
 import { Journal } from '../repo/Journal.ts';
 import { RepositoryLock, type LockOptions } from '../repo/RepositoryLock.ts';
 import type { Manifest } from '../repo/Manifest.ts';
@@ -54,12 +55,18 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
     const inflight = new Set<Promise<unknown>>();
     // The snapshot goes once every block in flight has settled.
     const committed: string[] = [];
-    const release = (snapshot: Snapshot) => Promise.allSettled([...inflight]).then(() => snapshot.release(committed));
+    const release = (snapshot: Snapshot) =>
+      Promise.allSettled([...inflight]).then(() => {
+        failpoint('snapshot.release');
+        return snapshot.release(committed);
+      });
     const take = async () => {
       const reuse = options.journalDir ? await Journal.snapshotIdsOf(options.journalDir, repo.config.id, vm) : [];
       // A version another proxy left in flight resumes here only from the snapshot it read.
       if (options.journalDir && (options.partialIndexSeconds ?? 60) > 0) reuse.push(...(await repo.partialSnapshotIds(vm)));
-      return source.snapshot(vm, { reuse: [...new Set(reuse)] });
+      const snapshot = await source.snapshot(vm, { reuse: [...new Set(reuse)] });
+      failpoint('snapshot.taken');
+      return snapshot;
     };
     return usingResource(take, release, (snapshot) => {
       const wanted = options.disks ? new Set(options.disks) : null;
