@@ -15,6 +15,13 @@ import { parseConfig } from '../src/config/loadConfig.ts';
 import { bitmapExtents } from '../src/sources/fusion_compute/cbtBitmap.ts';
 import { Journal, JOURNAL_FORMAT, type JournalHeader } from '../src/repo/Journal.ts';
 import { tempDir } from './helpers/disks.ts';
+import { generateKeyPairSync, sign } from 'node:crypto';
+import { parseSoapReply } from '../src/sources/vmware/SoapReply.ts';
+import { changedAreasPage } from '../src/sources/vmware/changedAreas.ts';
+import { parseRbdDiff } from '../src/sources/ceph/Rbd.ts';
+import { tasksOf } from '../src/service/HttpControlPlane.ts';
+import { acceptTask, NonceStore, TaskRejected } from '../src/service/SignedTask.ts';
+import { canonicalJson } from '../src/service/canonicalJson.ts';
 
 const SEED = 20261125;
 const ours = (f: () => unknown) => {
@@ -115,6 +122,101 @@ test('journals: any bytes on disk are resumed only when they check out, never th
       return true;
     }),
     { seed: SEED, numRuns: 300 },
+  );
+});
+
+/** XML-shaped text: a SOAP envelope of random depth and names, with vim25-like elements, or noise. */
+const xmlish = () => {
+  const name = fc.constantFrom('soapenv:Envelope', 'soapenv:Body', 'Envelope', 'Body', 'soapenv:Fault', 'faultstring', 'detail', 'NotAuthenticatedFault', 'RetrievePropertiesResponse', 'returnval', 'changedArea', 'x', 'a:b:c');
+  const text = fc.oneof(fc.string({ maxLength: 20 }), fc.constant('<![CDATA[x]]>'), fc.constant('&amp;'), fc.constant('&bogus;'));
+  const el: fc.Memo<string> = fc.memo((n) =>
+    n <= 1 ? fc.tuple(name, text).map(([k, t]) => `<${k}>${t}</${k}>`) : fc.tuple(name, fc.array(el(n - 1), { maxLength: 4 }), fc.boolean()).map(([k, kids, close]) => `<${k}>${kids.join('')}${close ? `</${k}>` : ''}`),
+  );
+  return fc.oneof(el(5), el(5).map((b) => `<soapenv:Envelope><soapenv:Body>${b}</soapenv:Body></soapenv:Envelope>`), fc.string(), fc.uint8Array({ maxLength: 200 }).map((b) => Buffer.from(b).toString('latin1')));
+};
+
+test('SOAP replies: any text gives returnval as a list, a fault, or VSPHERE_BAD_REPLY', () => {
+  fc.assert(
+    fc.property(xmlish(), fc.constantFrom(200, 500), (text, status) =>
+      ours(() => {
+        const r = parseSoapReply(text, 'RetrieveProperties', 'vc.test', status);
+        assert.ok(Array.isArray(r.returnval));
+        if (r.fault) assert.type(r.fault.message, 'string');
+      }),
+    ),
+    { seed: SEED, numRuns: 3000 },
+  );
+});
+
+test('changed areas (QueryChangedDiskAreas): any reply gives areas inside the page and the disk and a next start that moves on, or CBT_BAD_REPLY', () => {
+  const capacity = 1 << 30;
+  const num = fc.oneof(fc.integer({ min: -10, max: capacity + 10 }), fc.constant('123'), fc.constant('1e3'), fc.anything());
+  const area = fc.oneof(fc.record({ start: num, length: num }, { requiredKeys: [] }), fc.anything());
+  const info = fc.oneof(fc.record({ startOffset: num, length: num, changedArea: fc.oneof(fc.array(area, { maxLength: 5 }), area) }, { requiredKeys: [] }), fc.anything());
+  fc.assert(
+    fc.property(info, fc.integer({ min: 0, max: capacity - 1 }), (reply, start) =>
+      ours(() => {
+        const page = changedAreasPage(reply, start, capacity, 'disk 2000 of vm-1');
+        for (const e of page.extents) assert.ok(Number.isSafeInteger(e.offset) && e.length > 0 && e.offset + e.length <= capacity, JSON.stringify(e));
+        if (page.next !== null) assert.ok(page.next > start && page.next < capacity, `next ${page.next} after ${start}`);
+      }),
+    ),
+    { seed: SEED, numRuns: 5000 },
+  );
+});
+
+test('rbd diff output: any text gives extents of whole non-negative bytes, or RBD_BAD_OUTPUT', () => {
+  const ext = fc.record({ offset: fc.oneof(fc.nat(), fc.anything()), length: fc.oneof(fc.nat(), fc.anything()), exists: fc.anything() }, { requiredKeys: [] });
+  fc.assert(
+    fc.property(jsonish(fc.array(ext, { maxLength: 5 })), (text) =>
+      ours(() => {
+        for (const e of parseRbdDiff(text, 'changes of volumes/v@s')) assert.ok(Number.isSafeInteger(e.offset) && e.offset >= 0 && Number.isSafeInteger(e.length) && e.length > 0);
+      }),
+    ),
+    { seed: SEED, numRuns: 3000 },
+  );
+});
+
+test('control-plane answers: any poll body gives signed tasks that are accepted or rejected with a reason, never a crash', async () => {
+  const dir = await tempDir();
+  const { publicKey, privateKey } = generateKeyPairSync('ed25519');
+  const nonces = new NonceStore(join(dir, 'nonces.json'));
+  const envelope = fc.record(
+    {
+      id: fc.oneof(fc.string(), fc.jsonValue()),
+      proxyId: fc.oneof(fc.constant('p1'), fc.jsonValue()),
+      issuedAt: fc.oneof(fc.constant(new Date().toISOString()), fc.jsonValue()),
+      expiresAt: fc.oneof(fc.constant(new Date(Date.now() + 3600_000).toISOString()), fc.jsonValue()),
+      nonce: fc.oneof(fc.string({ unit: fc.constantFrom(...'0123456789abcdef'), minLength: 16, maxLength: 32 }), fc.jsonValue()),
+      task: fc.oneof(fc.constant({ version: 1, source: { platform: 'local', vm: 'v', disks: [{ path: '/dev/null' }] } }), fc.jsonValue()),
+      lease: fc.oneof(fc.record({ epoch: fc.oneof(fc.nat(), fc.jsonValue()), ttlSeconds: fc.oneof(fc.nat(), fc.jsonValue()) }), fc.jsonValue()),
+    },
+    { requiredKeys: [] },
+  );
+  // Half the envelopes are signed properly, so the checks after the signature are reached.
+  const signedTask = fc.oneof(envelope.map((e) => ({ envelope: e, signature: sign(null, Buffer.from(canonicalJson(e)), privateKey).toString('base64') })), fc.record({ envelope: fc.jsonValue(), signature: fc.jsonValue() }, { requiredKeys: [] }), fc.jsonValue());
+  const body = fc.oneof(fc.record({ tasks: fc.oneof(fc.array(signedTask, { maxLength: 3 }), fc.jsonValue()) }, { requiredKeys: [] }), fc.jsonValue());
+  await fc.assert(
+    fc.asyncProperty(body, async (b) => {
+      let tasks: unknown[];
+      try {
+        tasks = tasksOf(b, 'http://cp.test/v1/proxies/p1/tasks');
+      } catch (err) {
+        assert.instance(err, HamalError);
+        return true;
+      }
+      for (const t of tasks) {
+        try {
+          const ok = await acceptTask(t, publicKey, 'p1', nonces);
+          assert.type(ok.id, 'string');
+          if (ok.lease) assert.ok(ok.lease.epoch >= 1 && ok.lease.ttlSeconds >= 3);
+        } catch (err) {
+          if (!(err instanceof TaskRejected)) throw err;
+        }
+      }
+      return true;
+    }),
+    { seed: SEED, numRuns: 400 },
   );
 });
 

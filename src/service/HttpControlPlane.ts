@@ -38,9 +38,9 @@ export class HttpControlPlane implements TaskFeed, Reporter {
   }
 
   async poll(): Promise<Array<AcceptedTask | TaskRejected>> {
-    const body = (await this._request('GET', `/v1/proxies/${encodeURIComponent(this._o.proxyId)}/tasks`)) as { tasks?: unknown[] } | undefined;
+    const url = `/v1/proxies/${encodeURIComponent(this._o.proxyId)}/tasks`;
     const out: Array<AcceptedTask | TaskRejected> = [];
-    for (const signed of body?.tasks ?? []) {
+    for (const signed of tasksOf(await this._request('GET', url), `${this._base}${url}`)) {
       try {
         out.push(await acceptTask(signed, this._o.publicKey, this._o.proxyId, this._o.nonces));
       } catch (err) {
@@ -80,4 +80,14 @@ export class HttpControlPlane implements TaskFeed, Reporter {
     }
     return res.body;
   }
+}
+
+/** The signed tasks of a poll's answer `{ "tasks": [...] }`; anything else is the control plane's fault. */
+export function tasksOf(body: unknown, url: string): unknown[] {
+  if (body === undefined || body === null || body === '') return [];
+  const tasks = typeof body === 'object' ? (body as { tasks?: unknown }).tasks : undefined;
+  if (typeof body !== 'object' || Array.isArray(body) || (tasks !== undefined && !Array.isArray(tasks))) {
+    throw new HamalError('CONTROL_PLANE', `GET ${url}: the answer is not { "tasks": [...] }`, { subject: url, retryable: true });
+  }
+  return tasks ?? [];
 }

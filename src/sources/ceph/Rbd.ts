@@ -72,12 +72,17 @@ export class Rbd {
   }
 
   async info(spec: string): Promise<{ size: number; objectSize: number }> {
-    const j = JSON.parse(await this.run(['info', '--format', 'json', spec], `rbd image ${spec}`)) as { size: number; object_size: number };
-    return { size: j.size, objectSize: j.object_size };
+    const what = `rbd image ${spec}`;
+    const j = rbdJson(await this.run(['info', '--format', 'json', spec], what), what) as { size?: unknown; object_size?: unknown };
+    if (!isCount(j?.size) || !isCount(j.object_size) || j.object_size === 0) throw badOutput(what, 'no whole size and object_size');
+    return { size: j.size as number, objectSize: j.object_size as number };
   }
 
   async snapshots(image: string): Promise<RbdSnap[]> {
-    return (JSON.parse(await this.run(['snap', 'ls', '--format', 'json', image], `snapshots of ${image}`)) as RbdSnap[]).map((s) => ({ id: s.id, name: s.name, size: s.size }));
+    const what = `snapshots of ${image}`;
+    const list = rbdJson(await this.run(['snap', 'ls', '--format', 'json', image], what), what);
+    if (!Array.isArray(list) || list.some((s) => typeof s?.name !== 'string')) throw badOutput(what, 'not a list of named snapshots');
+    return (list as RbdSnap[]).map((s) => ({ id: s.id, name: s.name, size: s.size }));
   }
 
   async createSnapshot(image: string, name: string): Promise<void> {
@@ -96,7 +101,31 @@ export class Rbd {
    */
   async diff(image: string, snap: string, from?: string): Promise<RbdExtent[]> {
     const args = ['diff', '--format', 'json', ...(from ? ['--from-snap', from] : []), `${image}@${snap}`];
-    const out = JSON.parse(await this.run(args, `changes of ${image}@${snap}${from ? ` since ${from}` : ''}`)) as Array<{ offset: number; length: number; exists: string | boolean }>;
-    return out.map((e) => ({ offset: e.offset, length: e.length, exists: e.exists === true || e.exists === 'true' }));
+    const what = `changes of ${image}@${snap}${from ? ` since ${from}` : ''}`;
+    return parseRbdDiff(await this.run(args, what), what);
   }
+}
+
+const isCount = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0;
+const badOutput = (what: string, why: string) => new HamalError('RBD_BAD_OUTPUT', `${what}: unexpected output of rbd: ${why}`, { subject: what });
+
+function rbdJson(text: string, what: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw badOutput(what, `not JSON (${JSON.stringify(text.slice(0, 60))})`);
+  }
+}
+
+/**
+ * The JSON of `rbd diff --format json`: `[{ offset, length, exists }]`, checked, since the
+ * extents decide which bytes are read (offsets whole and non-negative, lengths positive).
+ */
+export function parseRbdDiff(text: string, what: string): RbdExtent[] {
+  const out = rbdJson(text, what);
+  if (!Array.isArray(out)) throw badOutput(what, 'not a list of extents');
+  return out.map((e: { offset?: unknown; length?: unknown; exists?: unknown } | null, i) => {
+    if (!e || !isCount(e.offset) || !isCount(e.length) || e.length === 0) throw badOutput(what, `extent ${i} is not { offset, length } in whole bytes`);
+    return { offset: e.offset as number, length: e.length as number, exists: e.exists === true || e.exists === 'true' };
+  });
 }

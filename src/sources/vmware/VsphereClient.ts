@@ -2,9 +2,9 @@ import https from 'node:https';
 import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { XMLParser } from 'fast-xml-parser';
 import * as soap from 'soap';
 import { VIM25_WSDL } from './vim25Wsdl.ts';
+import { parseSoapReply } from './SoapReply.ts';
 import { HamalError } from '../../errors.ts';
 import { log } from '../../log/Logger.ts';
 
@@ -27,8 +27,6 @@ export interface VsphereOptions {
   timeoutMs?: number;
 }
 
-const ARRAYS = new Set(['objects', 'propSet', 'device', 'returnval', 'changedArea', 'missingSet']);
-const parser = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '@', isArray: (name) => ARRAYS.has(name.replace(/^.*:/, '')) });
 
 /** Arguments of a vim25 call as `soap` takes them; a reference is `ref(mor)`. */
 export type Args = Record<string, unknown>;
@@ -136,25 +134,17 @@ export class VsphereClient {
       this._cookie = set.split(';')[0]!;
       log.addSecret(this._cookie.slice(this._cookie.indexOf('=') + 1));
     }
-    const doc = parser.parse(text);
-    const envelopeKey = Object.keys(doc).find((k) => k.endsWith('Envelope'))!;
-    const bodyKey = Object.keys(doc[envelopeKey]).find((k) => k.endsWith('Body'))!;
-    const out = doc[envelopeKey][bodyKey];
-    const faultKey = Object.keys(out).find((k) => k.endsWith('Fault'));
-    if (faultKey || status >= 400) {
-      const fault = faultKey ? out[faultKey] : {};
-      const detail = JSON.stringify(fault.detail ?? {});
-      const kind = /NotAuthenticated/.test(detail) ? 'NotAuthenticated' : /InvalidLogin/.test(detail) ? 'InvalidLogin' : '';
-      if (kind === 'NotAuthenticated' && relogin) {
+    const reply = parseSoapReply(text, method, this.url.host, status);
+    if (reply.fault) {
+      if (reply.fault.kind === 'NotAuthenticated' && relogin) {
         await this._login();
         return this.call(method, target, args, false);
       }
-      throw new HamalError('VSPHERE_FAULT', `${method} on ${this.url.host} failed: ${kind || fault.faultstring || `HTTP ${status}`}`, {
+      throw new HamalError('VSPHERE_FAULT', `${method} on ${this.url.host} failed: ${reply.fault.message}`, {
         subject: `${target.type}:${target.value}`,
       });
     }
-    const response = out[Object.keys(out).find((k) => k.endsWith(`${method}Response`))!] ?? {};
-    return (response.returnval as unknown[] | undefined) ?? [];
+    return reply.returnval;
   }
 
   /**

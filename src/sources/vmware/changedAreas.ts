@@ -26,11 +26,10 @@ export function changedAreas(client: VsphereClient, vm: Mor, snapshot: Mor, devi
             cause: err,
           });
         }
-        const areas = (info?.changedArea as Obj[] | undefined) ?? [];
-        for (const a of areas) subscriber.next({ offset: Number(a.start), length: Number(a.length) });
-        const length = Number(info?.length ?? 0);
-        if (!(length > 0)) break;
-        start = Number(info.startOffset) + length;
+        const page = changedAreasPage(info, start, capacity, `disk ${deviceKey} of ${vm.value}`);
+        for (const e of page.extents) subscriber.next(e);
+        if (page.next === null) break;
+        start = page.next;
       }
     })().then(
       () => subscriber.complete(),
@@ -40,6 +39,37 @@ export function changedAreas(client: VsphereClient, vm: Mor, snapshot: Mor, devi
       stopped = true;
     };
   });
+}
+
+/**
+ * One QueryChangedDiskAreas reply, checked: the server is not trusted to send numbers, to
+ * stay inside the disk or to move forward (a page that does not would loop for ever).
+ * `next` is where the next call starts, null when the disk is covered.
+ */
+export function changedAreasPage(info: unknown, start: number, capacity: number, where: string): { extents: Extent[]; next: number | null } {
+  const bad = (why: string) => new HamalError('CBT_BAD_REPLY', `changed areas of ${where}: ${why}`, { subject: where });
+  if (info === undefined) return { extents: [], next: null };
+  if (typeof info !== 'object' || info === null) throw bad('the reply is not a DiskChangeInfo');
+  const i = info as Obj;
+  const num = (v: unknown, what: string) => {
+    const n = typeof v === 'number' ? v : typeof v === 'string' && /^\d{1,16}$/.test(v) ? Number(v) : NaN;
+    if (!Number.isSafeInteger(n)) throw bad(`${what} ${JSON.stringify(v)?.slice(0, 40)} is not a whole number`);
+    return n;
+  };
+  const length = i.length === undefined ? 0 : num(i.length, 'length');
+  const pageStart = length > 0 ? num(i.startOffset, 'startOffset') : start;
+  const end = pageStart + length;
+  if (length > 0 && (pageStart > start || end <= start)) throw bad(`the reply covers [${pageStart}, ${end}), which does not move on from ${start}`);
+  const raw = i.changedArea === undefined ? [] : Array.isArray(i.changedArea) ? i.changedArea : [i.changedArea];
+  const extents: Extent[] = [];
+  for (const a of raw as unknown[]) {
+    if (typeof a !== 'object' || a === null) throw bad('a changedArea is not an element');
+    const offset = num((a as Obj).start, 'changedArea start');
+    const len = num((a as Obj).length, 'changedArea length');
+    if (offset < pageStart || offset + len > Math.min(end, capacity)) throw bad(`area [${offset}, +${len}) lies outside the page [${pageStart}, ${end}) or the disk (${capacity} bytes)`);
+    if (len > 0) extents.push({ offset, length: len });
+  }
+  return { extents, next: length > 0 && end < capacity ? end : null };
 }
 
 /** The UUID part of a changeId (`52 3a ... 9f/17` -> `52 3a ... 9f`): when it differs, tracking was reset. */
