@@ -82,6 +82,32 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .action(withConfig(async (o: Parameters<typeof import('./versions.ts').versionsCommand>[0], c) => (await import('./versions.ts')).versionsCommand(o, c)));
 
   program
+    .command('init')
+    .description('Create a repository with the options chosen now: encryption and compression (docs/format.md)')
+    .requiredOption('--target <url>', 'repository: file:///path, a directory, or s3://bucket/prefix')
+    .option('--encryption <mode>', 'aes-256-gcm or none (the passphrase comes from HAMAL_PASSPHRASE or [hamal] passphrase_file/key_file)', 'none')
+    .option('--compression <mode>', 'zstd or none', 'none')
+    .option('--block-size-mb <n>', 'block size in MiB', positiveInt('--block-size-mb'))
+    .option('--json', 'print the repository config as JSON')
+    .action(withConfig(async (o: Parameters<typeof import('./init.ts').initCommand>[0], c) => (await import('./init.ts')).initCommand(o, c)));
+
+  const key = program.command('key').description('Keys of an encrypted repository: list, add, remove (no chunk is rewritten)');
+  const keyTarget = (cmd: Command) => cmd.requiredOption('--target <url>', 'repository: file:///path, a directory, or s3://bucket/prefix').option('--json', 'print JSON');
+  keyTarget(key.command('list').description('List the wrappings of the master key')).action(
+    withConfig(async (o: { target: string; json?: boolean }, c) => (await import('./key.ts')).keyCommand('list', o, c)),
+  );
+  keyTarget(key.command('add').description('Wrap the master key under one more passphrase or key file'))
+    .option('--passphrase-file <path>', 'file whose first line is the new passphrase (or set HAMAL_NEW_PASSPHRASE)')
+    .option('--key-file <path>', 'key file (at least 16 bytes) for the new wrapping')
+    .action(withConfig(async (o: { target: string; passphraseFile?: string; keyFile?: string }, c) => (await import('./key.ts')).keyCommand('add', o, c)));
+  keyTarget(key.command('remove').description('Remove one wrapping (not the last)'))
+    .argument('<id>', 'key id, from `hamal key list`')
+    .action(async (id: string, o: { target: string }) => {
+      const config = await setup({ ...program.opts<GlobalOptions>(), ...pick(o as GlobalOptions) });
+      setExit(await (await import('./key.ts')).keyCommand('remove', { ...o, id }, config));
+    });
+
+  program
     .command('verify')
     .description('Check that every version can be restored: its chunks exist (--deep: and hash to their names)')
     .requiredOption('--target <url>', 'repository: file:///path or a directory')
@@ -137,8 +163,8 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option('--keep', 'keep the temporary directory')
     .action(async (o) => setExit(await (await import('./demo.ts')).demoCommand(o)));
 
-  for (const cmd of [...program.commands, ...config.commands]) {
-    if (cmd.name() === 'config') continue;
+  for (const cmd of [...program.commands, ...config.commands, ...key.commands]) {
+    if (cmd.name() === 'config' || cmd.name() === 'key') continue;
     cmd.option('--debug', 'log at debug level; print stack traces with errors').option('--verbose', 'log at verbose level');
     if (cmd.name() !== 'demo' && !cmd.options.some((o) => o.long === '--config')) cmd.option('--config <path>', 'hamal.conf to read');
   }

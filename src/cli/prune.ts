@@ -1,6 +1,7 @@
 import type { LoadedConfig } from '../config/loadConfig.ts';
 import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
+import { repositorySecret } from '../config/repositorySecret.ts';
 import { pruneRepository } from '../repo/pruneRepository.ts';
 import { formatBytes } from './format.ts';
 
@@ -9,7 +10,7 @@ export async function pruneCommand(opts: { target: string; keepLast: number; vm?
   const store = await openStore(opts.target, { config: config?.values });
   try {
     const lock = config ? { ttlSeconds: config.values.hamal.lock_ttl, clockSkewSeconds: config.values.hamal.lock_clock_skew } : {};
-    const report = await pruneRepository(await Repository.open(store), { ...opts, lock });
+    const report = await pruneRepository(await Repository.open(store, { secret: () => repositorySecret(config?.values) }), { ...opts, lock });
     if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
     else {
       for (const v of report.deletedVersions) process.stdout.write(`${opts.dryRun ? 'would delete' : 'deleted'} version ${v}\n`);

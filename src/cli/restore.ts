@@ -1,6 +1,7 @@
 import type { LoadedConfig } from '../config/loadConfig.ts';
 import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
+import { repositorySecret } from '../config/repositorySecret.ts';
 import { restoreDisk } from '../streams/restoreDisk.ts';
 import { formatBytes, formatRate } from './format.ts';
 
@@ -18,7 +19,7 @@ export interface RestoreCommandOptions {
 export async function restoreCommand(opts: RestoreCommandOptions, config?: LoadedConfig): Promise<number> {
   const store = await openStore(opts.target, { config: config?.values });
   try {
-    const repo = await Repository.open(store);
+    const repo = await Repository.open(store, { secret: () => repositorySecret(config?.values) });
     const manifest = await repo.readManifest(opts.vm, opts.disk, opts.version ?? 'latest');
     const from = opts.from ? await repo.readManifest(opts.vm, opts.disk, opts.from) : null;
     const result = await restoreDisk(repo, manifest, opts.out, { from, concurrency: config?.values.hamal.restore_concurrency });

@@ -1,13 +1,14 @@
 import type { LoadedConfig } from '../config/loadConfig.ts';
 import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
+import { repositorySecret } from '../config/repositorySecret.ts';
 import { verifyRepository } from '../repo/verifyRepository.ts';
 
 /** `hamal verify`: exit 0 when every version is restorable, 1 with one line per problem otherwise. */
 export async function verifyCommand(opts: { target: string; vm?: string; deep?: boolean; json?: boolean }, config?: LoadedConfig): Promise<number> {
   const store = await openStore(opts.target, { config: config?.values });
   try {
-    const report = await verifyRepository(await Repository.open(store), { vm: opts.vm, deep: opts.deep });
+    const report = await verifyRepository(await Repository.open(store, { secret: () => repositorySecret(config?.values) }), { vm: opts.vm, deep: opts.deep });
     if (opts.json) {
       process.stdout.write(JSON.stringify(report, null, 2) + '\n');
     } else {

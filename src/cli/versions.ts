@@ -1,6 +1,7 @@
 import type { LoadedConfig } from '../config/loadConfig.ts';
 import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
+import { repositorySecret } from '../config/repositorySecret.ts';
 import { formatBytes, formatTable } from './format.ts';
 
 export interface VersionRow {
@@ -45,7 +46,7 @@ export async function listVersionRows(repo: Repository, vm?: string): Promise<Ve
 export async function versionsCommand(opts: { target: string; vm?: string; json?: boolean }, config?: LoadedConfig): Promise<number> {
   const store = await openStore(opts.target, { config: config?.values });
   try {
-    const rows = await listVersionRows(await Repository.open(store), opts.vm);
+    const rows = await listVersionRows(await Repository.open(store, { secret: () => repositorySecret(config?.values) }), opts.vm);
     if (opts.json) {
       process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
     } else {

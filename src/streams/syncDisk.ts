@@ -2,7 +2,7 @@ import { concat, defer, EMPTY, exhaustMap, filter, finalize, from, interval, map
 import type { DiskInfo, Snapshot } from '../sources/Source.ts';
 import type { Repository } from '../repo/Repository.ts';
 import { MANIFEST_FORMAT, type Manifest, type VersionStats } from '../repo/Manifest.ts';
-import { chunkIdOf, type ChunkId } from '../repo/ChunkId.ts';
+import type { ChunkId } from '../repo/ChunkId.ts';
 import { newVersionId } from '../repo/VersionId.ts';
 import { Journal, JOURNAL_FORMAT, type JournalHeader } from '../repo/Journal.ts';
 import type { Lease } from '../repo/Lease.ts';
@@ -171,7 +171,7 @@ export function syncDisk(
           stats.readBytes += ref.length;
           failpoint('block.read');
           if (isZero(data)) return { ref, id: null, stored: false };
-          const id = chunkIdOf(data);
+          const id = repo.chunkIdOf(data);
           // A block equal to the parent's is in the repository (format invariant 3).
           const same = parentBlocks !== null && parentBlocks[ref.index] === id;
           const stored = !same && (await writers.use(() => repo.storeChunk(id, data))) === 'stored';

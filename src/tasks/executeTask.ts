@@ -5,6 +5,8 @@ import { parseLocalDisk } from '../sources/local/LocalDisk.ts';
 import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
 import type { Lease } from '../repo/Lease.ts';
+import type { Compression, Encryption } from '../repo/ChunkCodec.ts';
+import { repositorySecret } from '../config/repositorySecret.ts';
 import { runVmSync, type VmSyncResult } from '../streams/runVmSync.ts';
 import type { SyncEvent } from '../streams/SyncEvent.ts';
 import { HamalError, UsageError } from '../errors.ts';
@@ -62,7 +64,13 @@ export async function executeTask(task: Task, config: LoadedConfig, options: Exe
 
   const store = await openStore(target, { create: true, config: c });
   try {
-    const repo = await Repository.open(store, { create: true, blockSize });
+    const repo = await Repository.open(store, {
+      create: true,
+      blockSize,
+      encryption: c.hamal.encryption as Encryption,
+      compression: c.hamal.compression as Compression,
+      secret: () => repositorySecret(c),
+    });
     log.child('sync').info(`syncing ${source.platform} VM ${task.source.vm} to ${store.location}`, { readers, writers, parallelDisks });
     // A FusionCompute task as a whole is bounded by [fusion_compute] task_timeout.
     const limit = task.source.platform === 'fusion_compute' ? AbortSignal.timeout(c.fusion_compute.task_timeout * 1000) : undefined;

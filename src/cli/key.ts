@@ -1,0 +1,44 @@
+import type { LoadedConfig } from '../config/loadConfig.ts';
+import { repositorySecret, secretFromFile } from '../config/repositorySecret.ts';
+import { UsageError } from '../errors.ts';
+import { log } from '../log/Logger.ts';
+import { openStore } from '../sinks/openStore.ts';
+import { Repository } from '../repo/Repository.ts';
+import type { RepositorySecret } from '../repo/MasterKey.ts';
+
+/** `hamal key list|add|remove`: the wrappings of an encrypted repository's master key. No chunk is rewritten. */
+export async function keyCommand(
+  action: 'list' | 'add' | 'remove',
+  opts: { target: string; id?: string; passphraseFile?: string; keyFile?: string; json?: boolean },
+  config?: LoadedConfig,
+): Promise<number> {
+  const store = await openStore(opts.target, { config: config?.values });
+  try {
+    const repo = await Repository.open(store, { secret: () => repositorySecret(config?.values) });
+    if (action === 'list') {
+      const keys = await repo.listKeys();
+      if (opts.json) process.stdout.write(JSON.stringify(keys.map(({ id, kind, createdAt, kdf }) => ({ id, kind, createdAt, kdf: `${kdf.name} N=${kdf.N} r=${kdf.r} p=${kdf.p}` })), null, 2) + '\n');
+      else for (const k of keys) process.stdout.write(`${k.id}  ${k.kind}  ${k.createdAt}\n`);
+    } else if (action === 'add') {
+      const id = await repo.addKey(await newSecret(opts));
+      process.stdout.write(`added key ${id}\n`);
+    } else {
+      await repo.removeKey(opts.id!);
+      process.stdout.write(`removed key ${opts.id}\n`);
+    }
+    return 0;
+  } finally {
+    await store.close();
+  }
+}
+
+/** The new wrapping's secret: a file named on the command line, or HAMAL_NEW_PASSPHRASE. */
+async function newSecret(opts: { passphraseFile?: string; keyFile?: string }): Promise<RepositorySecret> {
+  if (opts.passphraseFile && opts.keyFile) throw new UsageError('USAGE', 'give --passphrase-file or --key-file, not both');
+  if (opts.passphraseFile) return secretFromFile(opts.passphraseFile, 'passphrase');
+  if (opts.keyFile) return secretFromFile(opts.keyFile, 'key-file');
+  const env = process.env.HAMAL_NEW_PASSPHRASE;
+  if (!env) throw new UsageError('USAGE', 'the new key needs --passphrase-file, --key-file or HAMAL_NEW_PASSPHRASE (never a passphrase on the command line)', { subject: '--passphrase-file' });
+  log.addSecret(env);
+  return { passphrase: env };
+}

@@ -1,0 +1,114 @@
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { IntegrityError } from '../errors.ts';
+import type { MasterKey } from './MasterKey.ts';
+import type { Zstd } from './Zstd.ts';
+
+export type Encryption = 'none' | 'aes-256-gcm';
+export type Compression = 'none' | 'zstd';
+
+/**
+ * The stored form of a chunk in a format-2 repository (docs/format.md, Transforms):
+ *
+ *   "HMC" 0x01 | flags | [12-byte nonce] | body | [16-byte GCM tag]
+ *
+ * flags bit 0: body is zstd-compressed; bit 1: body is AES-256-GCM-encrypted, with the
+ * chunk's name as associated data (a chunk copied under another name fails its tag).
+ * Compression comes first. Each chunk says what was applied to it, so the repository's
+ * options can change without rewriting a chunk.
+ */
+const MAGIC = Buffer.from([0x48, 0x4d, 0x43, 0x01]);
+const ZSTD = 1;
+const AES = 2;
+/** A block is stored compressed only when that saves at least this fraction of it. */
+const MIN_SAVING = 0.03;
+/** Bytes compressed first to judge a block: incompressible data costs one sample, not a whole pass. */
+const SAMPLE = 64 * 1024;
+/** zstd level: 3 is zstd's default, fast enough to keep up with the reads here. */
+const LEVEL = 3;
+
+export class ChunkCodec {
+  constructor(
+    readonly compression: Compression,
+    readonly encryption: Encryption,
+    private readonly _key: MasterKey | null,
+    private readonly _zstd: Zstd | null,
+    /** The largest plaintext a chunk may hold (the repository's block size): bounds decompression. */
+    private readonly _maxPlain: number,
+  ) {}
+
+  encode(id: string, plain: Uint8Array): Buffer {
+    let flags = 0;
+    let body: Uint8Array = plain;
+    if (this.compression === 'zstd' && this._zstd && worthCompressing(this._zstd, plain)) {
+      const packed = this._zstd.compress(plain, LEVEL);
+      if (packed.length <= plain.length * (1 - MIN_SAVING)) {
+        body = packed;
+        flags |= ZSTD;
+      }
+    }
+    if (this.encryption === 'aes-256-gcm') {
+      flags |= AES;
+      const nonce = randomBytes(12);
+      const cipher = createCipheriv('aes-256-gcm', this._key!.encryptionKey, nonce);
+      cipher.setAAD(Buffer.from(id, 'latin1'));
+      const sealed = Buffer.concat([cipher.update(body), cipher.final()]);
+      return Buffer.concat([MAGIC, Buffer.from([flags]), nonce, sealed, cipher.getAuthTag()]);
+    }
+    return Buffer.concat([MAGIC, Buffer.from([flags]), body]);
+  }
+
+  /** The plaintext of a stored chunk; fails naming `key` when its envelope, tag or compression is wrong. */
+  decode(id: string, key: string, stored: Buffer): Buffer {
+    const bad = (why: string) => new IntegrityError('CHUNK_CORRUPT', `chunk ${key}: ${why}`, { subject: key });
+    if (stored.length < 5 || !stored.subarray(0, 4).equals(MAGIC)) throw bad('no chunk header (not written by this repository format)');
+    const flags = stored[4]!;
+    if (flags & ~(ZSTD | AES)) throw bad(`unknown transforms ${flags}`);
+    let body: Buffer = stored.subarray(5);
+    if (flags & AES) {
+      if (!this._key) throw bad('encrypted, but the repository has no key');
+      if (body.length < 28) throw bad('encrypted body too short');
+      const decipher = createDecipheriv('aes-256-gcm', this._key.encryptionKey, body.subarray(0, 12));
+      decipher.setAAD(Buffer.from(id, 'latin1'));
+      decipher.setAuthTag(body.subarray(body.length - 16));
+      try {
+        body = Buffer.concat([decipher.update(body.subarray(12, body.length - 16)), decipher.final()]);
+      } catch {
+        throw bad('authentication tag does not match (altered, truncated or stored under another name)');
+      }
+    }
+    if (flags & ZSTD) {
+      if (!this._zstd) throw bad('compressed, but zstd is not loaded');
+      const size = frameContentSize(body);
+      if (size === null || size > this._maxPlain) throw bad(`zstd frame declares ${size ?? 'no'} content size (at most ${this._maxPlain})`);
+      try {
+        body = Buffer.from(this._zstd.decompress(body));
+      } catch (err) {
+        throw bad(`zstd: ${(err as Error).message}`);
+      }
+    }
+    return body;
+  }
+}
+
+function worthCompressing(z: Zstd, plain: Uint8Array): boolean {
+  if (plain.length <= SAMPLE * 2) return true;
+  const sample = plain.subarray(0, SAMPLE);
+  return z.compress(sample, LEVEL).length <= SAMPLE * (1 - MIN_SAVING);
+}
+
+/** Frame_Content_Size of a zstd frame header (RFC 8878 3.1.1.1), or null when absent. */
+function frameContentSize(b: Buffer): number | null {
+  if (b.length < 6 || b.readUInt32LE(0) !== 0xfd2fb528) return null;
+  const fhd = b[4]!;
+  const fcsFlag = fhd >> 6;
+  const single = (fhd >> 5) & 1;
+  const dictFlag = fhd & 3;
+  const at = 5 + (single ? 0 : 1) + [0, 1, 2, 4][dictFlag]!;
+  const size = fcsFlag === 0 ? (single ? 1 : 0) : [1, 2, 4, 8][fcsFlag]!;
+  if (size === 0 || b.length < at + size) return null;
+  if (size === 1) return b[at]!;
+  if (size === 2) return b.readUInt16LE(at) + 256;
+  if (size === 4) return b.readUInt32LE(at);
+  const big = b.readBigUInt64LE(at);
+  return big > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(big);
+}

@@ -1,0 +1,96 @@
+import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
+import { HamalError } from '../errors.ts';
+
+/**
+ * What opens an encrypted repository: a passphrase, or the bytes of a key file. Comes from
+ * hamal.conf or the environment, never from the command line; never logged.
+ */
+export type RepositorySecret = { passphrase: string } | { keyFile: Uint8Array; path: string };
+
+/** scrypt cost of a new wrapping: 2^17 x 8 x 128 bytes = 128 MiB and ~0.3 s, once per open. */
+const SCRYPT = { N: 2 ** 17, r: 8, p: 1 };
+
+/** One wrapping of the master key, stored in the repository as `keys/<id>.json`. */
+export interface KeyRecord {
+  format: 1;
+  id: string;
+  kind: 'passphrase' | 'key-file';
+  kdf: { name: 'scrypt'; N: number; r: number; p: number; salt: string };
+  /** AES-256-GCM of the 64-byte master key under the key scrypt derived: nonce, ciphertext, tag (base64). */
+  nonce: string;
+  wrapped: string;
+  tag: string;
+  createdAt: string;
+}
+
+/**
+ * The repository's master key (64 random bytes), from which the two working keys are
+ * derived with HKDF-SHA-256: one names chunks (HMAC-SHA-256 of their plaintext, so equal
+ * blocks still deduplicate while names say nothing of content), one encrypts them.
+ */
+export class MasterKey {
+  readonly encryptionKey: Buffer;
+  private readonly _macKey: Buffer;
+
+  private constructor(private readonly _bytes: Buffer) {
+    this.encryptionKey = Buffer.from(hkdfSync('sha256', _bytes, Buffer.alloc(0), 'hamal chunk encryption', 32));
+    this._macKey = Buffer.from(hkdfSync('sha256', _bytes, Buffer.alloc(0), 'hamal chunk names', 32));
+  }
+
+  static generate(): MasterKey {
+    return new MasterKey(randomBytes(64));
+  }
+
+  /** A chunk's name: HMAC-SHA-256 of its plaintext, lowercase hex. */
+  chunkId(data: Uint8Array): string {
+    return createHmac('sha256', this._macKey).update(data).digest('hex');
+  }
+
+  /** Wraps this key under `secret` into a new key record. */
+  async wrap(secret: RepositorySecret): Promise<KeyRecord> {
+    const salt = randomBytes(32);
+    const kek = await derive(secret, { ...SCRYPT, salt });
+    const nonce = randomBytes(12);
+    const cipher = createCipheriv('aes-256-gcm', kek, nonce);
+    const wrapped = Buffer.concat([cipher.update(this._bytes), cipher.final()]);
+    return {
+      format: 1,
+      id: randomBytes(8).toString('hex'),
+      kind: 'passphrase' in secret ? 'passphrase' : 'key-file',
+      kdf: { name: 'scrypt', ...SCRYPT, salt: salt.toString('base64') },
+      nonce: nonce.toString('base64'),
+      wrapped: wrapped.toString('base64'),
+      tag: cipher.getAuthTag().toString('base64'),
+      createdAt: new Date().toISOString(),
+    };
+  }
+
+  /** The master key a record wraps, or null when `secret` does not open it (the GCM tag says). */
+  static async unwrap(record: KeyRecord, secret: RepositorySecret): Promise<MasterKey | null> {
+    const k = record.kdf;
+    if (k?.name !== 'scrypt' || ![k.N, k.r, k.p].every((v) => Number.isSafeInteger(v) && v > 0) || k.N > 2 ** 22 || k.r > 32 || k.p > 16) {
+      throw new HamalError('KEY_CORRUPT', `key ${record.id}: unsupported or unsafe key derivation ${JSON.stringify(k)}`, { subject: `keys/${record.id}.json` });
+    }
+    const kek = await derive(secret, { N: k.N, r: k.r, p: k.p, salt: Buffer.from(k.salt, 'base64') });
+    try {
+      const decipher = createDecipheriv('aes-256-gcm', kek, Buffer.from(record.nonce, 'base64'));
+      decipher.setAuthTag(Buffer.from(record.tag, 'base64'));
+      const bytes = Buffer.concat([decipher.update(Buffer.from(record.wrapped, 'base64')), decipher.final()]);
+      return bytes.length === 64 ? new MasterKey(bytes) : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Same key (compared in constant time): for tests and key rotation checks. */
+  equals(other: MasterKey): boolean {
+    return timingSafeEqual(createHash('sha256').update(this._bytes).digest(), createHash('sha256').update(other._bytes).digest());
+  }
+}
+
+function derive(secret: RepositorySecret, k: { N: number; r: number; p: number; salt: Buffer }): Promise<Buffer> {
+  const input = 'passphrase' in secret ? Buffer.from(secret.passphrase.normalize('NFC'), 'utf8') : Buffer.from(secret.keyFile);
+  return new Promise((resolve, reject) =>
+    scrypt(input, k.salt, 32, { N: k.N, r: k.r, p: k.p, maxmem: 256 * k.N * k.r + (1 << 20) }, (err, key) => (err ? reject(err) : resolve(key))),
+  );
+}
