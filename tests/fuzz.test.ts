@@ -22,6 +22,9 @@ import { parseRbdDiff } from '../src/sources/ceph/Rbd.ts';
 import { tasksOf } from '../src/service/HttpControlPlane.ts';
 import { acceptTask, NonceStore, TaskRejected } from '../src/service/SignedTask.ts';
 import { canonicalJson } from '../src/service/canonicalJson.ts';
+import { ChunkCodec } from '../src/repo/ChunkCodec.ts';
+import { MasterKey } from '../src/repo/MasterKey.ts';
+import { zstd } from '../src/repo/Zstd.ts';
 
 const SEED = 20261125;
 const ours = (f: () => unknown) => {
@@ -217,6 +220,31 @@ test('control-plane answers: any poll body gives signed tasks that are accepted 
       return true;
     }),
     { seed: SEED, numRuns: 400 },
+  );
+});
+
+test('stored chunks of format 2: any bytes decode to at most a block or fail as CHUNK_CORRUPT naming the chunk', async () => {
+  const z = await zstd();
+  const key = MasterKey.generate();
+  const codec = new ChunkCodec('zstd', 'aes-256-gcm', key, z, 64 * 1024);
+  const plainCodec = new ChunkCodec('zstd', 'none', null, z, 64 * 1024);
+  const real = codec.encode('id', Buffer.alloc(50_000, 7));
+  const realPlain = plainCodec.encode('id', Buffer.alloc(50_000, 7));
+  // Raw noise, and real chunks with bytes flipped, cut or appended.
+  const mutated = (base: Buffer) =>
+    fc.tuple(fc.nat(base.length - 1), fc.integer({ min: 1, max: 255 }), fc.nat(base.length), fc.uint8Array({ maxLength: 8 })).map(([at, x, cut, tail]) => {
+      const b = Buffer.from(base);
+      b[at]! ^= x;
+      return Buffer.concat([b.subarray(0, Math.max(cut, 5)), tail]);
+    });
+  fc.assert(
+    fc.property(fc.oneof(fc.uint8Array({ maxLength: 300 }).map((u) => Buffer.from(u)), mutated(real), mutated(realPlain)), fc.boolean(), (bytes, encrypted) =>
+      ours(() => {
+        const out = (encrypted ? codec : plainCodec).decode('id', 'chunks/id', Buffer.from(bytes));
+        assert.ok(out.length <= 64 * 1024);
+      }),
+    ),
+    { seed: SEED, numRuns: 2000 },
   );
 });
 

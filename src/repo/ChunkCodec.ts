@@ -23,6 +23,8 @@ const AES = 2;
 const MIN_SAVING = 0.03;
 /** Bytes compressed first to judge a block: incompressible data costs one sample, not a whole pass. */
 const SAMPLE = 64 * 1024;
+/** Cipher input per call: small outputs reuse memory, where one 4 MiB call maps fresh pages. */
+const SLICE = 64 * 1024;
 /** zstd level: 3 is zstd's default, fast enough to keep up with the reads here. */
 const LEVEL = 3;
 
@@ -36,7 +38,14 @@ export class ChunkCodec {
     private readonly _maxPlain: number,
   ) {}
 
-  encode(id: string, plain: Uint8Array): Buffer {
+  /** Room a stored chunk needs beyond its plaintext: header, nonce and tag. */
+  static readonly OVERHEAD = 5 + 12 + 16;
+
+  /**
+   * The stored form of `plain`, written into `out` when it is given and large enough
+   * (plaintext + OVERHEAD): big fresh buffers per chunk cost more than the cipher here.
+   */
+  encode(id: string, plain: Uint8Array, out?: Buffer): Buffer {
     let flags = 0;
     let body: Uint8Array = plain;
     if (this.compression === 'zstd' && this._zstd && worthCompressing(this._zstd, plain)) {
@@ -46,15 +55,25 @@ export class ChunkCodec {
         flags |= ZSTD;
       }
     }
-    if (this.encryption === 'aes-256-gcm') {
-      flags |= AES;
-      const nonce = randomBytes(12);
-      const cipher = createCipheriv('aes-256-gcm', this._key!.encryptionKey, nonce);
-      cipher.setAAD(Buffer.from(id, 'latin1'));
-      const sealed = Buffer.concat([cipher.update(body), cipher.final()]);
-      return Buffer.concat([MAGIC, Buffer.from([flags]), nonce, sealed, cipher.getAuthTag()]);
+    const aes = this.encryption === 'aes-256-gcm';
+    if (aes) flags |= AES;
+    const size = 5 + (aes ? 28 : 0) + body.length;
+    const dst = out && out.length >= size ? out : Buffer.allocUnsafe(size);
+    MAGIC.copy(dst, 0);
+    dst[4] = flags;
+    if (!aes) {
+      dst.set(body, 5);
+      return dst.subarray(0, size);
     }
-    return Buffer.concat([MAGIC, Buffer.from([flags]), body]);
+    const nonce = randomBytes(12);
+    nonce.copy(dst, 5);
+    const cipher = createCipheriv('aes-256-gcm', this._key!.encryptionKey, nonce);
+    cipher.setAAD(Buffer.from(id, 'latin1'));
+    let at = 17;
+    for (let o = 0; o < body.length; o += SLICE) at += cipher.update(body.subarray(o, o + SLICE)).copy(dst, at);
+    at += cipher.final().copy(dst, at);
+    at += cipher.getAuthTag().copy(dst, at);
+    return dst.subarray(0, at);
   }
 
   /** The plaintext of a stored chunk; fails naming `key` when its envelope, tag or compression is wrong. */
@@ -70,18 +89,25 @@ export class ChunkCodec {
       const decipher = createDecipheriv('aes-256-gcm', this._key.encryptionKey, body.subarray(0, 12));
       decipher.setAAD(Buffer.from(id, 'latin1'));
       decipher.setAuthTag(body.subarray(body.length - 16));
+      const sealed = body.subarray(12, body.length - 16);
+      // In place, slice by slice: the plaintext is never longer than the ciphertext.
+      const dst = stored.subarray(17);
+      let at = 0;
       try {
-        body = Buffer.concat([decipher.update(body.subarray(12, body.length - 16)), decipher.final()]);
+        for (let o = 0; o < sealed.length; o += SLICE) at += decipher.update(sealed.subarray(o, o + SLICE)).copy(dst, at);
+        at += decipher.final().copy(dst, at);
       } catch {
         throw bad('authentication tag does not match (altered, truncated or stored under another name)');
       }
+      body = dst.subarray(0, at);
     }
     if (flags & ZSTD) {
       if (!this._zstd) throw bad('compressed, but zstd is not loaded');
       const size = frameContentSize(body);
       if (size === null || size > this._maxPlain) throw bad(`zstd frame declares ${size ?? 'no'} content size (at most ${this._maxPlain})`);
       try {
-        body = Buffer.from(this._zstd.decompress(body));
+        const plain = this._zstd.decompress(body);
+        body = Buffer.from(plain.buffer, plain.byteOffset, plain.length);
       } catch (err) {
         throw bad(`zstd: ${(err as Error).message}`);
       }

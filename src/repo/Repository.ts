@@ -77,6 +77,8 @@ export class Repository {
   private readonly _writing = new Map<ChunkId, Promise<void>>();
 
   private readonly _codec: ChunkCodec | null;
+  /** Buffers chunks are encoded into, reused: at most one per chunk write in flight. */
+  private readonly _encoded: Buffer[] = [];
   private readonly _key: MasterKey | null;
 
   private constructor(store: ObjectStore, config: RepositoryConfig, key: MasterKey | null, z: Zstd | null) {
@@ -204,7 +206,8 @@ export class Repository {
       await again;
       return 'existing';
     }
-    const body = this._codec ? this._codec.encode(id, data) : data;
+    const out = this._codec ? (this._encoded.pop() ?? Buffer.allocUnsafeSlow(this.blockSize + ChunkCodec.OVERHEAD)) : undefined;
+    const body = this._codec ? this._codec.encode(id, data, out) : data;
     const write = this.store.put(chunkKey(id), body, this._codec ? {} : { sha256: id }).then(() => {
       this._known.add(id);
       this._written.add(id);
@@ -214,16 +217,18 @@ export class Repository {
       await write;
     } finally {
       this._writing.delete(id);
+      if (out) this._encoded.push(out);
     }
     return 'stored';
   }
 
   /**
    * A chunk's plaintext, checked against its name unless `verify` is false; an encrypted
-   * chunk's tag is checked whatever `verify` says.
+   * chunk's tag is checked whatever `verify` says. `into` (blockSize + ChunkCodec.OVERHEAD
+   * bytes) is where the store may read it: the result may be a view of it.
    */
-  async readChunk(id: ChunkId, verify = true): Promise<Buffer> {
-    const stored = await this.store.get(chunkKey(id));
+  async readChunk(id: ChunkId, verify = true, into?: Buffer): Promise<Buffer> {
+    const stored = await this.store.get(chunkKey(id), into);
     const data = this._codec ? this._codec.decode(id, chunkKey(id), stored) : stored;
     if (verify && this.chunkIdOf(data) !== id) {
       throw new IntegrityError('CHUNK_CORRUPT', `chunk ${chunkKey(id)} does not match its hash`, {

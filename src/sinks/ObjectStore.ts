@@ -23,7 +23,12 @@ export interface ObjectStore {
   /** Where the store points, printable: never holds a secret. */
   readonly location: string;
   put(key: string, body: Uint8Array, options?: PutOptions): Promise<void>;
-  get(key: string): Promise<Buffer>;
+  /**
+   * The object's bytes. With `into`, a store may read them into it and return a view of
+   * it when they fit (no fresh allocation per chunk); the caller must not reuse `into`
+   * while it uses the result.
+   */
+  get(key: string, into?: Buffer): Promise<Buffer>;
   head(key: string): Promise<{ size: number } | null>;
   list(prefix: string): AsyncIterable<string>;
   delete(key: string): Promise<void>;

@@ -3,6 +3,7 @@ import type { Repository } from '../repo/Repository.ts';
 import type { Manifest } from '../repo/Manifest.ts';
 import type { ChunkId } from '../repo/ChunkId.ts';
 import { RawImage } from '../sinks/raw/RawImage.ts';
+import { ChunkCodec } from '../repo/ChunkCodec.ts';
 import { blockAt } from './BlockRef.ts';
 import { UsageError } from '../errors.ts';
 
@@ -68,6 +69,8 @@ export async function restoreDisk(
     durationMs: 0,
   };
   const concurrency = options.concurrency ?? 4;
+  // One read buffer per chunk in flight, reused: no fresh multi-MiB allocation per chunk.
+  const pool: Buffer[] = [];
   try {
     await lastValueFrom(
       range(0, manifest.blocks.length).pipe(
@@ -83,8 +86,13 @@ export async function restoreDisk(
         mergeMap(async (i) => {
           const ref = blockAt(i, manifest.capacity, manifest.blockSize);
           const id = manifest.blocks[i]!;
-          const data = id === null ? zeros.subarray(0, ref.length) : await repo.readChunk(id);
-          await image.write(ref.offset, data);
+          const buf = id === null ? null : (pool.pop() ?? Buffer.allocUnsafeSlow(manifest.blockSize + ChunkCodec.OVERHEAD));
+          try {
+            const data = buf === null ? zeros.subarray(0, ref.length) : await repo.readChunk(id!, true, buf);
+            await image.write(ref.offset, data);
+          } finally {
+            if (buf) pool.push(buf);
+          }
           result.writtenBytes += ref.length;
           result.writtenBlocks++;
           options.onBlock?.(ref.length, true);

@@ -133,9 +133,25 @@ export class FsStore implements ObjectStore {
     }
   }
 
-  async get(key: string): Promise<Buffer> {
+  async get(key: string, into?: Buffer): Promise<Buffer> {
     try {
-      return await fsp.readFile(this._waiting.get(key) ?? this._path(key));
+      const path = this._waiting.get(key) ?? this._path(key);
+      if (!into) return await fsp.readFile(path);
+      // Into the caller's buffer: a fresh multi-MiB allocation per chunk costs more than the read.
+      const handle = await fsp.open(path, 'r');
+      try {
+        const { size } = await handle.stat();
+        if (size > into.length) return await handle.readFile();
+        let done = 0;
+        while (done < size) {
+          const { bytesRead } = await handle.read(into, done, size - done, done);
+          if (bytesRead === 0) break;
+          done += bytesRead;
+        }
+        return into.subarray(0, done);
+      } finally {
+        await handle.close();
+      }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
         throw new NotFoundError('OBJECT_NOT_FOUND', `object ${key} not found in ${this.location}`, { subject: key });
