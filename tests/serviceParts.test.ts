@@ -10,6 +10,9 @@ import { TaskFiles } from '../src/service/TaskFiles.ts';
 import { LogFile } from '../src/log/LogFile.ts';
 import { canonicalJson } from '../src/service/canonicalJson.ts';
 import { tempDir } from './helpers/disks.ts';
+import { Observable, defer, of, throwError } from 'rxjs';
+import { Service } from '../src/service/Service.ts';
+import type { ResultReport } from '../src/service/ControlPlane.ts';
 
 const cp = new ControlPlaneStandIn();
 const key = createPublicKey(cp.publicKeyPem);
@@ -73,6 +76,48 @@ test('log rotation: with a tiny size, files rotate and never exceed the count', 
   assert.equal(names, ['hamal-period.log', 'hamal-period.log.1', 'hamal-period.log.2', 'hamal-period.log.3']);
   for (const n of names) assert.ok((await fsp.stat(join(dir, n))).size <= 2048 + 100, n);
   assert.match(await fsp.readFile(join(dir, 'hamal-period.log'), 'utf8'), 'line 199 ');
+});
+
+test('the wall clock set back an hour mid-task does not keep a lease alive: renewals failing for a ttl still give it up', async () => {
+  const realNow = Date.now;
+  let renewals = 0;
+  const results: ResultReport[] = [];
+  const leased: AcceptedTask = { id: 'L', task: task as AcceptedTask['task'], expiresAt: '', lease: { epoch: 1, ttlSeconds: 3 } };
+  let served = false;
+  const svc = new Service(
+    {
+      feed: { poll: () => of(served ? [] : ((served = true), [leased])) },
+      reporter: {
+        heartbeat: () => of(undefined),
+        report: (r) => defer(() => (r.kind === 'result' && results.push(r.body), of(undefined))),
+        renewLease: () =>
+          defer(() => {
+            // The first renewal goes through; then the clock is set back and the network is gone.
+            if (++renewals === 1) {
+              Date.now = () => realNow() - 3600_000;
+              return of(undefined);
+            }
+            return throwError(() => new Error('unreachable'));
+          }),
+      },
+      runTask: () => new Observable<ResultReport>(() => {}),
+      facts: () => ({ proxyId: 'p', version: 't', startedAt: '', hostIps: [], publicIps: [], capacity: { maxTasks: 1, parallelDisks: 1, readersPerDisk: 1 } }),
+    },
+    { pollMs: 100, heartbeatMs: 0, progressMs: 60_000, maxTasks: 1, flushMs: 100 },
+  );
+  const started = performance.now();
+  const sub = svc.run().subscribe();
+  try {
+    for (let waited = 0; !results.length && waited < 15_000; waited += 100) await new Promise((r) => setTimeout(r, 100));
+  } finally {
+    Date.now = realNow;
+    svc.stop();
+    sub.unsubscribe();
+  }
+  assert.is(results.length, 1, 'the lease was given up');
+  assert.match(results[0]!.error!, /lease lost: no renewal for \d+ s, longer than its ttl of 3 s/);
+  const seconds = (performance.now() - started) / 1000;
+  assert.ok(seconds > 3 && seconds < 8, `${seconds} s`);
 });
 
 test.run();

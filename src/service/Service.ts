@@ -89,6 +89,7 @@ export class Service {
   private readonly _stopping = new Subject<void>();
   private readonly _outbox: Outbox;
   private readonly _sched: SchedulerLike;
+  private readonly _elapsed: () => number;
   private _heartbeatFailures = 0;
   private _lastPollError?: string;
   private _stopped = false;
@@ -100,6 +101,8 @@ export class Service {
   ) {
     this._outbox = _deps.outbox ?? new MemoryOutbox();
     this._sched = _deps.scheduler ?? asyncScheduler;
+    // The real scheduler's now() is the wall clock, which jumps; virtual time does not.
+    this._elapsed = this._sched === asyncScheduler ? () => performance.now() : () => this._sched.now();
     this.metrics = _deps.metrics ?? new Metrics();
   }
 
@@ -220,7 +223,7 @@ export class Service {
         tap(() => this._queue({ kind: 'progress', body: progress.report(new Date(this._sched.now())) })),
         ignoreElements(),
       );
-      return merge(ticks$, result$, this._leaseLost(t, started)).pipe(
+      return merge(ticks$, result$, this._leaseLost(t)).pipe(
         map((r) => (t.lease ? { ...r, epoch: t.lease.epoch } : r)),
         take(1),
         finalize(() => {
@@ -237,12 +240,14 @@ export class Service {
    * control plane refuses a renewal or none succeeded for a whole ttl, since by then the
    * task may run elsewhere. The repository fences this proxy off in any case.
    */
-  private _leaseLost(t: AcceptedTask, started: number): Observable<ResultReport> {
+  private _leaseLost(t: AcceptedTask): Observable<ResultReport> {
     const renew = this._deps.reporter?.renewLease?.bind(this._deps.reporter);
     if (!t.lease || !renew) return EMPTY;
     const { epoch, ttlSeconds } = t.lease;
     const ttlMs = ttlSeconds * 1000;
-    let renewedAt = started;
+    // Elapsed time, not wall time: a clock set back must not keep a lease alive.
+    const elapsed = this._elapsed;
+    let renewedAt = elapsed();
     const lost = (why: string): ResultReport => {
       this._log.warn(`task ${t.id}: lease epoch ${epoch} lost (${why}); stopping it here`);
       this.metrics.add('hamal_leases_lost_total');
@@ -252,13 +257,13 @@ export class Service {
       exhaustMap(() =>
         defer(() => renew(t.id, epoch)).pipe(
           map(() => {
-            renewedAt = this._sched.now();
+            renewedAt = elapsed();
             return null;
           }),
           catchError((err) => {
             if (err instanceof HamalError && err.code === 'LEASE_LOST') return of(lost(describeError(err)));
             this._log.warn(`task ${t.id}: lease renewal failed: ${describeError(err)}`);
-            const silent = this._sched.now() - renewedAt;
+            const silent = elapsed() - renewedAt;
             return of(silent >= ttlMs ? lost(`no renewal for ${Math.round(silent / 1000)} s, longer than its ttl of ${ttlSeconds} s`) : null);
           }),
         ),
