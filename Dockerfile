@@ -26,6 +26,10 @@ COPY deploy/hamal.conf.sample /usr/share/hamal/hamal.conf.sample
 # The seed's layout: config, data and logs live outside the container.
 VOLUME ["/etc/hamal", "/var/lib/hamal", "/var/log/hamal"]
 ENV HAMAL_CONFIG=/etc/hamal/hamal.conf
+# glibc keeps up to 128 MiB of freed heap instead of handing it back to the kernel after
+# every GC: each chunk's cipher and buffer churn otherwise costs fresh page faults, which
+# halved encrypted-sync throughput on the benchmark machine (docs/scale-out.md, Sizing).
+ENV MALLOC_TRIM_THRESHOLD_=134217728
 # /healthz of `hamal serve` ([hamal] health_listen), asked by the binary itself.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 CMD ["hamal", "health"]
 # SIGTERM stops a sync cleanly (snapshot removed, journal kept) within 30 s.
