@@ -89,7 +89,6 @@ export class Service {
   private readonly _stopping = new Subject<void>();
   private readonly _outbox: Outbox;
   private readonly _sched: SchedulerLike;
-  private readonly _elapsed: () => number;
   private _heartbeatFailures = 0;
   private _lastPollError?: string;
   private _stopped = false;
@@ -101,8 +100,6 @@ export class Service {
   ) {
     this._outbox = _deps.outbox ?? new MemoryOutbox();
     this._sched = _deps.scheduler ?? asyncScheduler;
-    // The real scheduler's now() is the wall clock, which jumps; virtual time does not.
-    this._elapsed = this._sched === asyncScheduler ? () => performance.now() : () => this._sched.now();
     this.metrics = _deps.metrics ?? new Metrics();
   }
 
@@ -245,9 +242,15 @@ export class Service {
     if (!t.lease || !renew) return EMPTY;
     const { epoch, ttlSeconds } = t.lease;
     const ttlMs = ttlSeconds * 1000;
-    // Elapsed time, not wall time: a clock set back must not keep a lease alive.
-    const elapsed = this._elapsed;
-    let renewedAt = elapsed();
+    // Time without a renewal, summed from the steps between outcomes: a clock set back
+    // adds nothing for that step instead of a negative span that would keep the lease alive.
+    let last = this._sched.now();
+    let silent = 0;
+    const step = () => {
+      const now = this._sched.now();
+      silent += Math.max(0, now - last);
+      last = now;
+    };
     const lost = (why: string): ResultReport => {
       this._log.warn(`task ${t.id}: lease epoch ${epoch} lost (${why}); stopping it here`);
       this.metrics.add('hamal_leases_lost_total');
@@ -257,13 +260,14 @@ export class Service {
       exhaustMap(() =>
         defer(() => renew(t.id, epoch)).pipe(
           map(() => {
-            renewedAt = elapsed();
+            step();
+            silent = 0;
             return null;
           }),
           catchError((err) => {
             if (err instanceof HamalError && err.code === 'LEASE_LOST') return of(lost(describeError(err)));
             this._log.warn(`task ${t.id}: lease renewal failed: ${describeError(err)}`);
-            const silent = elapsed() - renewedAt;
+            step();
             return of(silent >= ttlMs ? lost(`no renewal for ${Math.round(silent / 1000)} s, longer than its ttl of ${ttlSeconds} s`) : null);
           }),
         ),
