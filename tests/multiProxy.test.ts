@@ -4,20 +4,23 @@
 // taken over is fenced off by the repository. Real `hamal serve` child processes.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { ControlPlaneStandIn, AUTH_KEY } from './helpers/ControlPlaneStandIn.ts';
-import { HAMAL, allOutput, hamal } from './helpers/cli.ts';
+import { serveProcess, until as untilMs, type ServeProcess } from './helpers/serveProcess.ts';
+import { hamal } from './helpers/cli.ts';
 import { MiB, makeImage, pattern, sha256File, tempDir } from './helpers/disks.ts';
 import { FsStore } from '../src/sinks/fs/FsStore.ts';
 import { Repository } from '../src/repo/Repository.ts';
 import { LocalSource } from '../src/sources/local/LocalSource.ts';
 import { runVmSync } from '../src/streams/runVmSync.ts';
+import { releasing } from '../src/streams/usingResource.ts';
 import { pruneRepository } from '../src/repo/pruneRepository.ts';
 import type { Manifest } from '../src/repo/Manifest.ts';
 
 const cp = new ControlPlaneStandIn();
+/** Proxies here sync slowly on purpose: a minute per wait. */
+const until = <T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>) => untilMs(what, fn, 60_000);
 
 /** Fails unless `p` rejects with an error whose message (or code) matches. */
 async function rejects(p: Promise<unknown>, expected: RegExp | ((e: Error & { code?: string }) => boolean), msg?: string): Promise<void> {
@@ -27,16 +30,6 @@ async function rejects(p: Promise<unknown>, expected: RegExp | ((e: Error & { co
   else assert.ok(expected(err!), `${msg ?? 'unexpected error'}: ${err!.message}`);
 }
 let dir: string;
-
-async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, ms = 60_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /** `idFromEnv`: the conf names another id and HAMAL_PROXY_ID gives the real one, as replicas do. */
 async function proxyConf(name: string, idFromEnv = false): Promise<string> {
@@ -69,14 +62,6 @@ local_release_cpu_time = 300
   return conf;
 }
 
-function serve(conf: string, env: Record<string, string> = {}): { child: ChildProcess; output: () => string; exited: Promise<number | null> } {
-  const child = spawn(process.execPath, [HAMAL, 'serve', '--config', conf], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-  let out = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (out += d));
-  const exited = new Promise<number | null>((r) => child.on('close', (code) => (allOutput.push(out), r(code))));
-  return { child, output: () => out, exited };
-}
 
 const task = (vm: string, disk: string) => ({ version: 1, source: { platform: 'local', vm, disks: [{ id: 'root', path: disk }] }, target: join(dir, 'repo') });
 const partialKey = (vm: string) => join(dir, 'repo', 'vms', vm, 'disks', 'root', 'partial');
@@ -101,8 +86,8 @@ test('a proxy SIGKILLed mid-task loses its lease; another proxy resumes the vers
   await fsp.writeFile(disk, pattern(48 * MiB, 21));
   const [confA, confB] = [await proxyConf('proxy-a'), await proxyConf('proxy-b', true)];
   cp.leased('t1', task('vm1', disk), ['proxy-a', 'proxy-b'], 3);
-  const a = serve(confA);
-  const b = serve(confB, { HAMAL_PROXY_ID: 'proxy-b' });
+  const a = serveProcess(confA);
+  const b = serveProcess(confB, { HAMAL_PROXY_ID: 'proxy-b' });
   try {
     await until('a partial index of 3 blocks from proxy-a', async () => (await partialRecords('vm1')) >= 3);
     a.child.kill('SIGKILL');
@@ -135,12 +120,12 @@ test('a stalled holder whose lease was taken over is fenced off: one version, wr
   await fsp.writeFile(disk, pattern(48 * MiB, 22));
   const [confA, confB] = [await proxyConf('proxy-a'), await proxyConf('proxy-b')];
   cp.leased('t2', task('vm2', disk), ['proxy-a', 'proxy-b'], 3);
-  const a = serve(confA);
-  let b: ReturnType<typeof serve> | undefined;
+  const a = serveProcess(confA);
+  let b: ServeProcess | undefined;
   try {
     await until('a partial index from proxy-a', async () => (await partialRecords('vm2')) >= 2);
     a.child.kill('SIGSTOP'); // alive, but silent: a long GC pause, a frozen VM, a partition
-    b = serve(confB);
+    b = serveProcess(confB);
     const result = await until('the result of proxy-b', () => cp.results.find((r) => r.taskId === 't2'));
     assert.is(result.state, 'succeeded', JSON.stringify(result));
     assert.is(result.proxyId, 'proxy-b');
@@ -202,6 +187,7 @@ test('prune keeps the chunks of a version in flight; a partial index that can no
     if (e.type === 'block' && ++stored === 40) setTimeout(() => abort.abort(), 300);
   }, abort.signal);
   await rejects(stopped, /interrupted/);
+  await Promise.all([...releasing]); // the stop's last checkpoint and partial index
   const repo = await open();
   const partial = await repo.getPartial('vm', 'd');
   assert.ok(partial, 'a partial index is in the repository');

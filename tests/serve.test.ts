@@ -3,14 +3,14 @@
 // progress and results reported, forged tasks refused, SIGTERM mid-sync and resume.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
 import { ControlPlaneStandIn, AUTH_KEY } from './helpers/ControlPlaneStandIn.ts';
-import { HAMAL, allOutput, hamal } from './helpers/cli.ts';
+import { serveProcess, until } from './helpers/serveProcess.ts';
+import { hamal } from './helpers/cli.ts';
 import { MiB, pattern, sha256File, tempDir, writeAt } from './helpers/disks.ts';
 
 const cp = new ControlPlaneStandIn();
@@ -26,24 +26,7 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, ms = 30_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-function serve(): { child: ChildProcess; output: () => string; exited: Promise<number | null> } {
-  const child = spawn(process.execPath, [HAMAL, 'serve', '--config', join(dir, 'hamal.conf')], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (out += d));
-  const exited = new Promise<number | null>((r) => child.on('close', (code) => (allOutput.push(out), r(code))));
-  return { child, output: () => out, exited };
-}
+const serve = () => serveProcess(join(dir, 'hamal.conf'));
 
 const localTask = (vm: string, disk: string) => ({ version: 1, source: { platform: 'local', vm, disks: [{ id: 'root', path: disk }] }, target: join(dir, 'repo') });
 

@@ -75,8 +75,8 @@ export class Journal {
         const handle = await fsp.open(join(dir, name), 'r');
         const head = Buffer.alloc(4096);
         const { bytesRead } = await handle.read(head, 0, head.length, 0).finally(() => handle.close());
-        const line = head.subarray(0, bytesRead).toString('utf8').split('\n')[0]!;
-        ids.add(String(JSON.parse(line).snapshotId));
+        const header = Journal.headerOf(head.subarray(0, bytesRead));
+        if (header) ids.add(String(header.snapshotId));
       } catch {
         // an unreadable journal is simply not a hint
       }
@@ -118,13 +118,8 @@ export class Journal {
   static parse(covered: Buffer, expected: JournalHeader): Recovery {
     const nl = covered.indexOf(10);
     if (nl < 0) return { status: 'corrupt', detail: 'no journal header' };
-    let header: JournalHeader;
-    try {
-      header = JSON.parse(covered.subarray(0, nl).toString('utf8'));
-    } catch {
-      return { status: 'corrupt', detail: 'bad journal header' };
-    }
-    if (typeof header !== 'object' || header === null) return { status: 'corrupt', detail: 'bad journal header' };
+    const header = Journal.headerOf(covered.subarray(0, nl));
+    if (!header) return { status: 'corrupt', detail: 'bad journal header' };
     for (const k of Object.keys(expected) as Array<keyof JournalHeader>) {
       if (header[k] !== expected[k]) {
         return { status: 'mismatch', detail: `${k} was ${JSON.stringify(header[k])}, now ${JSON.stringify(expected[k])}` };

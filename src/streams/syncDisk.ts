@@ -86,6 +86,7 @@ export function syncDisk(
   const writers = new Slots(options.writers ?? 4, 'writers');
   const blockSize = repo.blockSize;
   const msPerMb = options.releaseCpuMsPerMb ?? 0;
+  const partialMs = (options.partialIndexSeconds ?? 60) * 1000;
 
   const prepare = async () => {
     const latest = await repo.latestVersion(vm, disk.id);
@@ -120,11 +121,11 @@ export function syncDisk(
       const recovery = await Journal.recover(path, header);
       if (recovery.status === 'resumed') {
         resumed = recovery.entries;
-        partial = (options.partialIndexSeconds ?? 60) > 0; // one of an earlier run of ours may be there
+        partial = partialMs > 0; // one of an earlier run of ours may be there
         journal = await Journal.open(path, header, { bytes: recovery.bytes });
       } else {
         // Another proxy may have started this version: its partial index is in the repository.
-        const stored = (options.partialIndexSeconds ?? 60) > 0 ? await repo.getPartial(vm, disk.id) : null;
+        const stored = partialMs > 0 ? await repo.getPartial(vm, disk.id) : null;
         partial = stored !== null;
         const fromRepo = stored ? Journal.parse(stored, header) : null;
         journal = await Journal.open(path, header);
@@ -175,9 +176,10 @@ export function syncDisk(
           // A block equal to the parent's is in the repository (format invariant 3).
           const same = parentBlocks !== null && parentBlocks[ref.index] === id;
           const stored = !same && (await writers.use(() => repo.storeChunk(id, data))) === 'stored';
-          if (stored) failpoint('chunk.stored');
-          if (stored) stats.storedBytes += ref.length;
-          else stats.dedupBytes += ref.length;
+          if (stored) {
+            failpoint('chunk.stored');
+            stats.storedBytes += ref.length;
+          } else stats.dedupBytes += ref.length;
           return { ref, id, stored };
         } finally {
           pool.give(buf);
@@ -221,16 +223,17 @@ export function syncDisk(
       );
       // The fsync stream: a checkpoint every period, never two at once; every
       // partialIndexSeconds the checkpointed journal also goes to the repository.
-      const partialMs = (options.partialIndexSeconds ?? 60) * 1000;
       let lastPartial = Date.now();
+      const putPartial = async () => {
+        lastPartial = Date.now();
+        await fence?.check();
+        await repo.putPartial(vm, disk.id, await journal!.checkpointed());
+        partial = true;
+      };
       const checkpoint = async (): Promise<SyncEvent> => {
         const timeoutMs = (options.checkpointTimeoutSeconds ?? 0) * 1000;
-        const work = journal!.checkpoint(() => repo.store.flush()).then(async () => {
-          if (partialMs <= 0 || Date.now() - lastPartial < partialMs) return;
-          lastPartial = Date.now();
-          await fence?.check();
-          await repo.putPartial(vm, disk.id, await journal!.checkpointed());
-          partial = true;
+        const work = journal!.checkpoint(() => repo.store.flush()).then(() => {
+          if (partialMs > 0 && Date.now() - lastPartial >= partialMs) return putPartial();
         });
         if (timeoutMs > 0) {
           let timer: ReturnType<typeof setTimeout> | undefined;
@@ -278,10 +281,12 @@ export function syncDisk(
       return concat([start], merge(blocks$, checkpoints$), commit).pipe(
         finalize(() => {
           if (!journal || committed) return;
-          // Stopped or failed: a last checkpoint makes every block stored so far resumable.
+          // Stopped or failed: a last checkpoint (and partial index, unless fenced off)
+          // makes every block stored so far resumable, here or on another proxy.
           const j = journal;
           const last = j
             .checkpoint(() => repo.store.flush())
+            .then(() => (partialMs > 0 ? putPartial() : undefined))
             .catch(() => {})
             .finally(() => j.close());
           releasing.add(last);
