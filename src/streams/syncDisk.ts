@@ -171,7 +171,10 @@ export function syncDisk(
           });
           stats.readBytes += ref.length;
           failpoint('block.read');
-          if (isZero(data)) return { ref, id: null, stored: false };
+          if (isZero(data)) {
+            journal?.record(ref.index, null);
+            return { ref, id: null, stored: false };
+          }
           const id = repo.chunkIdOf(data);
           // A block equal to the parent's is in the repository (format invariant 3).
           const same = parentBlocks !== null && parentBlocks[ref.index] === id;
@@ -180,6 +183,9 @@ export function syncDisk(
             failpoint('chunk.stored');
             stats.storedBytes += ref.length;
           } else stats.dedupBytes += ref.length;
+          // Journaled here, not downstream: a block still in flight when the sync is stopped
+          // completes and is recorded before the last checkpoint (see finalize below).
+          journal?.record(ref.index, id);
           return { ref, id, stored };
         } finally {
           pool.give(buf);
@@ -187,9 +193,14 @@ export function syncDisk(
         }
       };
 
+      const mine = new Set<Promise<unknown>>();
       const track = <T>(p: Promise<T>): Promise<T> => {
         options.inflight?.add(p);
-        const done = () => options.inflight?.delete(p);
+        mine.add(p);
+        const done = () => {
+          options.inflight?.delete(p);
+          mine.delete(p);
+        };
         p.then(done, done);
         return p;
       };
@@ -216,7 +227,6 @@ export function syncDisk(
         mergeMap((ref) => defer(() => track(processBlock(ref))), readers.size + writers.size),
         map((o): SyncEvent => {
           blocks[o.ref.index] = o.id;
-          journal?.record(o.ref.index, o.id);
           return { type: 'block', disk: disk.id, index: o.ref.index, offset: o.ref.offset, bytes: o.ref.length, stored: o.stored };
         }),
         finalize(() => done$.next()),
@@ -281,11 +291,12 @@ export function syncDisk(
       return concat([start], merge(blocks$, checkpoints$), commit).pipe(
         finalize(() => {
           if (!journal || committed) return;
-          // Stopped or failed: a last checkpoint (and partial index, unless fenced off)
-          // makes every block stored so far resumable, here or on another proxy.
+          // Stopped or failed: once the blocks in flight settle (at most readers + writers),
+          // a last checkpoint (and partial index, unless fenced off) makes every block
+          // stored so far resumable, here or on another proxy.
           const j = journal;
-          const last = j
-            .checkpoint(() => repo.store.flush())
+          const last = Promise.allSettled([...mine])
+            .then(() => j.checkpoint(() => repo.store.flush()))
             .then(() => (partialMs > 0 ? putPartial() : undefined))
             .catch(() => {})
             .finally(() => j.close());
