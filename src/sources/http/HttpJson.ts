@@ -5,6 +5,8 @@ import { HamalError } from '../../errors.ts';
 
 /** The largest API reply read into memory. */
 const MAX_REPLY_BYTES = 64 * 1024 * 1024;
+/** Requests resent after a reused keep-alive socket turned out closed. */
+const MAX_STALE_RETRIES = 3;
 
 export interface JsonResponse {
   status: number;
@@ -17,6 +19,8 @@ export interface JsonResponse {
  * no CA), keep-alive, and a timeout. Network failures are retryable HamalErrors naming
  * the URL; HTTP statuses are the caller's to judge.
  */
+class StaleSocket extends Error {}
+
 export class HttpJson {
   private readonly _agent: https.Agent;
   private readonly _plain = new http.Agent({ keepAlive: true });
@@ -28,7 +32,24 @@ export class HttpJson {
     this._agent = new https.Agent({ keepAlive: true, ca: caFile ? readFileSync(caFile) : undefined });
   }
 
-  request(method: string, url: string, headers: Record<string, string> = {}, body?: unknown): Promise<JsonResponse> {
+  async request(method: string, url: string, headers: Record<string, string> = {}, body?: unknown): Promise<JsonResponse> {
+    // A kept-alive socket the server closed while idle fails the next request before any
+    // answer (Node's documented keep-alive race): the server did not read that request,
+    // so it goes again, on another socket. Each idle socket can be stale once.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this._once(method, url, headers, body);
+      } catch (err) {
+        if (!(err instanceof StaleSocket)) throw err;
+        if (attempt > MAX_STALE_RETRIES) {
+          const u = new URL(url);
+          throw new HamalError('HTTP_UNREACHABLE', `${method} ${u.origin}${u.pathname}: connection reset ${attempt} times in a row`, { subject: u.origin, retryable: true });
+        }
+      }
+    }
+  }
+
+  private _once(method: string, url: string, headers: Record<string, string>, body?: unknown): Promise<JsonResponse> {
     const u = new URL(url);
     const lib = u.protocol === 'https:' ? https : http;
     const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
@@ -68,7 +89,12 @@ export class HttpJson {
         },
       );
       req.on('timeout', () => req.destroy(new Error(`no answer within ${this._timeoutMs / 1000} s`)));
-      req.on('error', (err) => reject(new HamalError('HTTP_UNREACHABLE', `${method} ${u.origin}${u.pathname}: ${err.message}`, { subject: u.origin, cause: err, retryable: true })));
+      let answered = false;
+      req.on('response', () => (answered = true));
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        if (req.reusedSocket && !answered && (err.code === 'ECONNRESET' || err.code === 'EPIPE')) return reject(new StaleSocket());
+        reject(new HamalError('HTTP_UNREACHABLE', `${method} ${u.origin}${u.pathname}: ${err.message}`, { subject: u.origin, cause: err, retryable: true }));
+      });
       req.end(data);
     });
   }
