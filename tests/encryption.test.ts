@@ -10,6 +10,8 @@ import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand, ListObjectsV2Command, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { hamal } from './helpers/cli.ts';
 import { MiB, sha256File, tempDir, writeAt } from './helpers/disks.ts';
+import { FsStore } from '../src/sinks/fs/FsStore.ts';
+import { Repository } from '../src/repo/Repository.ts';
 
 const endpoint = process.env.HAMAL_TEST_S3_ENDPOINT ?? '';
 const s3creds = { AWS_ACCESS_KEY_ID: process.env.HAMAL_TEST_S3_ACCESS_KEY ?? '', AWS_SECRET_ACCESS_KEY: process.env.HAMAL_TEST_S3_SECRET_KEY ?? '' };
@@ -92,12 +94,14 @@ for (const [where, targetOf] of targets()) {
       const init = await hamal(['init', '--target', target, '--encryption', encryption, '--compression', compression, '--json'], env);
       assert.is(init.code, 0, init.stderr);
       assert.is(JSON.parse(init.stdout).format, 2);
+      const conf = join(dir, `${name}.conf`);
+      await fsp.writeFile(conf, `[DEFAULT]\nhamal_lib_dir = ${join(dir, `${name}-lib`)}\n[sync]\nupload_metadata_to_oss = True\n`);
       const shas: string[] = [];
       const plainHashes = new Set(await blockHashes(disk));
       for (const change of [null, 5 * MiB + 77, 10 * MiB]) {
         if (change !== null) await writeAt(disk, change, Buffer.from(`${MARKER} changed at ${change} ${randomBytes(8).toString('hex')}`));
         for (const h of await blockHashes(disk)) plainHashes.add(h);
-        const r = await hamal(['sync', '--vm', 'vm', '--disk', `d=${disk}`, '--target', target, '--json'], env);
+        const r = await hamal(['--config', conf, 'sync', '--vm', 'vm', '--disk', `d=${disk}`, '--target', target, '--json'], env);
         assert.is(r.code, 0, r.stderr);
         shas.push(await sha256File(disk));
       }
@@ -116,6 +120,15 @@ for (const [where, targetOf] of targets()) {
       if (encryption !== 'none') {
         assert.not.ok(blob.includes(MARKER), 'the marker written into the disk is nowhere in the stored objects');
         for (const h of plainHashes) assert.not.ok(blob.includes(h), `plaintext block hash ${h} appears in the repository`);
+        // Manifests, VM metadata (and partial indexes) are sealed too: only the key holders read them.
+        const documents = stored.filter(([n]) => n.includes('vms/'));
+        assert.ok(documents.length >= 6, `${documents.length} documents`);
+        for (const [n, b] of documents) assert.equal([...b.subarray(0, 4)], [0x48, 0x4d, 0x43, 0x01], `${n} is sealed`);
+        const meta = await hamal(['versions', '--target', target, '--vm', 'vm', '--metadata'], env);
+        assert.is(meta.code, 0, meta.stderr);
+        const docs = JSON.parse(meta.stdout) as Array<{ document: { vm: { name: string }; disks: Array<{ version: string }> } }>;
+        assert.equal(docs.map((d) => d.document.disks[0]!.version), versions.map((v) => v.version));
+        assert.is(docs[0]!.document.vm.name, 'vm');
       } else {
         // Compression only: names are plain SHA-256 and the text block shrank.
         const textHash = (await blockHashes(disk))[1]!;
@@ -180,6 +193,53 @@ test('a flipped byte in an encrypted chunk: verify --deep and restore name the c
   const restore = await hamal(['restore', '--target', target, '--vm', 'vm', '--disk', 'd', '--out', join(dir, 'flip.out')], env);
   assert.is(restore.code, 1);
   assert.ok(restore.stderr.includes(chunk), restore.stderr);
+});
+
+test('sealed manifests: one altered, moved under another version or put back in the clear is refused, naming it', async () => {
+  const target = join(dir, 'sealed');
+  const disk = join(dir, 'sealed.img');
+  await makeDisk(disk);
+  const env = { HAMAL_PASSPHRASE: PASS };
+  assert.is((await hamal(['init', '--target', target, '--encryption', 'aes-256-gcm'], env)).code, 0);
+  for (const at of [0, 5 * MiB]) {
+    await writeAt(disk, at, randomBytes(64));
+    assert.is((await hamal(['sync', '--vm', 'vm', '--disk', `d=${disk}`, '--target', target], env)).code, 0);
+  }
+  const manifests = (await objects(target)).map(([n]) => n).filter((n) => n.includes('/versions/')).sort();
+  assert.is(manifests.length, 2);
+  const [first, second] = manifests.map((n) => join(target, n)) as [string, string];
+  const restoreSecond = () => hamal(['restore', '--target', target, '--vm', 'vm', '--disk', 'd', '--out', join(dir, 'sealed.out')], env);
+  const original = await fsp.readFile(second);
+  // The newest manifest replaced by the older one (a rollback by whoever holds the bucket).
+  await fsp.writeFile(second, await fsp.readFile(first));
+  let r = await restoreSecond();
+  assert.is(r.code, 1);
+  assert.ok(r.stderr.includes(manifests[1]!), r.stderr);
+  assert.match(r.stderr, /authentication tag does not match/);
+  // One flipped byte.
+  const flipped = Buffer.from(original);
+  flipped[flipped.length - 20]! ^= 0x80;
+  await fsp.writeFile(second, flipped);
+  r = await restoreSecond();
+  assert.is(r.code, 1);
+  assert.ok(r.stderr.includes(manifests[1]!), r.stderr);
+  // A plain JSON manifest forged by someone without the key.
+  await fsp.writeFile(second, JSON.stringify({ format: 1, vm: 'vm', disk: 'd', blocks: [] }));
+  r = await restoreSecond();
+  assert.is(r.code, 1);
+  assert.match(r.stderr, /stored in the clear in an encrypted repository/);
+  await fsp.writeFile(second, original);
+  r = await restoreSecond();
+  assert.is(r.code, 0, r.stderr);
+  assert.is(await sha256File(join(dir, 'sealed.out')), await sha256File(disk));
+  // A partial index (journal bytes another proxy resumes from) is sealed the same way.
+  const repo = await Repository.open(await FsStore.open(target), { secret: async () => ({ passphrase: PASS }) });
+  const journal = Buffer.from(`{"vm":"vm","disk":"d","snapshotId":"${MARKER}"}\n`);
+  await repo.putPartial('vm', 'd', journal);
+  const raw = await fsp.readFile(join(target, 'vms/vm/disks/d/partial'));
+  assert.not.ok(raw.includes(MARKER));
+  assert.equal(await repo.getPartial('vm', 'd'), journal);
+  assert.equal(await repo.partialSnapshotIds('vm'), [MARKER]);
 });
 
 test('rotating the passphrase rewrites no chunk (same objects, same ETags on radosgw); only the new passphrase opens the repository', async () => {

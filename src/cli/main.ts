@@ -78,6 +78,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .description('List the versions in a repository')
     .requiredOption('--target <url>', 'repository: file:///path or a directory')
     .option('--vm <name>', 'only this VM')
+    .option('--metadata', "print the VM metadata documents stored by [sync] upload_metadata_to_oss instead (JSON; opened with the repository's key)")
     .option('--json', 'print a JSON array')
     .action(withConfig(async (o: Parameters<typeof import('./versions.ts').versionsCommand>[0], c) => (await import('./versions.ts')).versionsCommand(o, c)));
 

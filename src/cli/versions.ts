@@ -43,10 +43,20 @@ export async function listVersionRows(repo: Repository, vm?: string): Promise<Ve
 }
 
 /** `hamal versions`. Returns the exit code. */
-export async function versionsCommand(opts: { target: string; vm?: string; json?: boolean }, config?: LoadedConfig): Promise<number> {
+export async function versionsCommand(opts: { target: string; vm?: string; metadata?: boolean; json?: boolean }, config?: LoadedConfig): Promise<number> {
   const store = await openStore(opts.target, { config: config?.values });
   try {
-    const rows = await listVersionRows(await Repository.open(store, { secret: () => repositorySecret(config?.values) }), opts.vm);
+    const repo = await Repository.open(store, { secret: () => repositorySecret(config?.values) });
+    if (opts.metadata) {
+      // In an encrypted repository these documents can be read only this way.
+      const docs: Array<{ vm: string; key: string; document: unknown }> = [];
+      for (const vm of opts.vm ? [opts.vm] : await repo.listVms()) {
+        for (const key of await repo.listVmMetadata(vm)) docs.push({ vm, key, document: await repo.getVmMetadata(key) });
+      }
+      process.stdout.write(JSON.stringify(docs, null, 2) + '\n');
+      return 0;
+    }
+    const rows = await listVersionRows(repo, opts.vm);
     if (opts.json) {
       process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
     } else {

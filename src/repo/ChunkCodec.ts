@@ -76,9 +76,13 @@ export class ChunkCodec {
     return dst.subarray(0, at);
   }
 
-  /** The plaintext of a stored chunk; fails naming `key` when its envelope, tag or compression is wrong. */
-  decode(id: string, key: string, stored: Buffer): Buffer {
-    const bad = (why: string) => new IntegrityError('CHUNK_CORRUPT', `chunk ${key}: ${why}`, { subject: key });
+  /**
+   * The plaintext of a stored chunk; fails naming `key` when its envelope, tag or
+   * compression is wrong. `maxPlain` bounds what a zstd frame may declare.
+   */
+  decode(id: string, key: string, stored: Buffer, maxPlain = this._maxPlain): Buffer {
+    const chunk = key.startsWith('chunks/');
+    const bad = (why: string) => new IntegrityError(chunk ? 'CHUNK_CORRUPT' : 'DOCUMENT_CORRUPT', `${chunk ? 'chunk' : 'document'} ${key}: ${why}`, { subject: key });
     if (stored.length < 5 || !stored.subarray(0, 4).equals(MAGIC)) throw bad('no chunk header (not written by this repository format)');
     const flags = stored[4]!;
     if (flags & ~(ZSTD | AES)) throw bad(`unknown transforms ${flags}`);
@@ -104,7 +108,7 @@ export class ChunkCodec {
     if (flags & ZSTD) {
       if (!this._zstd) throw bad('compressed, but zstd is not loaded');
       const size = frameContentSize(body);
-      if (size === null || size > this._maxPlain) throw bad(`zstd frame declares ${size ?? 'no'} content size (at most ${this._maxPlain})`);
+      if (size === null || size > maxPlain) throw bad(`zstd frame declares ${size ?? 'no'} content size (at most ${maxPlain})`);
       try {
         const plain = this._zstd.decompress(body);
         body = Buffer.from(plain.buffer, plain.byteOffset, plain.length);
@@ -114,6 +118,11 @@ export class ChunkCodec {
     }
     return body;
   }
+}
+
+/** Whether stored bytes carry the chunk envelope (a sealed document does; plain JSON does not). */
+export function isEnveloped(stored: Uint8Array): boolean {
+  return stored.length >= 5 && MAGIC.equals(stored.subarray(0, 4));
 }
 
 function worthCompressing(z: Zstd, plain: Uint8Array): boolean {

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { ObjectStore } from '../sinks/ObjectStore.ts';
 import { HamalError, IntegrityError, NotFoundError, UsageError } from '../errors.ts';
-import { ChunkCodec, type Compression, type Encryption } from './ChunkCodec.ts';
+import { ChunkCodec, isEnveloped, type Compression, type Encryption } from './ChunkCodec.ts';
 import { MasterKey, type KeyRecord, type RepositorySecret } from './MasterKey.ts';
 import { zstd, type Zstd } from './Zstd.ts';
 import { chunkIdOf, chunkKey, type ChunkId } from './ChunkId.ts';
@@ -29,7 +29,16 @@ export interface RepositoryConfig {
   /** Format 2: applied to chunks written from now on (each chunk records its own). */
   encryption?: Encryption;
   compression?: Compression;
+  /**
+   * `sealed` (set when a repository is created with encryption): manifests, partial
+   * indexes and VM metadata are stored in the chunk envelope, their object key as
+   * associated data, and a plain one is refused. Absent: stored as plain JSON.
+   */
+  documents?: 'sealed';
 }
+
+/** The largest document (manifest, partial index, VM metadata) a sealed repository decompresses: about the longest string V8 parses as JSON. */
+const MAX_DOCUMENT = 512 * 1024 * 1024;
 
 export interface RepositoryOptions {
   /** Create the repository when the target holds none. @default false */
@@ -130,6 +139,7 @@ export class Repository {
         hash: 'sha256',
         createdAt: new Date().toISOString(),
         ...(plain ? {} : { chunkNames: encryption === 'none' ? 'sha256' : 'hmac-sha256', encryption, compression }),
+        ...(encryption === 'none' ? {} : { documents: 'sealed' as const }),
       };
       let key: MasterKey | null = null;
       if (encryption !== 'none') {
@@ -307,7 +317,8 @@ export class Repository {
       }
       throw err;
     }
-    const manifest = parseManifest(bytes, `${this._versionsPrefix(vm, disk)}${id}.json`);
+    const key = `${this._versionsPrefix(vm, disk)}${id}.json`;
+    const manifest = parseManifest(this._openDocument(key, bytes), key);
     for (const chunk of manifest.blocks) if (chunk !== null) this._known.add(chunk);
     return manifest;
   }
@@ -320,14 +331,16 @@ export class Repository {
 
   /** Stores the checkpointed journal of a version in progress, so another proxy can resume it. */
   async putPartial(vm: string, disk: string, journalBytes: Uint8Array): Promise<void> {
-    await this.store.put(this._diskPrefix(vm, disk) + 'partial', journalBytes);
+    const key = this._diskPrefix(vm, disk) + 'partial';
+    await this.store.put(key, this._sealDocument(key, journalBytes));
     await this.store.flush();
   }
 
   /** The partial index of a disk's version in progress, or null. */
   async getPartial(vm: string, disk: string): Promise<Buffer | null> {
     try {
-      return await this.store.get(this._diskPrefix(vm, disk) + 'partial');
+      const key = this._diskPrefix(vm, disk) + 'partial';
+      return this._openDocument(key, await this.store.get(key));
     } catch (err) {
       if (err instanceof NotFoundError) return null;
       throw err;
@@ -387,16 +400,47 @@ export class Repository {
     }
     await fence?.check();
     failpoint('manifest.write');
-    await this.store.put(this._versionsPrefix(manifest.vm, manifest.disk) + manifest.version + '.json', encodeManifest(manifest), { ifAbsent: true });
+    const key = this._versionsPrefix(manifest.vm, manifest.disk) + manifest.version + '.json';
+    await this.store.put(key, this._sealDocument(key, encodeManifest(manifest)), { ifAbsent: true });
     await this.store.flush();
   }
 
   /** Stores a VM sync's metadata beside its versions; returns the key. */
   async putVmMetadata(vm: string, doc: { createdAt: string }): Promise<string> {
     const key = `vms/${encodeName(vm)}/metadata/${newVersionId(new Date(doc.createdAt))}.json`;
-    await this.store.put(key, Buffer.from(JSON.stringify(doc, null, 2)));
+    await this.store.put(key, this._sealDocument(key, Buffer.from(JSON.stringify(doc, null, 2))));
     await this.store.flush();
     return key;
+  }
+
+  /** The VM metadata documents stored for `vm` (keys, oldest first). */
+  async listVmMetadata(vm: string): Promise<string[]> {
+    const keys: string[] = [];
+    for await (const k of this.store.list(`vms/${encodeName(vm)}/metadata/`)) if (k.endsWith('.json')) keys.push(k);
+    return keys.sort();
+  }
+
+  /** One VM metadata document, opened (see listVmMetadata). */
+  async getVmMetadata(key: string): Promise<unknown> {
+    const bytes = this._openDocument(key, await this.store.get(key));
+    try {
+      return JSON.parse(bytes.toString('utf8'));
+    } catch (err) {
+      throw new IntegrityError('METADATA_CORRUPT', `VM metadata ${key} is not valid JSON`, { subject: key, cause: err });
+    }
+  }
+
+  // ---- documents: sealed in an encrypted repository (RepositoryConfig.documents)
+
+  private _sealDocument(key: string, plain: Uint8Array): Uint8Array {
+    return this.config.documents === 'sealed' ? this._codec!.encode(key, plain) : plain;
+  }
+
+  private _openDocument(key: string, stored: Buffer): Buffer {
+    if (this.config.documents !== 'sealed') return stored;
+    // A plain document in a sealed repository was not written by its key holders.
+    if (!isEnveloped(stored)) throw new IntegrityError('DOCUMENT_NOT_SEALED', `${key} is stored in the clear in an encrypted repository: not written by hamal with its key`, { subject: key });
+    return this._codec!.decode(key, key, stored, MAX_DOCUMENT);
   }
 
   // ---- keys (docs/format.md, Keys)
