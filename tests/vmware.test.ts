@@ -401,6 +401,55 @@ test('SIGKILL mid-read: the next run reuses the snapshot, resumes from the journ
   await c.logout();
 });
 
+test('SIGTERM mid-read, then the disk changes: the rerun keeps the journaled blocks CBT says did not change since the removed snapshot and rereads the rest', async () => {
+  const dir = await tempDir();
+  const c = await connect();
+  const vm = await findVm(c, 'DC0_H0_VM1');
+  const { local } = await liveDisk(c, vm.mor);
+  const MiB = 1024 * 1024;
+  await truncate(local, 40 * MiB);
+  await writeAt(local, 0, pattern(40 * MiB, 41));
+  const u = new URL(url);
+  const lib = join(dir, 'lib');
+  const slow = join(dir, 'slow.conf');
+  await writeFile(slow, `[DEFAULT]\nhamal_lib_dir = ${lib}\n[vmware]\nskip_disk_flag = True\n[period]\nvmware_release_cpu_time = 100\n[data_sync_v2]\nfsync_period_frequency = 1\npre_disk_readers_count = 1\n`);
+  const fast = join(dir, 'fast.conf');
+  await writeFile(fast, `[DEFAULT]\nhamal_lib_dir = ${lib}\n[vmware]\nskip_disk_flag = True\n`);
+  const taskFile = join(dir, 't.json');
+  await writeFile(taskFile, JSON.stringify({ version: 1, source: { platform: 'vmware', vm: 'DC0_H0_VM1', connection: { host: u.hostname, port: Number(u.port), username: 'hamal', passwordEnv: 'VC_PASSWORD', thumbprint } }, target: join(dir, 'repo') }));
+  const child = spawn(process.execPath, [HAMAL, '--config', slow, 'sync', '--task', taskFile, '--debug'], { env: { ...process.env, VC_PASSWORD: PASSWORD }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  await new Promise<void>((resolve) => {
+    child.stderr!.on('data', (d) => {
+      stderr += d;
+      if (/checkpoint blocks=[3-9]/.test(stderr)) resolve();
+    });
+  });
+  child.kill('SIGTERM');
+  assert.is(await new Promise((r) => child.on('close', r)), 143, stderr);
+  assert.equal(await listSnapshots(c, vm.mor), [], 'the stopped sync removed its snapshot');
+  // After the stop: a block the stopped sync had stored changes, and one it had not reached.
+  await writeAt(local, 4 * MiB + 100, Buffer.from('changed after the stop'));
+  await writeAt(local, 36 * MiB, Buffer.from('changed late'));
+  const sha = await sha256File(local);
+  const again = await hamal(['--config', fast, 'sync', '--task', taskFile, '--json'], { VC_PASSWORD: PASSWORD });
+  assert.is(again.code, 0, again.stderr);
+  const m = /read snapshot \S+, not this one: (\d+) of its (\d+) blocks did not change since and are kept/.exec(again.stderr);
+  assert.ok(m, again.stderr);
+  const [kept, had] = [Number(m![1]), Number(m![2])];
+  assert.ok(had >= 3 && had < 9, `${had} blocks journaled`);
+  assert.is(kept, had - 1, 'only the block changed after the stop is read again');
+  const s = JSON.parse(again.stdout).disks[0];
+  assert.is(s.resumedBytes, kept * 4 * MiB);
+  assert.is(s.readBytes + s.resumedBytes, 40 * MiB);
+  assert.equal(await listSnapshots(c, vm.mor), [], 'no snapshot of ours is left');
+  const out = join(dir, 'out.img');
+  assert.is((await hamal(['restore', '--target', join(dir, 'repo'), '--vm', 'DC0_H0_VM1', '--disk', s.disk, '--out', out])).code, 0);
+  assert.is(await sha256File(out), sha, 'the restore holds the changes made after the stop');
+  await rm(dir, { recursive: true, force: true });
+  await c.logout();
+});
+
 // The fault matrix: SIGKILL at each phase of a sync (src/failpoints.ts), then a plain rerun.
 // Each ends with the disk restorable as it is, verify --deep passing and no snapshot left.
 for (const [phase, point] of [

@@ -21,10 +21,15 @@ export interface JournalHeader {
   parent: string | null;
   since: string | null;
   snapshotId: string;
+  /** The disk's changeId in that snapshot: what a later snapshot can be diffed against. */
+  changeId: string | null;
 }
 
+/** Header fields that may differ when a journal is resumed from another snapshot (see syncDisk). */
+export const SNAPSHOT_FIELDS: ReadonlyArray<keyof JournalHeader> = ['snapshotId', 'changeId'];
+
 export type Recovery =
-  | { status: 'resumed'; entries: Map<number, ChunkId | null>; bytes: number }
+  | { status: 'resumed'; entries: Map<number, ChunkId | null>; bytes: number; header: JournalHeader }
   | { status: 'none' | 'mismatch' | 'truncated' | 'corrupt'; detail: string };
 
 /**
@@ -84,8 +89,11 @@ export class Journal {
     return [...ids];
   }
 
-  /** Reads the journal left at `path` by an interrupted sync and says whether it can be resumed. */
-  static async recover(path: string, expected: JournalHeader): Promise<Recovery> {
+  /**
+   * Reads the journal left at `path` by an interrupted sync and says whether it can be
+   * resumed: its header equals `expected` except for the fields in `loose`.
+   */
+  static async recover(path: string, expected: JournalHeader, loose: ReadonlyArray<keyof JournalHeader> = []): Promise<Recovery> {
     let ckpt: { bytes: number; sha256: string };
     let data: Buffer;
     try {
@@ -107,7 +115,7 @@ export class Journal {
     if (createHash('sha256').update(covered).digest('hex') !== ckpt.sha256) {
       return { status: 'corrupt', detail: 'journal does not match its checkpoint hash' };
     }
-    const parsed = Journal.parse(covered, expected);
+    const parsed = Journal.parse(covered, expected, loose);
     return parsed.status === 'resumed' ? { ...parsed, bytes: ckpt.bytes } : parsed;
   }
 
@@ -115,13 +123,13 @@ export class Journal {
    * Reads journal bytes (header line + records) that are known to be whole: the
    * checkpointed part of a journal file, or a partial index from the repository.
    */
-  static parse(covered: Buffer, expected: JournalHeader): Recovery {
+  static parse(covered: Buffer, expected: JournalHeader, loose: ReadonlyArray<keyof JournalHeader> = []): Recovery {
     const nl = covered.indexOf(10);
     if (nl < 0) return { status: 'corrupt', detail: 'no journal header' };
     const header = Journal.headerOf(covered.subarray(0, nl));
     if (!header) return { status: 'corrupt', detail: 'bad journal header' };
     for (const k of Object.keys(expected) as Array<keyof JournalHeader>) {
-      if (header[k] !== expected[k]) {
+      if (header[k] !== expected[k] && !loose.includes(k)) {
         return { status: 'mismatch', detail: `${k} was ${JSON.stringify(header[k])}, now ${JSON.stringify(expected[k])}` };
       }
     }
@@ -135,7 +143,7 @@ export class Journal {
       const id = body.subarray(at + 4, at + RECORD);
       entries.set(index, id.equals(ZERO_ID) ? null : id.toString('hex'));
     }
-    return { status: 'resumed', entries, bytes: covered.length };
+    return { status: 'resumed', entries, bytes: covered.length, header };
   }
 
   /** The header of journal bytes, or null when they have none that parses. */

@@ -1,10 +1,10 @@
-import { concat, defer, EMPTY, exhaustMap, filter, finalize, from, interval, map, merge, mergeMap, Subject, takeUntil, type Observable } from 'rxjs';
+import { concat, defer, EMPTY, exhaustMap, filter, finalize, from, interval, lastValueFrom, map, merge, mergeMap, Subject, takeUntil, tap, type Observable } from 'rxjs';
 import type { DiskInfo, Snapshot } from '../sources/Source.ts';
 import type { Repository } from '../repo/Repository.ts';
 import { MANIFEST_FORMAT, type Manifest, type VersionStats } from '../repo/Manifest.ts';
 import type { ChunkId } from '../repo/ChunkId.ts';
 import { newVersionId } from '../repo/VersionId.ts';
-import { Journal, JOURNAL_FORMAT, type JournalHeader } from '../repo/Journal.ts';
+import { Journal, JOURNAL_FORMAT, SNAPSHOT_FIELDS, type JournalHeader } from '../repo/Journal.ts';
 import type { Lease } from '../repo/Lease.ts';
 import { HamalError } from '../errors.ts';
 import { blockCount, type BlockRef } from './BlockRef.ts';
@@ -116,26 +116,44 @@ export function syncDisk(
         parent: parent?.version ?? null,
         since,
         snapshotId: snapshot.id,
+        changeId: disk.changeId,
       };
       const path = Journal.pathFor(options.journalDir, header);
-      const recovery = await Journal.recover(path, header);
-      if (recovery.status === 'resumed') {
-        resumed = recovery.entries;
-        partial = partialMs > 0; // one of an earlier run of ours may be there
-        journal = await Journal.open(path, header, { bytes: recovery.bytes });
-      } else {
+      // A journal of another snapshot is usable where the disk did not change since it.
+      const loose = disk.changeId ? SNAPSHOT_FIELDS : [];
+      const recovery = await Journal.recover(path, header, loose);
+      let from: { entries: Map<number, ChunkId | null>; header: JournalHeader; where: string } | null = null;
+      let unused: string | undefined;
+      if (recovery.status === 'resumed') from = { ...recovery, where: 'local journal' };
+      else {
         // Another proxy may have started this version: its partial index is in the repository.
         const stored = partialMs > 0 ? await repo.getPartial(vm, disk.id) : null;
         partial = stored !== null;
-        const fromRepo = stored ? Journal.parse(stored, header) : null;
-        journal = await Journal.open(path, header);
-        if (fromRepo?.status === 'resumed') {
-          resumed = fromRepo.entries;
-          for (const [index, id] of resumed) journal.record(index, id);
-          journalNote = `resuming from the partial index in the repository${recovery.status === 'none' ? '' : ` (local journal not used: ${recovery.status}: ${recovery.detail})`}`;
-        } else if (recovery.status !== 'none') {
-          journalNote = `journal of an interrupted sync not used (${recovery.status}: ${recovery.detail}); starting this version over`;
+        const fromRepo = stored ? Journal.parse(stored, header, loose) : null;
+        if (fromRepo?.status === 'resumed') from = { ...fromRepo, where: 'partial index in the repository' };
+        if (recovery.status !== 'none') unused = `${recovery.status}: ${recovery.detail}`;
+      }
+      if (from && from.header.snapshotId !== header.snapshotId) {
+        const kept = await unchangedSince(snapshot, disk, from.header.changeId, from.entries, blockSize);
+        if (typeof kept === 'string') {
+          journalNote = `the ${from.where} of an interrupted sync read snapshot ${from.header.snapshotId}, not this one, and cannot be carried over (${kept}); starting this version over`;
+          from = null;
+        } else {
+          journalNote = `the ${from.where} of an interrupted sync read snapshot ${from.header.snapshotId}, not this one: ${kept.size} of its ${from.entries.size} blocks did not change since and are kept`;
+          from.entries = kept;
         }
+      }
+      // One of an earlier run of ours may be in the repository too.
+      if (recovery.status === 'resumed') partial = partialMs > 0;
+      // The local journal goes on where it stopped; otherwise a new one starts with what is kept.
+      const sameFile = recovery.status === 'resumed' && from?.header.snapshotId === header.snapshotId;
+      journal = sameFile ? await Journal.open(path, header, { bytes: recovery.bytes }) : await Journal.open(path, header);
+      if (from) {
+        resumed = from.entries;
+        if (!sameFile) for (const [index, id] of resumed) journal.record(index, id);
+        if (recovery.status !== 'resumed') journalNote ??= `resuming from the partial index in the repository${unused ? ` (local journal not used: ${unused})` : ''}`;
+      } else if (unused && !journalNote) {
+        journalNote = `journal of an interrupted sync not used (${unused}); starting this version over`;
       }
     }
     return { parent, sameSize, since, journal, resumed, journalNote, sinceNote, fence, partial };
@@ -306,6 +324,31 @@ export function syncDisk(
       );
     }),
   );
+}
+
+/**
+ * The journal entries of an interrupted sync of an earlier snapshot (changeId `then`)
+ * whose blocks did not change between it and `snapshot`: those stored then hold what the
+ * disk holds now. A string says why none can be kept (no changeId, tracking reset, the
+ * source cannot diff against it).
+ */
+async function unchangedSince(
+  snapshot: Snapshot,
+  disk: DiskInfo,
+  then: string | null,
+  entries: Map<number, ChunkId | null>,
+  blockSize: number,
+): Promise<Map<number, ChunkId | null> | string> {
+  if (!then) return 'it had no changeId';
+  const why = snapshot.checkSince ? await snapshot.checkSince(disk, then) : null;
+  if (why) return why;
+  const kept = new Map(entries);
+  try {
+    await lastValueFrom(snapshot.changes(disk, then).pipe(toBlocks(blockSize, disk.capacity), tap((ref) => kept.delete(ref.index))), { defaultValue: null });
+  } catch (err) {
+    return `changes since ${then}: ${(err as Error).message}`;
+  }
+  return kept;
 }
 
 /** Bytes of blocks whose content differs from the parent's; all data bytes without a comparable parent. */
