@@ -3,7 +3,8 @@ import * as assert from 'uvu/assert';
 import { promises as fsp, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { allOutput, hamal, TEST_LIB_DIR } from './helpers/cli.ts';
+import { allOutput, hamal, HAMAL, TEST_CONFIG, TEST_LIB_DIR } from './helpers/cli.ts';
+import { spawn } from 'node:child_process';
 import { MiB, makeImage, pattern, sha256File, tempDir, writeAt } from './helpers/disks.ts';
 import { VERSION } from '../src/version.ts';
 
@@ -12,6 +13,14 @@ let dir: string;
 let repo: string;
 let img: string;
 const shas: string[] = [];
+const run = (cmd: string, args: string[]) =>
+  new Promise<{ code: number | null; stdout: string }>((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stdout += d));
+    child.on('close', (code) => resolve({ code, stdout }));
+  });
 
 const sync = async () => {
   const r = await hamal(['sync', '--vm', 'vm1', '--disk', `d0=${img}`, '--target', `file://${repo}`, '--json', '--block-size', String(MiB)]);
@@ -179,6 +188,28 @@ test('[sync] keys: the VM metadata goes beside its versions and under hamal_lib_
   assert.equal(doc.disks.map((d: { id: string; version: string }) => [d.id, d.version]), [['d0', version]]);
   const local = await fsp.readdir(join(lib, 'metadata', 'web%201'));
   assert.equal(JSON.parse(await fsp.readFile(join(lib, 'metadata', 'web%201', local[0]!), 'utf8')), doc);
+});
+
+test('on a terminal, restore and verify show a progress bar that reaches 100%; with --json or without a terminal, none', async () => {
+  const target = join(dir, 'bar-repo');
+  const image = join(dir, 'bar.img');
+  await makeImage(image, 24 * MiB, [[0, pattern(24 * MiB, 7)]]);
+  assert.is((await hamal(['sync', '--vm', 'bar', '--disk', `d=${image}`, '--target', target])).code, 0);
+  // script(1) runs the command on a pseudo-terminal and copies what it printed.
+  const onTty = (args: string[]) => {
+    const line = [process.execPath, HAMAL, '--config', TEST_CONFIG, ...args].map((a) => `'${a}'`).join(' ');
+    return run('script', ['-qec', line, '/dev/null']);
+  };
+  const out = join(dir, 'bar.out');
+  const restored = await onTty(['restore', '--target', target, '--vm', 'bar', '--disk', 'd', '--out', out]);
+  assert.is(restored.code, 0, restored.stdout);
+  assert.match(restored.stdout, /restoring bar\/d \|.*\| 100% 24\.0 MiB of 24\.0 MiB/);
+  assert.is(await sha256File(out), await sha256File(image));
+  const verified = await onTty(['verify', '--target', target, '--deep']);
+  assert.is(verified.code, 0, verified.stdout);
+  assert.match(verified.stdout, /verifying \(deep\) \|.*\| 100% 6 of 6 chunks/);
+  const plain = await hamal(['restore', '--target', target, '--vm', 'bar', '--disk', 'd', '--out', join(dir, 'bar2.out')]);
+  assert.not.match(plain.stdout + plain.stderr, /ETA/);
 });
 
 test.run();

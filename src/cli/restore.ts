@@ -4,6 +4,7 @@ import { Repository } from '../repo/Repository.ts';
 import { repositorySecret } from '../config/repositorySecret.ts';
 import { restoreDisk } from '../streams/restoreDisk.ts';
 import { formatBytes, formatRate } from './format.ts';
+import { CountBar } from './CountBar.ts';
 
 export interface RestoreCommandOptions {
   target: string;
@@ -22,7 +23,8 @@ export async function restoreCommand(opts: RestoreCommandOptions, config?: Loade
     const repo = await Repository.open(store, { secret: () => repositorySecret(config?.values) });
     const manifest = await repo.readManifest(opts.vm, opts.disk, opts.version ?? 'latest');
     const from = opts.from ? await repo.readManifest(opts.vm, opts.disk, opts.from) : null;
-    const result = await restoreDisk(repo, manifest, opts.out, { from, concurrency: config?.values.hamal.restore_concurrency });
+    const bar = new CountBar(`restoring ${opts.vm}/${opts.disk}`, manifest.capacity, 'bytes', !opts.json);
+    const result = await restoreDisk(repo, manifest, opts.out, { from, concurrency: config?.values.hamal.restore_concurrency, onBlock: (bytes) => bar.add(bytes) }).finally(() => bar.stop());
     if (opts.json) {
       process.stdout.write(JSON.stringify({ vm: opts.vm, disk: opts.disk, out: opts.out, from: from?.version ?? null, ...result }, null, 2) + '\n');
     } else {

@@ -3,12 +3,21 @@ import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
 import { repositorySecret } from '../config/repositorySecret.ts';
 import { verifyRepository } from '../repo/verifyRepository.ts';
+import { CountBar } from './CountBar.ts';
 
 /** `hamal verify`: exit 0 when every version is restorable, 1 with one line per problem otherwise. */
 export async function verifyCommand(opts: { target: string; vm?: string; deep?: boolean; json?: boolean }, config?: LoadedConfig): Promise<number> {
   const store = await openStore(opts.target, { config: config?.values });
   try {
-    const report = await verifyRepository(await Repository.open(store, { secret: () => repositorySecret(config?.values) }), { vm: opts.vm, deep: opts.deep });
+    let bar: CountBar | undefined;
+    const report = await verifyRepository(await Repository.open(store, { secret: () => repositorySecret(config?.values) }), {
+      vm: opts.vm,
+      deep: opts.deep,
+      onChunk: (checked, total) => {
+        bar ??= new CountBar(opts.deep ? 'verifying (deep)' : 'verifying', total, 'chunks', !opts.json);
+        bar.add(1);
+      },
+    }).finally(() => bar?.stop());
     if (opts.json) {
       process.stdout.write(JSON.stringify(report, null, 2) + '\n');
     } else {

@@ -13,7 +13,8 @@ export interface VerifyOptions {
    * @default 8
    */
   concurrency?: number;
-  onChunk?: () => void;
+  /** After each chunk checked: how many so far, of how many. */
+  onChunk?: (checked: number, total: number) => void;
 }
 
 export interface VerifyProblem {
@@ -59,6 +60,7 @@ export async function verifyRepository(repo: Repository, options: VerifyOptions 
     }
   }
   report.chunks = wanted.size;
+  let checked = 0;
   await lastValueFrom(
     from(wanted).pipe(
       mergeMap(async ([id, w]) => {
@@ -85,7 +87,7 @@ export async function verifyRepository(repo: Repository, options: VerifyOptions 
           }
           else throw err;
         }
-        options.onChunk?.();
+        options.onChunk?.(++checked, wanted.size);
       }, options.concurrency ?? 8),
       ignoreElements(),
       defaultIfEmpty(undefined),
