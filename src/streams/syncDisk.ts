@@ -122,34 +122,34 @@ export function syncDisk(
       // A journal of another snapshot is usable where the disk did not change since it.
       const loose = disk.changeId ? SNAPSHOT_FIELDS : [];
       const recovery = await Journal.recover(path, header, loose);
-      let from: { entries: Map<number, ChunkId | null>; header: JournalHeader; where: string } | null = null;
+      let prior: { entries: Map<number, ChunkId | null>; header: JournalHeader; where: string } | null = null;
       let unused: string | undefined;
-      if (recovery.status === 'resumed') from = { ...recovery, where: 'local journal' };
+      if (recovery.status === 'resumed') prior = { ...recovery, where: 'local journal' };
       else {
         // Another proxy may have started this version: its partial index is in the repository.
         const stored = partialMs > 0 ? await repo.getPartial(vm, disk.id) : null;
         partial = stored !== null;
-        const fromRepo = stored ? Journal.parse(stored, header, loose) : null;
-        if (fromRepo?.status === 'resumed') from = { ...fromRepo, where: 'partial index in the repository' };
+        const inRepo = stored ? Journal.parse(stored, header, loose) : null;
+        if (inRepo?.status === 'resumed') prior = { ...inRepo, where: 'partial index in the repository' };
         if (recovery.status !== 'none') unused = `${recovery.status}: ${recovery.detail}`;
       }
-      if (from && from.header.snapshotId !== header.snapshotId) {
-        const kept = await unchangedSince(snapshot, disk, from.header.changeId, from.entries, blockSize);
+      if (prior && prior.header.snapshotId !== header.snapshotId) {
+        const kept = await unchangedSince(snapshot, disk, prior.header.changeId, prior.entries, blockSize);
         if (typeof kept === 'string') {
-          journalNote = `the ${from.where} of an interrupted sync read snapshot ${from.header.snapshotId}, not this one, and cannot be carried over (${kept}); starting this version over`;
-          from = null;
+          journalNote = `the ${prior.where} of an interrupted sync read snapshot ${prior.header.snapshotId}, not this one, and cannot be carried over (${kept}); starting this version over`;
+          prior = null;
         } else {
-          journalNote = `the ${from.where} of an interrupted sync read snapshot ${from.header.snapshotId}, not this one: ${kept.size} of its ${from.entries.size} blocks did not change since and are kept`;
-          from.entries = kept;
+          journalNote = `the ${prior.where} of an interrupted sync read snapshot ${prior.header.snapshotId}, not this one: ${kept.size} of its ${prior.entries.size} blocks did not change since and are kept`;
+          prior.entries = kept;
         }
       }
       // One of an earlier run of ours may be in the repository too.
       if (recovery.status === 'resumed') partial = partialMs > 0;
       // The local journal goes on where it stopped; otherwise a new one starts with what is kept.
-      const sameFile = recovery.status === 'resumed' && from?.header.snapshotId === header.snapshotId;
+      const sameFile = recovery.status === 'resumed' && prior?.header.snapshotId === header.snapshotId;
       journal = sameFile ? await Journal.open(path, header, { bytes: recovery.bytes }) : await Journal.open(path, header);
-      if (from) {
-        resumed = from.entries;
+      if (prior) {
+        resumed = prior.entries;
         if (!sameFile) for (const [index, id] of resumed) journal.record(index, id);
         if (recovery.status !== 'resumed') journalNote ??= `resuming from the partial index in the repository${unused ? ` (local journal not used: ${unused})` : ''}`;
       } else if (unused && !journalNote) {
