@@ -142,8 +142,9 @@ test('a snapshot deleted outside hamal: that disk is synced in full, with a warn
   assert.is(s.disks.find((d) => d.disk === 'root')!.readBytes, 8 * MiB, 'the root disk was read in full (its allocated 8 MiB)');
 });
 
-test('a sync killed with SIGKILL mid-stream resumes on the next run; afterwards only the base snapshot of ours is left', async () => {
-  await write(volume, [['w', 20 * MiB, 'h', 24 * MiB]]);
+for (const signal of ['SIGKILL', 'SIGTERM'] as const) {
+test(`a sync stopped with ${signal} mid-stream keeps its snapshot and resumes from it on the next run; afterwards only the base snapshot of ours is left`, async () => {
+  await write(volume, [['w', 20 * MiB, signal === 'SIGKILL' ? 'h' : 't', 24 * MiB]]);
   const slow = join(dir, 'slow.conf');
   await fsp.writeFile(slow, (await fsp.readFile(conf, 'utf8')) + '[period]\nopenstack_release_cpu_time = 150\n');
   const file = join(dir, 'kill-task.json');
@@ -154,22 +155,25 @@ test('a sync killed with SIGKILL mid-stream resumes on the next run; afterwards 
     log += line + '\n';
     const m = /disk volume-\S+: checkpoint blocks=(\d+)/.exec(line);
     if (m && Number(m[1]) >= 6) {
-      child.kill('SIGKILL');
+      child.kill(signal);
       break;
     }
   }
   await new Promise((r) => child.once('close', r));
   allOutput.push(log);
-  assert.is(child.signalCode, 'SIGKILL', log.slice(-2000));
-  assert.is((await ourSnaps(volume)).length, 2, 'the killed sync left its snapshot (and the base)');
+  if (signal === 'SIGKILL') assert.is(child.signalCode, 'SIGKILL', log.slice(-2000));
+  else assert.is(child.exitCode, 143, log.slice(-2000));
+  assert.is((await ourSnaps(volume)).length, 2, 'the stopped sync left its snapshot (and the base)');
   const r = await sync();
   assert.is(r.code, 0, r.stderr);
+  assert.match(r.stderr, /resuming with snapshot hamal-/);
   const s = await checkRestores(r.stdout);
   const v = s.disks.find((d) => d.disk !== 'root')!;
   assert.ok((v.resumedBytes ?? 0) >= 6 * MiB, `resumed ${v.resumedBytes}`);
   assert.equal(await ourSnaps(volume), [s.snapshotId]);
   assert.equal(await ourSnaps(root), [s.snapshotId]);
 });
+}
 
 test('an application credential authenticates too; a volume resized between syncs gets a full version of its new size', async () => {
   os.appCredentials['ac-1'] = PASSWORD;

@@ -77,8 +77,8 @@ export interface ServiceHealth {
  *   reports$    concatMap(deliver + retry)     in order; results kept in the outbox until
  *                                              delivered, a progress report skipped once a
  *                                              newer one of its task is queued
- * stop(): polls and heartbeats end, running tasks are stopped (their snapshots released,
- * their journals kept for the next start), results reported, the graph completes.
+ * stop(): polls and heartbeats end, running tasks are stopped (their snapshots released
+ * or kept as the source decides, their journals kept for the next start), results reported, the graph completes.
  */
 export class Service {
   readonly metrics: Metrics;
@@ -121,7 +121,7 @@ export class Service {
   stop(): void {
     if (this._stopped) return;
     this._stopped = true;
-    this._log.info(`stopping: ${this._running.size} task(s) running are stopped, their snapshots released`);
+    this._log.info(`stopping: ${this._running.size} task(s) running are stopped, their journals kept for the next start`);
     this._stopping.next();
     this._stopping.complete();
   }

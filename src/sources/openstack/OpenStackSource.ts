@@ -205,10 +205,15 @@ class RbdSnapshot implements Snapshot {
     const done = new Set(committed);
     const sub = log.child('openstack');
     // Committed: this snapshot is the base of the next diff, older ones of ours (and
-    // leftovers) go. Not committed: this one goes, the base stays. Images in parallel.
+    // leftovers) go. Not committed (stopped, failed): it stays, so the next run reuses it
+    // and resumes from the journal, which no other snapshot could give (an RBD diff needs
+    // both ends); that run's commit removes it, as it removes every older one of ours.
+    // An RBD snapshot costs only the space of what changes after it. Images in parallel.
     const removals = [...this._byId.values()].flatMap((d) =>
-      (done.has(d.info.id) ? (this._before.get(d.image) ?? []).filter((n) => n.startsWith(RBD_SNAPSHOT_PREFIX) && n !== this._name) : [this._name]).map((name) => ({ image: d.image, name })),
+      (done.has(d.info.id) ? (this._before.get(d.image) ?? []).filter((n) => n.startsWith(RBD_SNAPSHOT_PREFIX) && n !== this._name) : []).map((name) => ({ image: d.image, name })),
     );
+    const kept = [...this._byId.values()].filter((d) => !done.has(d.info.id));
+    if (kept.length) sub.info(`snapshot ${this._name} kept on ${kept.map((d) => d.image).join(', ')} (not committed): the next sync resumes from it`);
     await Promise.all(
       removals.map(({ image, name }) => this._rbd.removeSnapshot(image, name).catch((err: Error) => sub.warn(`snapshot ${name} of ${image} not removed: ${err.message}`))),
     );
