@@ -1,4 +1,5 @@
 import { test } from 'uvu';
+import { readdirSync } from 'node:fs';
 import * as assert from 'uvu/assert';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
@@ -70,6 +71,29 @@ test('batched: an object is visible at once, under its name only after flush; a 
   assert.is((await fsp.readFile(join(root, 'k'))).toString(), 'v');
   await fsp.rm(dir, { recursive: true });
 });
+
+for (const earlySyncs of [0, 2]) {
+  test(`batched with earlySyncs ${earlySyncs}: at most that many files held open between puts, none after flush; every object whole, also those overwritten while syncing`, async () => {
+    const dir = await tempDir();
+    const store = await FsStore.open(dir, { create: true, earlySyncs });
+    const fds = () => readdirSync('/proc/self/fd').length;
+    const base = fds();
+    let most = 0;
+    for (let i = 0; i < 30; i++) {
+      await store.put(`o/${i % 20}`, Buffer.alloc(256 * 1024, i)); // 10 overwritten while waiting
+      most = Math.max(most, fds() - base);
+    }
+    assert.ok(most <= earlySyncs, `${most} files held open`);
+    await store.flush();
+    assert.is(fds(), base, 'nothing left open');
+    for (let k = 0; k < 20; k++) {
+      const i = k < 10 ? k + 20 : k;
+      assert.ok((await fsp.readFile(join(dir, 'o', String(k)))).equals(Buffer.alloc(256 * 1024, i)), `o/${k}`);
+    }
+    assert.equal(await fsp.readdir(join(dir, '.tmp')), []);
+    await fsp.rm(dir, { recursive: true });
+  });
+}
 
 test('syncEachObject: renamed into place as put resolves', async () => {
   const dir = await tempDir();

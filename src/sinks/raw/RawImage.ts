@@ -12,11 +12,17 @@ import { HamalError } from '../../errors.ts';
  * - `inPlace` (an existing replica, or any block device): written where it is; ranges
  *   the caller does not write keep their bytes, so the caller writes zeros where needed.
  */
+/** Written bytes after which a background fdatasync starts (one at a time). */
+const EARLY_SYNC_BYTES = 64 * 1024 * 1024;
+
 export class RawImage {
   readonly path: string;
   readonly inPlace: boolean;
   private readonly _handle: fsp.FileHandle;
   private readonly _writePath: string;
+  /** Bytes written since the last background fdatasync started. */
+  private _unsynced = 0;
+  private _syncing: Promise<void> | null = null;
 
   private constructor(path: string, writePath: string, handle: fsp.FileHandle, inPlace: boolean) {
     this.path = path;
@@ -59,10 +65,24 @@ export class RawImage {
       const { bytesWritten } = await this._handle.write(data, done, data.length - done, offset + done);
       done += bytesWritten;
     }
+    // The disk writes back while the restore goes on, instead of all at commit().
+    this._unsynced += data.length;
+    if (this._unsynced >= EARLY_SYNC_BYTES && !this._syncing) {
+      this._unsynced = 0;
+      this._syncing = this._handle.datasync().then(
+        () => {
+          this._syncing = null;
+        },
+        () => {
+          this._syncing = null;
+        },
+      );
+    }
   }
 
   /** Makes the image durable and, for a new file, visible under its name. */
   async commit(): Promise<void> {
+    await this._syncing;
     await this._handle.sync();
     await this._handle.close();
     if (!this.inPlace) await fsp.rename(this._writePath, this.path);
@@ -70,6 +90,7 @@ export class RawImage {
 
   /** After a failure: closes, and removes a new file's partial image. */
   async abandon(): Promise<void> {
+    await this._syncing;
     await this._handle.close().catch(() => {});
     if (!this.inPlace) await fsp.rm(this._writePath, { force: true });
   }
