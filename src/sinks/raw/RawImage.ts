@@ -3,6 +3,9 @@ import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { HamalError } from '../../errors.ts';
 
+/** Written bytes after which a background fdatasync starts (one at a time). */
+const EARLY_SYNC_BYTES = 64 * 1024 * 1024;
+
 /**
  * Where a restore writes: a raw image file or a block device.
  *
@@ -12,9 +15,6 @@ import { HamalError } from '../../errors.ts';
  * - `inPlace` (an existing replica, or any block device): written where it is; ranges
  *   the caller does not write keep their bytes, so the caller writes zeros where needed.
  */
-/** Written bytes after which a background fdatasync starts (one at a time). */
-const EARLY_SYNC_BYTES = 64 * 1024 * 1024;
-
 export class RawImage {
   readonly path: string;
   readonly inPlace: boolean;
@@ -23,6 +23,7 @@ export class RawImage {
   /** Bytes written since the last background fdatasync started. */
   private _unsynced = 0;
   private _syncing: Promise<void> | null = null;
+  private _syncFailed: Error | undefined;
 
   private constructor(path: string, writePath: string, handle: fsp.FileHandle, inPlace: boolean) {
     this.path = path;
@@ -73,7 +74,9 @@ export class RawImage {
         () => {
           this._syncing = null;
         },
-        () => {
+        (err: Error) => {
+          // Kept for commit(): a write-back error is reported once, a later fsync may pass.
+          this._syncFailed ??= err;
           this._syncing = null;
         },
       );
@@ -83,6 +86,7 @@ export class RawImage {
   /** Makes the image durable and, for a new file, visible under its name. */
   async commit(): Promise<void> {
     await this._syncing;
+    if (this._syncFailed) throw new HamalError('OUTPUT_WRITE_FAILED', `cannot write ${this.path}: ${this._syncFailed.message}`, { subject: this.path, cause: this._syncFailed });
     await this._handle.sync();
     await this._handle.close();
     if (!this.inPlace) await fsp.rename(this._writePath, this.path);
