@@ -212,4 +212,22 @@ test('on a terminal, restore and verify show a progress bar that reaches 100%; w
   assert.not.match(plain.stdout + plain.stderr, /ETA/);
 });
 
+test('a background fdatasync that fails (injected ENOSPC) fails the sync and the restore naming the object, exit 1; nothing committed, no partial file', async () => {
+  const target = join(dir, 'early-repo');
+  const image = join(dir, 'early.img');
+  await makeImage(image, 68 * MiB, [[0, pattern(68 * MiB, 3)]]);
+  const failed = await hamal(['sync', '--vm', 'early', '--disk', `d=${image}`, '--target', target], { HAMAL_FAILPOINTS: 'store.datasync=enospc@3' });
+  assert.is(failed.code, 1, failed.stderr);
+  assert.match(failed.stderr, /cannot make object chunks\/\S+ durable .*ENOSPC/);
+  assert.equal(JSON.parse((await hamal(['versions', '--target', target, '--json'])).stdout), []);
+  assert.is((await hamal(['sync', '--vm', 'early', '--disk', `d=${image}`, '--target', target])).code, 0);
+  const out = join(dir, 'early.out');
+  const restore = await hamal(['restore', '--target', target, '--vm', 'early', '--disk', 'd', '--out', out], { HAMAL_FAILPOINTS: 'restore.datasync=enospc' });
+  assert.is(restore.code, 1, restore.stderr);
+  assert.ok(restore.stderr.includes(`cannot write ${out}: ENOSPC`), restore.stderr);
+  assert.equal((await fsp.readdir(dir)).filter((f) => f.includes('early.out')), [], 'no file, partial or whole');
+  assert.is((await hamal(['restore', '--target', target, '--vm', 'early', '--disk', 'd', '--out', out])).code, 0);
+  assert.is(await sha256File(out), await sha256File(image));
+});
+
 test.run();

@@ -3,6 +3,7 @@ import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { ObjectStore, PutOptions } from '../ObjectStore.ts';
 import { HamalError, NotFoundError } from '../../errors.ts';
+import { failpoint } from '../../failpoints.ts';
 
 export interface FsStoreOptions {
   /**
@@ -57,6 +58,8 @@ export class FsStore implements ObjectStore {
   /** Temporary file -> its background fdatasync (see earlySyncs): null once durable, else its error. */
   private readonly _syncing = new Map<string, Promise<Error | null>>();
   private _syncsRunning = 0;
+  /** The error of a failed flush (see flush). */
+  private _failed: Error | undefined;
   private readonly _earlySyncs: number;
 
   private constructor(root: string, options: FsStoreOptions) {
@@ -125,11 +128,17 @@ export class FsStore implements ObjectStore {
           this._syncsRunning++;
           const durable = handle
             .datasync()
+            .then(() => failpoint('store.datasync'))
             .then(() => null, (err: Error) => err)
-            .finally(() => {
-              this._syncsRunning--;
-              return handle.close().catch(() => {});
-            });
+            // Counted until closed: the cap bounds open files too.
+            .finally(() =>
+              handle
+                .close()
+                .catch(() => {})
+                .finally(() => {
+                  this._syncsRunning--;
+                }),
+            );
           this._syncing.set(tmp, durable);
         }
       } finally {
@@ -246,6 +255,18 @@ export class FsStore implements ObjectStore {
   }
 
   async flush(): Promise<void> {
+    // Once a flush failed, every later one fails too: the objects it dropped are not on
+    // disk, and a flush that then succeeded would let a journal checkpoint vouch for them.
+    if (this._failed) throw this._failed;
+    try {
+      await this._flush();
+    } catch (err) {
+      this._failed = err as Error;
+      throw err;
+    }
+  }
+
+  private async _flush(): Promise<void> {
     // Batched mode: data first (fsync'd in parallel), then the renames, then directories.
     const waiting = this._waiting;
     this._waiting = new Map();

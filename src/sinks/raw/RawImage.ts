@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { HamalError } from '../../errors.ts';
+import { failpoint } from '../../failpoints.ts';
 
 /** Written bytes after which a background fdatasync starts (one at a time). */
 const EARLY_SYNC_BYTES = 64 * 1024 * 1024;
@@ -70,7 +71,7 @@ export class RawImage {
     this._unsynced += data.length;
     if (this._unsynced >= EARLY_SYNC_BYTES && !this._syncing) {
       this._unsynced = 0;
-      this._syncing = this._handle.datasync().then(
+      this._syncing = this._handle.datasync().then(() => failpoint('restore.datasync')).then(
         () => {
           this._syncing = null;
         },
