@@ -11,6 +11,11 @@ import { promisify } from 'node:util';
 import { FusionComputeStandIn } from './helpers/FusionComputeStandIn.ts';
 import { hamal } from './helpers/cli.ts';
 import { MiB, pattern, sha256File, tempDir } from './helpers/disks.ts';
+import { FusionComputeSource } from '../src/sources/fusion_compute/FusionComputeSource.ts';
+import { FsStore } from '../src/sinks/fs/FsStore.ts';
+import { Repository } from '../src/repo/Repository.ts';
+import { runVmSync } from '../src/streams/runVmSync.ts';
+import { releasing } from '../src/streams/usingResource.ts';
 
 const PASSWORD = 's3cr3t-Pa55word-for-tests';
 const run = promisify(execFile);
@@ -139,6 +144,41 @@ test('lanssl: the data channel is TLS, verified with caFile; without it the cert
   } finally {
     await tls.stop();
   }
+});
+
+test('a sync stopped mid-read deletes its snapshot; the next keeps the journaled blocks the CBT bitmap says did not change since and rereads the rest', async () => {
+  const a = fc.volumes[0]!;
+  await fc.write(a, 0, pattern(8 * MiB, 6)); // 8 blocks of 1 MiB changed since the last version
+  const source = () => new FusionComputeSource({ client: { url: fc.url, username: 'fcadmin', password: PASSWORD }, localHostIp: '127.0.0.1', transfer: 'lan', maxConnectionsPerHost: 2 });
+  const open = async () => Repository.open(await FsStore.open(join(dir, 'repo')));
+  const lib = join(dir, 'lib-resume');
+  const abort = new AbortController();
+  let seen = 0;
+  const stopped = runVmSync(source(), 'fc-vm-1', await open(), { journalDir: lib, checkpointSeconds: 0.05, readers: 1, releaseCpuMsPerMb: 150 }, (e) => {
+    if (e.type === 'block' && e.disk === `volume-${a.uuid}` && ++seen === 3) abort.abort();
+  }, abort.signal);
+  assert.match(String(await stopped.then(() => 'finished', (e: Error) => e.message)), /interrupted/);
+  await Promise.all([...releasing]); // the last checkpoint, the snapshot's deletion
+  assert.equal(fc.snaps, [], 'the stopped sync deleted its snapshot');
+  await fc.write(a, MiB + 10, pattern(100, 7)); // block 1, journaled before the stop, changes
+  const notes: string[] = [];
+  const r = await runVmSync(source(), 'fc-vm-1', await open(), { journalDir: lib }, (e) => {
+    if (e.type === 'disk-start' && e.disk === `volume-${a.uuid}`) notes.push(...e.notes);
+  });
+  assert.equal(r.failed, []);
+  const m = /: (\d+) of its (\d+) blocks did not change since and are kept/.exec(notes.join('\n'));
+  assert.ok(m, notes.join('\n'));
+  const [kept, had] = [Number(m![1]), Number(m![2])];
+  assert.ok(had >= 3 && had < 8, `${had} blocks journaled`);
+  assert.is(kept, had - 1);
+  const v = r.versions.find((x) => x.disk === `volume-${a.uuid}`)!;
+  assert.is(v.stats.resumedBytes, kept * MiB);
+  assert.is(v.stats.readBytes, (8 - kept) * MiB, 'the other changed blocks are read, no more');
+  const out = join(dir, 'resumed.img');
+  const rr = await hamal(['restore', '--target', join(dir, 'repo'), '--vm', 'fc-vm-1', '--disk', v.disk, '--version', v.version, '--out', out, '--config', conf]);
+  assert.is(rr.code, 0, rr.stderr);
+  assert.is(await sha256File(out), await sha256File(a.file));
+  assert.equal(fc.snaps, []);
 });
 
 test.run();
