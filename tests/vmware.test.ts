@@ -12,7 +12,7 @@ import { readdir, readFile, writeFile, truncate } from 'node:fs/promises';
 import { Journal } from '../src/repo/Journal.ts';
 import { lastValueFrom, toArray } from 'rxjs';
 import { changedAreas, changeIdEpoch } from '../src/sources/vmware/changedAreas.ts';
-import { writeAt, sha256File, tempDir } from './helpers/disks.ts';
+import { MiB, writeAt, sha256File, tempDir } from './helpers/disks.ts';
 import { FsStore, Repository, restoreDisk, runVmSync, type SyncEvent } from '../mod.ts';
 import { VmwareSource } from '../src/sources/vmware/VmwareSource.ts';
 import { mkdir, rm } from 'node:fs/promises';
@@ -360,15 +360,18 @@ test('SIGTERM mid-sync: the snapshot is removed, no version is committed, exit 1
   await c.logout();
 });
 
-test('SIGKILL mid-read: the next run reuses the snapshot, resumes from the journal, and leaves no snapshot', async () => {
+/**
+ * A 40 MiB disk of DC0_H0_VM1 synced slowly (100 ms per MB, one reader, checkpoints every
+ * second) until at least 3 blocks are checkpointed, then sent `signal`. `fast` is a config
+ * with the same lib dir for the rerun.
+ */
+async function stopMidRead(seed: number, signal: 'SIGKILL' | 'SIGTERM') {
   const dir = await tempDir();
   const c = await connect();
   const vm = await findVm(c, 'DC0_H0_VM1');
   const { local } = await liveDisk(c, vm.mor);
-  const MiB = 1024 * 1024;
   await truncate(local, 40 * MiB);
-  await writeAt(local, 0, pattern(40 * MiB, 31));
-  const sha = await sha256File(local);
+  await writeAt(local, 0, pattern(40 * MiB, seed));
   const u = new URL(url);
   const lib = join(dir, 'lib');
   const slow = join(dir, 'slow.conf');
@@ -385,8 +388,14 @@ test('SIGKILL mid-read: the next run reuses the snapshot, resumes from the journ
       if (/checkpoint blocks=[3-9]/.test(stderr)) resolve();
     });
   });
-  child.kill('SIGKILL');
-  await new Promise((r) => child.on('close', r));
+  child.kill(signal);
+  const code = await new Promise<number | null>((r) => child.on('close', r));
+  return { dir, c, vm, local, lib, fast, taskFile, stderr, code };
+}
+
+test('SIGKILL mid-read: the next run reuses the snapshot, resumes from the journal, and leaves no snapshot', async () => {
+  const { dir, c, vm, local, fast, taskFile } = await stopMidRead(31, 'SIGKILL');
+  const sha = await sha256File(local);
   assert.equal((await listSnapshots(c, vm.mor)).length, 1, 'the killed sync left its snapshot');
   const again = await hamal(['--config', fast, 'sync', '--task', taskFile, '--json'], { VC_PASSWORD: PASSWORD });
   assert.is(again.code, 0, again.stderr);
@@ -403,37 +412,12 @@ test('SIGKILL mid-read: the next run reuses the snapshot, resumes from the journ
 });
 
 test('SIGTERM mid-read, then the disk changes: the rerun keeps the journaled blocks CBT says did not change since the removed snapshot and rereads the rest', async () => {
-  const dir = await tempDir();
-  const c = await connect();
-  const vm = await findVm(c, 'DC0_H0_VM1');
-  const { local } = await liveDisk(c, vm.mor);
-  const MiB = 1024 * 1024;
-  await truncate(local, 40 * MiB);
-  await writeAt(local, 0, pattern(40 * MiB, 41));
-  const u = new URL(url);
-  const lib = join(dir, 'lib');
-  const slow = join(dir, 'slow.conf');
-  await writeFile(slow, `[DEFAULT]\nhamal_lib_dir = ${lib}\n[vmware]\nskip_disk_flag = True\n[period]\nvmware_release_cpu_time = 100\n[data_sync_v2]\nfsync_period_frequency = 1\npre_disk_readers_count = 1\n`);
-  const fast = join(dir, 'fast.conf');
-  await writeFile(fast, `[DEFAULT]\nhamal_lib_dir = ${lib}\n[vmware]\nskip_disk_flag = True\n`);
-  const taskFile = join(dir, 't.json');
-  await writeFile(taskFile, JSON.stringify({ version: 1, source: { platform: 'vmware', vm: 'DC0_H0_VM1', connection: { host: u.hostname, port: Number(u.port), username: 'hamal', passwordEnv: 'VC_PASSWORD', thumbprint } }, target: join(dir, 'repo') }));
-  const child = spawn(process.execPath, [HAMAL, '--config', slow, 'sync', '--task', taskFile, '--debug'], { env: { ...process.env, VC_PASSWORD: PASSWORD }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  await new Promise<void>((resolve) => {
-    child.stderr!.on('data', (d) => {
-      stderr += d;
-      if (/checkpoint blocks=[3-9]/.test(stderr)) resolve();
-    });
-  });
-  child.kill('SIGTERM');
-  assert.is(await new Promise((r) => child.on('close', r)), 143, stderr);
+  const { dir, c, vm, local, lib, fast, taskFile, stderr, code } = await stopMidRead(41, 'SIGTERM');
+  assert.is(code, 143, stderr);
   assert.equal(await listSnapshots(c, vm.mor), [], 'the stopped sync removed its snapshot');
   // What the stopped sync journaled (its checkpointed records), read as the rerun will.
-  const journalFile = (await readdir(join(lib, 'journals'), { recursive: true })).find((f) => f.endsWith('.journal'))!;
-  const bytes = await readFile(join(lib, 'journals', journalFile));
-  const header = Journal.headerOf(bytes)!;
-  const journaled = Journal.parse(bytes.subarray(0, JSON.parse(await readFile(join(lib, 'journals', journalFile.replace(/journal$/, 'checkpoint')), 'utf8')).bytes), header);
+  const journalFile = join(lib, 'journals', (await readdir(join(lib, 'journals'), { recursive: true })).find((f) => f.endsWith('.journal'))!);
+  const journaled = await Journal.recover(journalFile, Journal.headerOf(await readFile(journalFile))!);
   assert.is(journaled.status, 'resumed');
   const had = (journaled as { entries: Map<number, unknown> }).entries;
   assert.ok(had.size >= 3 && had.has(1), `blocks journaled: ${[...had.keys()]}`);
