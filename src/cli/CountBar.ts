@@ -47,8 +47,11 @@ export class CountBar {
 
   private _payload(total: number) {
     const seconds = (Date.now() - this._started) / 1000;
-    const fmt = (n: number) => (this._unit === 'bytes' ? formatBytes(n) : `${n} chunks`);
-    const rate = seconds > 0 ? this._done / seconds : 0;
-    return { doneH: this._unit === 'bytes' ? formatBytes(this._done) : String(this._done), totalH: fmt(total), rateH: this._unit === 'bytes' ? `${formatBytes(rate)}/s` : `${rate.toFixed(0)}/s` };
+    const amount = (n: number) => (this._unit === 'bytes' ? formatBytes(n) : String(Math.round(n)));
+    return {
+      doneH: amount(this._done),
+      totalH: this._unit === 'bytes' ? amount(total) : `${total} chunks`,
+      rateH: `${amount(seconds > 0 ? this._done / seconds : 0)}/s`,
+    };
   }
 }
