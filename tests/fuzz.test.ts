@@ -21,7 +21,7 @@ import { changedAreasPage } from '../src/sources/vmware/changedAreas.ts';
 import { parseRbdDiff } from '../src/sources/ceph/Rbd.ts';
 import { tasksOf } from '../src/service/HttpControlPlane.ts';
 import { acceptTask, NonceStore, TaskRejected } from '../src/service/SignedTask.ts';
-import { canonicalJson } from '../src/service/canonicalJson.ts';
+import { canonicalJson } from '../src/canonicalJson.ts';
 import { ChunkCodec } from '../src/repo/ChunkCodec.ts';
 import { MasterKey } from '../src/repo/MasterKey.ts';
 import { zstd } from '../src/repo/Zstd.ts';

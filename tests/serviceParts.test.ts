@@ -8,7 +8,7 @@ import { ControlPlaneStandIn } from './helpers/ControlPlaneStandIn.ts';
 import { NonceStore, TaskRejected, acceptTask, type AcceptedTask } from '../src/service/SignedTask.ts';
 import { TaskFiles } from '../src/service/TaskFiles.ts';
 import { LogFile } from '../src/log/LogFile.ts';
-import { canonicalJson } from '../src/service/canonicalJson.ts';
+import { canonicalJson } from '../src/canonicalJson.ts';
 import { tempDir } from './helpers/disks.ts';
 import { Observable, defer, of, throwError } from 'rxjs';
 import { Service } from '../src/service/Service.ts';

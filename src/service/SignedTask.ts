@@ -4,7 +4,7 @@ import { replaceFile } from './replaceFile.ts';
 import { HamalError } from '../errors.ts';
 import { parseTask } from '../tasks/loadTask.ts';
 import type { Task } from '../tasks/Task.ts';
-import { canonicalJson } from './canonicalJson.ts';
+import { canonicalJson } from '../canonicalJson.ts';
 
 /** What the control plane signs (docs/control-plane.md, "Signed tasks"). */
 export interface TaskEnvelope {

@@ -11,6 +11,9 @@
  * - `delete` of a missing key succeeds.
  * - `list(prefix)` yields every key under the prefix, in no particular order, and never
  *   a temporary object.
+ * - `get` with `maxBytes` never reads more: a larger object is an IntegrityError naming
+ *   it (OBJECT_TOO_LARGE), so a planted or damaged object cannot make a reader allocate
+ *   without bound.
  */
 export interface PutOptions {
   /** Lowercase hex SHA-256 of the body when the caller has it (a chunk's id): saves hashing it again. */
@@ -19,16 +22,25 @@ export interface PutOptions {
   ifAbsent?: boolean;
 }
 
+export interface GetOptions {
+  /**
+   * Where the store may read the object: it returns a view of it when the object fits (no
+   * fresh allocation per chunk); the caller must not reuse it while it uses the result.
+   */
+  into?: Buffer;
+  /** The most bytes the object may hold (what the caller expects of it). @default no limit */
+  maxBytes?: number;
+}
+
+/** Bound for the small documents of a repository: config, keys, locks, leases, generation. */
+export const SMALL_OBJECT_BYTES = 1024 * 1024;
+
 export interface ObjectStore {
   /** Where the store points, printable: never holds a secret. */
   readonly location: string;
   put(key: string, body: Uint8Array, options?: PutOptions): Promise<void>;
-  /**
-   * The object's bytes. With `into`, a store may read them into it and return a view of
-   * it when they fit (no fresh allocation per chunk); the caller must not reuse `into`
-   * while it uses the result.
-   */
-  get(key: string, into?: Buffer): Promise<Buffer>;
+  /** The object's bytes (see GetOptions). */
+  get(key: string, options?: GetOptions): Promise<Buffer>;
   head(key: string): Promise<{ size: number } | null>;
   list(prefix: string): AsyncIterable<string>;
   delete(key: string): Promise<void>;

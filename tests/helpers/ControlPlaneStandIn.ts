@@ -5,7 +5,7 @@
 import http from 'node:http';
 import { generateKeyPairSync, randomBytes, sign, type KeyObject } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
-import { canonicalJson } from '../../src/service/canonicalJson.ts';
+import { canonicalJson } from '../../src/canonicalJson.ts';
 
 export const AUTH_KEY = 'ab#cd-auth-key-for-tests';
 

@@ -1,6 +1,6 @@
 // Test instrumentation, not a fake: the real FsStore with a delay before each put, so a
 // test can make the target slow (bounded memory) or kill a sync part way (resume).
-import type { ObjectStore } from '../../src/sinks/ObjectStore.ts';
+import type { GetOptions, ObjectStore } from '../../src/sinks/ObjectStore.ts';
 
 export class SlowStore implements ObjectStore {
   readonly location: string;
@@ -17,8 +17,8 @@ export class SlowStore implements ObjectStore {
     if (key.startsWith('chunks/')) this.chunkPuts++;
     return this.inner.put(key, body);
   }
-  get(key: string) {
-    return this.inner.get(key);
+  get(key: string, options?: GetOptions) {
+    return this.inner.get(key, options);
   }
   head(key: string) {
     return this.inner.head(key);

@@ -15,8 +15,8 @@ import {
 import { Upload } from '@aws-sdk/lib-storage';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import type { FinalizeHandler, FinalizeHandlerArguments, HandlerExecutionContext, MetadataBearer } from '@smithy/types';
-import type { ObjectStore, PutOptions } from '../ObjectStore.ts';
-import { HamalError, NotFoundError } from '../../errors.ts';
+import type { GetOptions, ObjectStore, PutOptions } from '../ObjectStore.ts';
+import { HamalError, IntegrityError, NotFoundError } from '../../errors.ts';
 import { log } from '../../log/Logger.ts';
 import type { S3Target } from './S3Target.ts';
 
@@ -158,11 +158,31 @@ export class S3Store implements ObjectStore {
     }
   }
 
-  async get(key: string): Promise<Buffer> {
+  async get(key: string, options: GetOptions = {}): Promise<Buffer> {
+    const max = options.maxBytes ?? Infinity;
+    const tooLarge = (size: number | string) =>
+      new IntegrityError('OBJECT_TOO_LARGE', `object ${key} in ${this.location} holds ${size} bytes, more than the ${max} it can hold`, { subject: key });
     try {
       const out = await this._client.send(new GetObjectCommand({ Bucket: this.target.bucket, Key: this._key(key) }));
-      return Buffer.from(await out.Body!.transformToByteArray());
+      const body = out.Body as unknown as AsyncIterable<Buffer> & { destroy(): void };
+      if ((out.ContentLength ?? 0) > max) {
+        body.destroy();
+        throw tooLarge(out.ContentLength!);
+      }
+      // Counted as it arrives: a server may send more than it declared.
+      const parts: Buffer[] = [];
+      let size = 0;
+      for await (const part of body) {
+        size += part.length;
+        if (size > max) {
+          body.destroy();
+          throw tooLarge(`over ${max}`);
+        }
+        parts.push(part);
+      }
+      return parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
     } catch (err) {
+      if (err instanceof HamalError) throw err;
       throw this._error(err, 'get', key);
     }
   }

@@ -1,5 +1,6 @@
 /**
- * The canonical JSON form signatures are computed over: object keys sorted by UTF-16 code
+ * The canonical JSON form signatures and MACs are computed over (signed tasks, the
+ * sealed repository config): object keys sorted by UTF-16 code
  * units, no whitespace, strings and numbers as JSON.stringify writes them (the subset of
  * RFC 8785 that task payloads use: no floats that need ECMAScript number formatting rules
  * beyond what JSON.stringify already follows).
