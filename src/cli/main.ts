@@ -4,16 +4,43 @@ import { VERSION } from '../version.ts';
 import { log } from '../log/Logger.ts';
 import { formatConfig } from '../config/loadConfig.ts';
 import { setup, type GlobalOptions } from './context.ts';
+import { SCHEMA } from '../config/schema.ts';
+import { TASK_SCHEMA } from '../tasks/taskSchema.ts';
 // Commands load on use: platform and target libraries (soap, the AWS SDK) cost start-up time.
 
-function positiveInt(name: string) {
+type Range = readonly [min: number, max: number];
+type IntKey = { type: { min: number; max: number } };
+type IntOption = { minimum: number; maximum: number };
+
+/** An integer flag from `min` to `max`: anything else is bad usage (exit 2), naming the flag and the range. */
+function intInRange(name: string, [min, max]: Range) {
   return (value: string): number => {
     const n = Number(value);
-    if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < 1) {
-      throw new InvalidArgumentError(`${name} must be a whole number of at least 1`);
+    if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < min || n > max) {
+      throw new InvalidArgumentError(`${name} must be a whole number from ${min} to ${max}`);
     }
     return n;
   };
+}
+
+/** A flag overrides both a hamal.conf key and a task option: it gets what both accept. */
+const both = (key: IntKey, option: IntOption): Range => [Math.max(key.type.min, option.minimum), Math.min(key.type.max, option.maximum)];
+const TASK_OPTIONS = TASK_SCHEMA.properties.options.properties;
+const READERS = both(SCHEMA.data_sync_v2.pre_disk_readers_count, TASK_OPTIONS.readers);
+const WRITERS = both(SCHEMA.hamal.writers_per_disk, TASK_OPTIONS.writers);
+const PARALLEL_DISKS = both(SCHEMA.data_sync_v2.parallel_sync_disks_count, TASK_OPTIONS.parallelDisks);
+const BLOCK_SIZE_MB = both(SCHEMA.hamal.block_size_mb, TASK_OPTIONS.blockSizeMb);
+/** Beyond any retention anyone keeps (hourly versions for 11 years); catches typos and overflow. */
+const KEEP_LAST: Range = [1, 100_000];
+
+/** `sync --block-size <bytes>`: a multiple of 4096 within the block sizes of block_size_mb. */
+function blockSizeBytes(value: string): number {
+  const [min, max] = [4096, BLOCK_SIZE_MB[1] * 1024 * 1024];
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < min || n > max || n % 4096 !== 0) {
+    throw new InvalidArgumentError(`--block-size must be a multiple of 4096 from ${min} to ${max} (${max / 1048576} MiB)`);
+  }
+  return n;
 }
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
@@ -54,10 +81,10 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option('--vm <name>', 'VM name the versions are filed under')
     .option('--disk <[id=]path>', 'raw image or block device; repeat for more disks (id: the file name unless given)', collect)
     .option('--target <url>', 'repository: file:///path or a directory (else the task\'s, else [hamal] target)')
-    .option('--readers <n>', 'reads per disk at once (pre_disk_readers_count)', positiveInt('--readers'))
-    .option('--writers <n>', 'chunk writes per disk at once ([hamal] writers_per_disk)', positiveInt('--writers'))
-    .option('--parallel-disks <n>', 'disks synced at once (parallel_sync_disks_count)', positiveInt('--parallel-disks'))
-    .option('--block-size <bytes>', 'block size of a repository created now', positiveInt('--block-size'))
+    .option('--readers <n>', `reads per disk at once (pre_disk_readers_count; ${READERS.join('..')}, at most max_pre_disk_readers_count)`, intInRange('--readers', READERS))
+    .option('--writers <n>', `chunk writes per disk at once ([hamal] writers_per_disk; ${WRITERS.join('..')})`, intInRange('--writers', WRITERS))
+    .option('--parallel-disks <n>', `disks synced at once (parallel_sync_disks_count; ${PARALLEL_DISKS.join('..')}, at most max_parallel_sync_disks_count)`, intInRange('--parallel-disks', PARALLEL_DISKS))
+    .option('--block-size <bytes>', `block size of a repository created now: a multiple of 4096 up to ${BLOCK_SIZE_MB[1]} MiB`, blockSizeBytes)
     .option('--json', 'print a JSON summary instead of a table')
     .action(withConfig(async (o: Parameters<typeof import('./sync.ts').syncCommand>[0], c) => (await import('./sync.ts')).syncCommand(o, c)));
 
@@ -70,6 +97,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option('--version <id>', 'version id, or latest', 'latest')
     .requiredOption('--out <path>', 'file or block device to write')
     .option('--from <version>', '--out already holds this version: write only the blocks that differ')
+    .option('--force', 'replace an existing regular file (written beside it, renamed over it), or write a block device: only when it is not mounted, not used as swap, not held by another program and at least the version\'s size; without it both are refused')
     .option('--json', 'print a JSON summary')
     .action(withConfig(async (o: Parameters<typeof import('./restore.ts').restoreCommand>[0], c) => (await import('./restore.ts')).restoreCommand(o, c)));
 
@@ -88,7 +116,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .requiredOption('--target <url>', 'repository: file:///path, a directory, or s3://bucket/prefix')
     .option('--encryption <mode>', 'aes-256-gcm or none (the passphrase comes from HAMAL_PASSPHRASE or [hamal] passphrase_file/key_file)', 'none')
     .option('--compression <mode>', 'zstd or none', 'none')
-    .option('--block-size-mb <n>', 'block size in MiB', positiveInt('--block-size-mb'))
+    .option('--block-size-mb <n>', `block size in MiB (${BLOCK_SIZE_MB.join('..')})`, intInRange('--block-size-mb', BLOCK_SIZE_MB))
     .option('--json', 'print the repository config as JSON')
     .action(withConfig(async (o: Parameters<typeof import('./init.ts').initCommand>[0], c) => (await import('./init.ts')).initCommand(o, c)));
 
@@ -121,7 +149,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .command('prune')
     .description('Delete all but the newest versions of each disk, then the chunks nothing uses')
     .requiredOption('--target <url>', 'repository: file:///path or a directory')
-    .requiredOption('--keep-last <n>', 'versions kept per disk', positiveInt('--keep-last'))
+    .requiredOption('--keep-last <n>', `versions kept per disk (${KEEP_LAST.join('..')})`, intInRange('--keep-last', KEEP_LAST))
     .option('--vm <name>', 'only this VM\'s versions')
     .option('--dry-run', 'report, delete nothing')
     .option('--json', 'print the report as JSON')
