@@ -3,6 +3,7 @@ import { readdirSync, readlinkSync } from 'node:fs';
 import * as assert from 'uvu/assert';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
+import { spawn } from 'node:child_process';
 import { FsStore } from '../src/sinks/fs/FsStore.ts';
 import { NotFoundError } from '../src/errors.ts';
 import { tempDir } from './helpers/disks.ts';
@@ -36,16 +37,48 @@ test('put, get, head, list, delete keep the ObjectStore contract', async () => {
   await fsp.rm(dir, { recursive: true });
 });
 
-test('temporaries a crash left are swept at open and never listed', async () => {
+/** Files waiting in the temporary folders of every writer. */
+async function temporaries(root: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const w of await fsp.readdir(join(root, '.tmp')).catch(() => [] as string[])) {
+    const st = await fsp.lstat(join(root, '.tmp', w));
+    if (st.isDirectory()) for (const f of await fsp.readdir(join(root, '.tmp', w))) out.push(`${w}/${f}`);
+    else out.push(w);
+  }
+  return out;
+}
+
+test('temporaries of writers that are gone are swept by the next writer, never by a reader, and never listed', async () => {
   const dir = await tempDir();
   const root = join(dir, 's');
-  await FsStore.open(root, { create: true });
-  await fsp.writeFile(join(root, '.tmp', 'half-written'), 'xx');
-  const store = await FsStore.open(root);
-  assert.equal(await fsp.readdir(join(root, '.tmp')), []);
+  const live = await FsStore.open(root, { create: true });
+  await live.put('live/object', Buffer.from('not flushed yet'));
+  // A writer that is gone: a real process that has exited, named as FsStore names its folder.
+  const child = spawn('true');
+  await new Promise((r) => child.once('exit', r));
+  const [mine] = await fsp.readdir(join(root, '.tmp'));
+  const dead = mine!.replace(/^w-\d+-\d+-/, `w-${child.pid}-1-`);
+  await fsp.mkdir(join(root, '.tmp', dead));
+  await fsp.writeFile(join(root, '.tmp', dead, 'half-written'), 'xx');
+  // Loose files of an earlier release: swept once a day old.
+  await fsp.writeFile(join(root, '.tmp', 'old-loose'), 'xx');
+  await fsp.utimes(join(root, '.tmp', 'old-loose'), new Date(Date.now() - 2 * 86400_000), new Date(Date.now() - 2 * 86400_000));
+  await fsp.writeFile(join(root, '.tmp', 'new-loose'), 'xx');
+
+  const reader = await FsStore.open(root);
   const keys: string[] = [];
-  for await (const k of store.list('')) keys.push(k);
-  assert.equal(keys, []);
+  for await (const k of reader.list('')) keys.push(k);
+  assert.equal(keys, [], 'nothing under .tmp is listed by another store');
+  assert.ok((await temporaries(root)).includes(`${dead}/half-written`), 'a reader sweeps nothing');
+
+  const writer = await FsStore.open(root);
+  await writer.put('other', Buffer.from('x'));
+  const left = await temporaries(root);
+  assert.not.ok(left.some((f) => f.startsWith(dead)), 'the dead writer is swept');
+  assert.not.ok(left.includes('old-loose'));
+  assert.ok(left.includes('new-loose'));
+  await live.flush();
+  assert.is((await fsp.readFile(join(root, 'live/object'))).toString(), 'not flushed yet', 'the live writer lost nothing');
   await fsp.rm(dir, { recursive: true });
 });
 
@@ -63,7 +96,6 @@ test('batched: an object is visible at once, under its name only after flush; a 
   // "Crash": another store opens the directory without this one having flushed.
   const after = await FsStore.open(root);
   assert.is(await after.head('chunks/ab/abcd'), null);
-  assert.equal(await fsp.readdir(join(root, '.tmp')), []);
   // A flushed object survives.
   const again = await FsStore.open(root, { create: true });
   await again.put('k', Buffer.from('v'));
@@ -98,7 +130,7 @@ for (const earlySyncs of [0, 2]) {
       const i = k < 10 ? k + 20 : k;
       assert.ok((await fsp.readFile(join(dir, 'o', String(k)))).equals(Buffer.alloc(256 * 1024, i)), `o/${k}`);
     }
-    assert.equal(await fsp.readdir(join(dir, '.tmp')), []);
+    assert.equal(await temporaries(dir), []);
     await fsp.rm(dir, { recursive: true });
   });
 }

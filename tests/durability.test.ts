@@ -25,7 +25,7 @@ async function interruptedJournal(dir: string) {
   await makeImage(image, 16 * BS, [[0, pattern(16 * BS, 9)]]);
   const repo = await Repository.open(await FsStore.open(join(dir, 'repo'), { create: true }), { create: true, blockSize: BS });
   const libDir = join(dir, 'lib');
-  const header: JournalHeader = { format: JOURNAL_FORMAT, repository: repo.config.id, vm: 'vm', disk: 'd', capacity: 16 * BS, blockSize: BS, parent: null, since: null, snapshotId: '', changeId: null };
+  const header: JournalHeader = { format: JOURNAL_FORMAT, repository: repo.config.id, vm: 'vm', disk: 'd', capacity: 16 * BS, blockSize: BS, parent: null, since: null, snapshotId: '', changeId: null, generation: 0 };
   const source = new CountingSource(new LocalSource({ vms: { vm: [{ id: 'd', path: image }] } }));
   header.snapshotId = await source.snapshot('vm').then(async (s) => { await s.release(); return s.id; });
   const path = Journal.pathFor(libDir, header);

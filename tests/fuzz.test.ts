@@ -110,7 +110,7 @@ test('FusionCompute bitmaps: any answer gives extents inside the disk, ascending
 
 test('journals: any bytes on disk are resumed only when they check out, never thrown on', async () => {
   const dir = await tempDir();
-  const header: JournalHeader = { format: JOURNAL_FORMAT, repository: 'r', vm: 'v', disk: 'd', capacity: 1 << 20, blockSize: 65536, parent: null, since: null, snapshotId: 's', changeId: null };
+  const header: JournalHeader = { format: JOURNAL_FORMAT, repository: 'r', vm: 'v', disk: 'd', capacity: 1 << 20, blockSize: 65536, parent: null, since: null, snapshotId: 's', changeId: null, generation: 0 };
   const path = Journal.pathFor(dir, header);
   await fsp.mkdir(join(path, '..'), { recursive: true });
   await fc.assert(

@@ -1,12 +1,15 @@
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, constants as fsconstants } from 'node:fs';
 import { createHash, type Hash } from 'node:crypto';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { HamalError } from '../errors.ts';
+import { dirsExist, makeDirs, NOFOLLOW_READ, NOFOLLOW_UPDATE, writeNewFile } from '../noFollow.ts';
 import type { ChunkId } from './ChunkId.ts';
 import { encodeName } from './names.ts';
 import { failpoint } from '../failpoints.ts';
 
 export const JOURNAL_FORMAT = 1;
+/** A new journal, read and appended to; never through a link. */
+const CREATE_RW = fsconstants.O_RDWR | fsconstants.O_CREAT | fsconstants.O_EXCL | fsconstants.O_NOFOLLOW;
 const RECORD = 36; // uint32 block index + 32-byte SHA-256 (all zero: a zero block)
 const ZERO_ID = Buffer.alloc(32);
 
@@ -23,6 +26,12 @@ export interface JournalHeader {
   snapshotId: string;
   /** The disk's changeId in that snapshot: what a later snapshot can be diffed against. */
   changeId: string | null;
+  /**
+   * The repository's generation when the sync that started this journal opened it. A
+   * prune since (a higher generation) may have deleted chunks the records name, so they
+   * are checked against the repository before they are trusted (syncDisk).
+   */
+  generation: number;
 }
 
 /** Header fields that may differ when a journal is resumed from another snapshot (see syncDisk). */
@@ -74,10 +83,11 @@ export class Journal {
   static async snapshotIdsOf(libDir: string, repository: string, vm: string): Promise<string[]> {
     const dir = Journal.dirFor(libDir, repository, vm);
     const ids = new Set<string>();
-    for (const name of await fsp.readdir(dir).catch(() => [] as string[])) {
+    const real = await dirsExist(libDir, ['journals', repository, encodeName(vm)]).catch(() => false);
+    for (const name of real ? await fsp.readdir(dir).catch(() => [] as string[]) : []) {
       if (!name.endsWith('.journal')) continue;
       try {
-        const handle = await fsp.open(join(dir, name), 'r');
+        const handle = await fsp.open(join(dir, name), NOFOLLOW_READ);
         const head = Buffer.alloc(4096);
         const { bytesRead } = await handle.read(head, 0, head.length, 0).finally(() => handle.close());
         const header = Journal.headerOf(head.subarray(0, bytesRead));
@@ -97,13 +107,13 @@ export class Journal {
     let ckpt: { bytes: number; sha256: string };
     let data: Buffer;
     try {
-      ckpt = JSON.parse(await fsp.readFile(checkpointPath(path), 'utf8'));
+      ckpt = JSON.parse((await readRegular(checkpointPath(path))).toString('utf8'));
     } catch (err) {
       const none = (err as NodeJS.ErrnoException).code === 'ENOENT';
       return { status: none ? 'none' : 'corrupt', detail: none ? 'no checkpoint' : 'checkpoint file unreadable' };
     }
     try {
-      data = await fsp.readFile(path);
+      data = await readRegular(path);
     } catch {
       return { status: 'truncated', detail: 'journal missing' };
     }
@@ -183,9 +193,9 @@ export class Journal {
         cause: err,
       });
     try {
-      await fsp.mkdir(dirname(path), { recursive: true });
+      await Journal._makeDir(path);
       if (resume) {
-        const handle = await fsp.open(path, 'r+');
+        const handle = await fsp.open(path, NOFOLLOW_UPDATE);
         await handle.truncate(resume.bytes);
         const data = Buffer.alloc(resume.bytes);
         await handle.read(data, 0, resume.bytes, 0);
@@ -193,7 +203,8 @@ export class Journal {
         return new Journal(path, handle, resume.bytes, createHash('sha256').update(data), records);
       }
       await fsp.rm(checkpointPath(path), { force: true });
-      const handle = await fsp.open(path, 'w+');
+      await fsp.rm(path, { force: true });
+      const handle = await fsp.open(path, CREATE_RW, 0o600);
       const journal = new Journal(path, handle, 0, createHash('sha256'), 0);
       journal._pending.push(Buffer.from(JSON.stringify(header) + '\n'));
       await journal.checkpoint();
@@ -201,6 +212,19 @@ export class Journal {
     } catch (err) {
       throw err instanceof HamalError ? err : fail(err);
     }
+  }
+
+  /**
+   * Makes the folders of a journal: 0700, none of them a link (the lib dir itself may
+   * be one). Folders are never removed again: a sibling disk may be about to create its
+   * journal in the same one (removing an empty VM folder raced with that).
+   */
+  private static async _makeDir(path: string): Promise<void> {
+    const vmDir = dirname(path);
+    const repoDir = dirname(vmDir);
+    const libDir = dirname(dirname(repoDir));
+    await fsp.mkdir(libDir, { recursive: true, mode: 0o700 });
+    await makeDirs(libDir, ['journals', basename(repoDir), basename(vmDir)], 0o700);
   }
 
   /** Records a stored block; durable at the next checkpoint. */
@@ -250,9 +274,8 @@ export class Journal {
       await this._handle.datasync();
       const ckpt = checkpointPath(this.path);
       const tmp = `${ckpt}.tmp`;
-      await fsp.writeFile(tmp, JSON.stringify({ format: JOURNAL_FORMAT, bytes: this._bytes, records: this._records, sha256: this._hash.copy().digest('hex'), at: new Date().toISOString() }));
-      const h = await fsp.open(tmp, 'r');
-      await h.datasync().finally(() => h.close());
+      await fsp.rm(tmp, { force: true });
+      await writeNewFile(tmp, JSON.stringify({ format: JOURNAL_FORMAT, bytes: this._bytes, records: this._records, sha256: this._hash.copy().digest('hex'), at: new Date().toISOString() }));
       await fsp.rename(tmp, ckpt);
       const dir = await fsp.open(dirname(this.path), 'r');
       await dir.sync().finally(() => dir.close());
@@ -268,15 +291,11 @@ export class Journal {
     await this._handle.close().catch(() => {});
   }
 
-  /** The version is committed: the journal is no longer needed. */
+  /** The version is committed: the journal is no longer needed (its folder stays: see _makeDir). */
   async remove(): Promise<void> {
     await this.close();
     await fsp.rm(checkpointPath(this.path), { force: true });
     await fsp.rm(this.path, { force: true });
-    // Leave no empty <vm>/ and <repository>/ directories behind (others' journals stay).
-    for (let dir = dirname(this.path), i = 0; i < 2; dir = dirname(dir), i++) {
-      if (!(await fsp.rmdir(dir).then(() => true, () => false))) break;
-    }
   }
 
   /** Deletes a journal that will not be resumed. */
@@ -288,4 +307,15 @@ export class Journal {
 
 function checkpointPath(journal: string): string {
   return journal.replace(/\.journal$/, '.checkpoint');
+}
+
+/** A whole file that must be a regular file, read without following a link. */
+async function readRegular(path: string): Promise<Buffer> {
+  const handle = await fsp.open(path, NOFOLLOW_READ);
+  try {
+    if (!(await handle.stat()).isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: 'EINVAL' });
+    return await handle.readFile();
+  } finally {
+    await handle.close();
+  }
 }

@@ -1,5 +1,5 @@
 import { HamalError, NotFoundError } from '../errors.ts';
-import type { ObjectStore } from '../sinks/ObjectStore.ts';
+import { SMALL_OBJECT_BYTES, type ObjectStore } from '../sinks/ObjectStore.ts';
 
 /**
  * The right to write one task's versions, granted by the control plane with an epoch that
@@ -29,7 +29,7 @@ export class LeaseFence {
 
   private async _current(): Promise<Lease | null> {
     try {
-      const doc = JSON.parse((await this._store.get(this._key)).toString('utf8')) as Lease;
+      const doc = JSON.parse((await this._store.get(this._key, { maxBytes: SMALL_OBJECT_BYTES })).toString('utf8')) as Lease;
       return Number.isSafeInteger(doc?.epoch) ? doc : null;
     } catch (err) {
       if (err instanceof NotFoundError || err instanceof SyntaxError) return null;

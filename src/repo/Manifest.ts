@@ -1,8 +1,12 @@
+import { createHash } from 'node:crypto';
 import { IntegrityError } from '../errors.ts';
+import { canonicalJson } from '../canonicalJson.ts';
 import { isChunkId, type ChunkId } from './ChunkId.ts';
 import type { VersionId } from './VersionId.ts';
 
-export const MANIFEST_FORMAT = 1;
+/** Format 2 adds `digest`; format 1 manifests (without one) are still read. */
+export const MANIFEST_FORMAT = 2;
+const READABLE = [1, 2];
 
 /** What one sync of one disk did, in bytes (docs/format.md, Manifest). */
 export interface VersionStats {
@@ -34,14 +38,39 @@ export interface Manifest {
   source: { platform: string; snapshotId: string; changeId: string | null };
   stats: VersionStats;
   blocks: Array<ChunkId | null>;
+  /**
+   * Format 2: SHA-256 (hex) of the canonical JSON of every other field, checked on every
+   * read, so bit rot (a flipped digit, two entries swapped) is found, not restored. Not a
+   * defence against someone who can write the repository: sealed documents are.
+   */
+  digest?: string;
 }
 
+/** What the reader of a manifest knows it must say: where it was found, in which repository. */
+export interface ManifestExpectation {
+  vm: string;
+  disk: string;
+  version: VersionId;
+  blockSize: number;
+}
+
+function digestOf(manifest: Manifest): string {
+  const { digest: _digest, ...rest } = manifest;
+  return createHash('sha256').update(canonicalJson(rest)).digest('hex');
+}
+
+/** The stored bytes of a manifest (before sealing), with its digest. */
 export function encodeManifest(manifest: Manifest): Buffer {
-  return Buffer.from(JSON.stringify(manifest));
+  const { digest: _digest, ...rest } = manifest;
+  return Buffer.from(JSON.stringify({ ...rest, digest: digestOf(manifest) }));
 }
 
-/** Parses and checks a stored manifest; `where` names it in errors. */
-export function parseManifest(bytes: Uint8Array, where: string): Manifest {
+/**
+ * Parses and checks a stored manifest; `where` names it in errors. With `expect`, it must
+ * describe the version it was found as (a manifest copied under another disk's or
+ * version's key is refused) and have the repository's block size.
+ */
+export function parseManifest(bytes: Uint8Array, where: string, expect?: ManifestExpectation): Manifest {
   let m: Manifest;
   try {
     m = JSON.parse(Buffer.from(bytes).toString('utf8'));
@@ -51,18 +80,27 @@ export function parseManifest(bytes: Uint8Array, where: string): Manifest {
   const bad = (what: string) =>
     new IntegrityError('MANIFEST_CORRUPT', `manifest ${where}: ${what}`, { subject: where });
   if (typeof m !== 'object' || m === null) throw bad('not an object');
-  if (m.format !== MANIFEST_FORMAT) {
+  if (!READABLE.includes(m.format)) {
     throw new IntegrityError(
       'FORMAT_UNKNOWN',
-      `manifest ${where} has format ${m.format}; this hamal reads format ${MANIFEST_FORMAT}`,
+      `manifest ${where} has format ${m.format}; this hamal reads formats ${READABLE.join(', ')}`,
       { subject: where },
     );
   }
-  if (!Number.isSafeInteger(m.capacity) || m.capacity < 0) throw bad('bad capacity');
-  if (!Number.isSafeInteger(m.blockSize) || m.blockSize <= 0) throw bad('bad blockSize');
+  if (m.format >= 2 && (typeof m.digest !== 'string' || m.digest !== digestOf(m))) {
+    throw bad(m.digest === undefined ? 'no digest' : 'content does not match its digest (damaged)');
+  }
+  if (!Number.isSafeInteger(m.capacity) || m.capacity < 0) throw bad(`bad capacity ${JSON.stringify(m.capacity)}`);
+  if (!Number.isSafeInteger(m.blockSize) || m.blockSize <= 0) throw bad(`bad blockSize ${JSON.stringify(m.blockSize)}`);
   if (!Array.isArray(m.blocks) || m.blocks.length !== Math.ceil(m.capacity / m.blockSize)) {
-    throw bad('block list does not match capacity');
+    throw bad(`${Array.isArray(m.blocks) ? m.blocks.length : 'no'} block entries, but capacity ${m.capacity} / blockSize ${m.blockSize} needs ${Math.ceil(m.capacity / m.blockSize)}`);
   }
   for (const b of m.blocks) if (b !== null && !isChunkId(b)) throw bad(`bad block entry ${JSON.stringify(b)}`);
+  if (expect) {
+    if (m.blockSize !== expect.blockSize) throw bad(`blockSize ${m.blockSize} is not the repository's ${expect.blockSize}`);
+    for (const f of ['vm', 'disk', 'version'] as const) {
+      if (m[f] !== expect[f]) throw bad(`says ${f} ${JSON.stringify(m[f])} where it is stored as ${JSON.stringify(expect[f])}`);
+    }
+  }
   return m;
 }

@@ -31,10 +31,12 @@ export interface KeyRecord {
 export class MasterKey {
   readonly encryptionKey: Buffer;
   private readonly _macKey: Buffer;
+  private readonly _configKey: Buffer;
 
   private constructor(private readonly _bytes: Buffer) {
     this.encryptionKey = Buffer.from(hkdfSync('sha256', _bytes, Buffer.alloc(0), 'hamal chunk encryption', 32));
     this._macKey = Buffer.from(hkdfSync('sha256', _bytes, Buffer.alloc(0), 'hamal chunk names', 32));
+    this._configKey = Buffer.from(hkdfSync('sha256', _bytes, Buffer.alloc(0), 'hamal repository config', 32));
   }
 
   static generate(): MasterKey {
@@ -44,6 +46,18 @@ export class MasterKey {
   /** A chunk's name: HMAC-SHA-256 of its plaintext, lowercase hex. */
   chunkId(data: Uint8Array): string {
     return createHmac('sha256', this._macKey).update(data).digest('hex');
+  }
+
+  /** The MAC of a repository config's canonical bytes (RepositoryConfig.mac), lowercase hex. */
+  configMac(bytes: Uint8Array): string {
+    return createHmac('sha256', this._configKey).update(bytes).digest('hex');
+  }
+
+  /** Whether `mac` is the config MAC of `bytes` (compared in constant time). */
+  checkConfigMac(bytes: Uint8Array, mac: string): boolean {
+    const want = Buffer.from(this.configMac(bytes), 'hex');
+    const got = Buffer.from(mac, 'hex');
+    return got.length === want.length && timingSafeEqual(got, want);
   }
 
   /** Wraps this key under `secret` into a new key record. */

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import type { ObjectStore } from '../sinks/ObjectStore.ts';
+import { SMALL_OBJECT_BYTES, type ObjectStore } from '../sinks/ObjectStore.ts';
 import { HamalError, IntegrityError, NotFoundError, UsageError } from '../errors.ts';
+import { log } from '../log/Logger.ts';
 import { ChunkCodec, isEnveloped, type Compression, type Encryption } from './ChunkCodec.ts';
 import { MasterKey, type KeyRecord, type RepositorySecret } from './MasterKey.ts';
 import { zstd, type Zstd } from './Zstd.ts';
@@ -8,34 +9,15 @@ import { chunkIdOf, chunkKey, type ChunkId } from './ChunkId.ts';
 import { encodeManifest, parseManifest, type Manifest } from './Manifest.ts';
 import { isVersionId, newVersionId, type VersionId } from './VersionId.ts';
 import { decodeName, encodeName } from './names.ts';
+import { checkConfig, configMacInput, isBlockSize, type RepositoryConfig } from './RepositoryConfig.ts';
 import { LeaseFence, type Lease } from './Lease.ts';
 import { Journal } from './Journal.ts';
 import { failpoint } from '../failpoints.ts';
 
 /** Format 1: plain chunks named by SHA-256. Format 2: chunks with a transform header (docs/format.md). */
 export const REPOSITORY_FORMAT = 2;
-const FORMATS = [1, 2];
 export const DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024;
-
-export interface RepositoryConfig {
-  format: number;
-  kind: 'hamal-repository';
-  id: string;
-  blockSize: number;
-  hash: 'sha256';
-  createdAt: string;
-  /** Format 2: how chunks are named: SHA-256 of the plaintext, or HMAC-SHA-256 under a key of the repository. */
-  chunkNames?: 'sha256' | 'hmac-sha256';
-  /** Format 2: applied to chunks written from now on (each chunk records its own). */
-  encryption?: Encryption;
-  compression?: Compression;
-  /**
-   * `sealed` (set when a repository is created with encryption): manifests, partial
-   * indexes and VM metadata are stored in the chunk envelope, their object key as
-   * associated data, and a plain one is refused. Absent: stored as plain JSON.
-   */
-  documents?: 'sealed';
-}
+export type { RepositoryConfig } from './RepositoryConfig.ts';
 
 /** The largest document (manifest, partial index, VM metadata) a sealed repository decompresses: about the longest string V8 parses as JSON. */
 const MAX_DOCUMENT = 512 * 1024 * 1024;
@@ -63,6 +45,12 @@ export interface RepositoryOptions {
   compression?: Compression;
   /** Opens an encrypted repository (or creates one): asked only when needed. */
   secret?: () => Promise<RepositorySecret | undefined>;
+  /**
+   * Refuse an existing repository that is not encrypted (the operator asked for
+   * encryption: writing plaintext chunks there would not be what they meant).
+   * @default false
+   */
+  requireEncryption?: boolean;
 }
 
 /**
@@ -109,7 +97,7 @@ export class Repository {
   static async open(store: ObjectStore, options: RepositoryOptions = {}): Promise<Repository> {
     let raw: Buffer | undefined;
     try {
-      raw = await store.get('config');
+      raw = await store.get('config', { maxBytes: SMALL_OBJECT_BYTES });
     } catch (err) {
       if (!(err instanceof NotFoundError)) throw err;
     }
@@ -125,7 +113,7 @@ export class Repository {
         });
       }
       const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
-      if (!Number.isSafeInteger(blockSize) || blockSize < 4096 || blockSize % 4096 !== 0 || blockSize > 64 << 20) {
+      if (!isBlockSize(blockSize)) {
         throw new UsageError('BAD_BLOCK_SIZE', `block size ${blockSize} must be a multiple of 4096 up to 64 MiB`);
       }
       const encryption = options.encryption ?? 'none';
@@ -148,31 +136,51 @@ export class Repository {
         key = MasterKey.generate();
         // The key before the config: a config that exists is a repository that can be opened.
         await putKey(store, await key.wrap(secret));
+        config.mac = key.configMac(configMacInput(config));
       }
       const z = compression === 'zstd' ? await zstd() : null;
       await store.put('config', Buffer.from(JSON.stringify(config, null, 2) + '\n'));
       await store.flush();
       return new Repository(store, config, key, z); // generation 0: no prune yet
     }
-    let config: RepositoryConfig;
+    let parsed: unknown;
     try {
-      config = JSON.parse(raw.toString('utf8'));
+      parsed = JSON.parse(raw.toString('utf8'));
     } catch (err) {
       throw new IntegrityError('CONFIG_CORRUPT', `repository config at ${store.location} is not valid JSON`, {
+        subject: 'config',
         cause: err,
       });
     }
-    if (config.kind !== 'hamal-repository' || !FORMATS.includes(config.format)) {
+    const config = checkConfig(parsed, store.location);
+    // Keys make a repository encrypted whatever its config says: a config edited to say
+    // "none" must not turn later syncs to plaintext (its MAC no longer matches).
+    const keys = await keyNames(store);
+    const keyed = keys.length > 0 || config.chunkNames === 'hmac-sha256' || (config.encryption ?? 'none') !== 'none';
+    const key = keyed ? await unlock(store, keys, options.secret) : null;
+    if (key && !(config.mac && key.checkConfigMac(configMacInput(config), config.mac))) {
       throw new IntegrityError(
-        'FORMAT_UNKNOWN',
-        `${store.location} holds a repository of kind ${config.kind} format ${config.format}; this hamal reads hamal-repository formats ${FORMATS.join(', ')}`,
+        'CONFIG_NOT_AUTHENTICATED',
+        `repository config at ${store.location} does not match its MAC (mac ${config.mac ? 'wrong' : 'missing'}): it was changed by someone without the repository's key (encryption ${JSON.stringify(config.encryption ?? 'none')}, block size ${config.blockSize}); refusing to use it`,
+        { subject: 'config' },
       );
     }
-    const key = config.chunkNames === 'hmac-sha256' || (config.encryption ?? 'none') !== 'none' ? await unlock(store, options.secret) : null;
+    if (options.requireEncryption && !key) {
+      throw new UsageError(
+        'REPOSITORY_NOT_ENCRYPTED',
+        `the repository at ${store.location} is not encrypted, but [hamal] encryption asks for encryption: its chunks would be stored in the clear; use another target, or set encryption = none to write to this one`,
+        { subject: '[hamal] encryption' },
+      );
+    }
     const z = config.format >= 2 ? await zstd() : null;
     const repo = new Repository(store, config, key, z);
     repo._openGeneration = await repo.generation();
     return repo;
+  }
+
+  /** The repository's generation when this process opened it (see generation()). */
+  get openGeneration(): number {
+    return this._openGeneration;
   }
 
   // ---- chunks
@@ -180,7 +188,7 @@ export class Repository {
   /** The generation prune bumps before it deletes chunks (docs/format.md, Generation). */
   async generation(): Promise<number> {
     try {
-      const n = Number((await this.store.get('generation')).toString('utf8').trim());
+      const n = Number((await this.store.get('generation', { maxBytes: SMALL_OBJECT_BYTES })).toString('utf8').trim());
       return Number.isSafeInteger(n) ? n : 0;
     } catch (err) {
       if (err instanceof NotFoundError) return 0;
@@ -200,6 +208,21 @@ export class Repository {
     if (this._known.has(id)) return true;
     await this._index();
     return this._known.has(id);
+  }
+
+  /**
+   * The chunks of `ids` the repository does not hold now, from one fresh listing of
+   * `chunks/` (not a HEAD per chunk); chunks this process wrote count as there. For what
+   * a prune may have deleted since it was vouched for (a journal, a partial index, the
+   * index of an earlier generation).
+   */
+  async missingChunks(ids: Iterable<ChunkId | null>): Promise<Set<ChunkId>> {
+    const missing = new Set<ChunkId>();
+    for (const id of ids) if (id !== null && !this._written.has(id)) missing.add(id);
+    if (missing.size === 0) return missing;
+    for await (const id of this.listChunks()) missing.delete(id);
+    for (const id of missing) this._known.delete(id);
+    return missing;
   }
 
   /** Stores `data` as chunk `id` unless the repository has it. Precondition: id = chunkIdOf(data). */
@@ -238,7 +261,8 @@ export class Repository {
    * bytes) is where the store may read it: the result may be a view of it.
    */
   async readChunk(id: ChunkId, verify = true, into?: Buffer): Promise<Buffer> {
-    const stored = await this.store.get(chunkKey(id), into);
+    // Never more than a block (plus its envelope) is read, whatever is stored under the name.
+    const stored = await this.store.get(chunkKey(id), { into, maxBytes: this.blockSize + (this._codec ? ChunkCodec.OVERHEAD : 0) });
     const data = this._codec ? this._codec.decode(id, chunkKey(id), stored) : stored;
     if (verify && this.chunkIdOf(data) !== id) {
       throw new IntegrityError('CHUNK_CORRUPT', `chunk ${chunkKey(id)} does not match its hash`, {
@@ -277,15 +301,43 @@ export class Repository {
 
   async listVms(): Promise<string[]> {
     const vms = new Set<string>();
-    for await (const key of this.store.list('vms/')) vms.add(decodeName(key.split('/')[1]!));
+    for await (const key of this.store.list('vms/')) {
+      const vm = this._nameIn(key, 1);
+      if (vm !== null) vms.add(vm);
+    }
     return [...vms].sort();
   }
 
   async listDisks(vm: string): Promise<string[]> {
     const disks = new Set<string>();
-    for await (const key of this.store.list(`vms/${encodeName(vm)}/disks/`)) disks.add(decodeName(key.split('/')[3]!));
+    for await (const key of this.store.list(`vms/${encodeName(vm)}/disks/`)) {
+      const disk = this._nameIn(key, 3);
+      if (disk !== null) disks.add(disk);
+    }
     return [...disks].sort();
   }
+
+  /**
+   * The name in segment `at` of a listed key, or null (reported once, naming the key) when
+   * it is not one hamal writes: malformed or non-canonical percent-encoding, or missing.
+   */
+  private _nameIn(key: string, at: number): string | null {
+    const segment = key.split('/')[at];
+    let name: string | undefined;
+    try {
+      name = segment === undefined || segment === '' ? undefined : decodeName(segment);
+    } catch {
+      name = undefined;
+    }
+    if (name !== undefined && encodeName(name) === segment) return name;
+    if (!this._strays.has(key)) {
+      this._strays.add(key);
+      log.child('repository').warn(`${key} in ${this.store.location} is not named as hamal names objects: skipped`, { key });
+    }
+    return null;
+  }
+
+  private readonly _strays = new Set<string>();
 
   /** Version ids of one disk, oldest first. */
   async listVersions(vm: string, disk: string): Promise<VersionId[]> {
@@ -310,7 +362,7 @@ export class Repository {
     if (id === null) throw new NotFoundError('VERSION_NOT_FOUND', `no versions of ${`vm ${vm} disk ${disk}`} in ${this.store.location}`, { subject: where });
     let bytes: Buffer;
     try {
-      bytes = await this.store.get(this._versionsPrefix(vm, disk) + id + '.json');
+      bytes = await this.store.get(this._versionsPrefix(vm, disk) + id + '.json', { maxBytes: MAX_DOCUMENT + ChunkCodec.OVERHEAD });
     } catch (err) {
       if (err instanceof NotFoundError) {
         throw new NotFoundError('VERSION_NOT_FOUND', `no ${where} in ${this.store.location}`, { subject: where });
@@ -318,7 +370,7 @@ export class Repository {
       throw err;
     }
     const key = `${this._versionsPrefix(vm, disk)}${id}.json`;
-    const manifest = parseManifest(this._openDocument(key, bytes), key);
+    const manifest = parseManifest(this._openDocument(key, bytes), key, { vm, disk, version: id, blockSize: this.blockSize });
     for (const chunk of manifest.blocks) if (chunk !== null) this._known.add(chunk);
     return manifest;
   }
@@ -340,7 +392,7 @@ export class Repository {
   async getPartial(vm: string, disk: string): Promise<Buffer | null> {
     try {
       const key = this._diskPrefix(vm, disk) + 'partial';
-      return this._openDocument(key, await this.store.get(key));
+      return this._openDocument(key, await this.store.get(key, { maxBytes: MAX_DOCUMENT + ChunkCodec.OVERHEAD }));
     } catch (err) {
       if (err instanceof NotFoundError) return null;
       throw err;
@@ -384,13 +436,11 @@ export class Repository {
    */
   async commitVersion(manifest: Manifest, fence?: LeaseFence): Promise<void> {
     await this.store.flush();
+    // A prune since this process opened the repository may have taken chunks its index,
+    // journal or parent vouched for: one listing says which are still there.
     if ((await this.generation()) !== this._openGeneration) {
-      const missing: ChunkId[] = [];
-      for (const id of new Set(manifest.blocks)) {
-        if (id !== null && !this._written.has(id) && !(await this.store.head(chunkKey(id)))) missing.push(id);
-      }
+      const missing = [...(await this.missingChunks(manifest.blocks))];
       if (missing.length) {
-        for (const id of missing) this._known.delete(id);
         throw new HamalError(
           'CHUNKS_PRUNED',
           `a prune deleted ${missing.length} chunks that version ${manifest.version} of ${manifest.vm}/${manifest.disk} needs (first: ${chunkKey(missing[0]!)}); nothing was committed: run the sync again`,
@@ -422,7 +472,7 @@ export class Repository {
 
   /** One VM metadata document, opened (see listVmMetadata). */
   async getVmMetadata(key: string): Promise<unknown> {
-    const bytes = this._openDocument(key, await this.store.get(key));
+    const bytes = this._openDocument(key, await this.store.get(key, { maxBytes: MAX_DOCUMENT + ChunkCodec.OVERHEAD }));
     try {
       return JSON.parse(bytes.toString('utf8'));
     } catch (err) {
@@ -447,7 +497,7 @@ export class Repository {
 
   async listKeys(): Promise<KeyRecord[]> {
     const out: KeyRecord[] = [];
-    for await (const k of this.store.list('keys/')) if (k.endsWith('.json')) out.push(await readKey(this.store, k));
+    for (const k of await keyNames(this.store)) out.push(await readKey(this.store, k));
     return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
   }
 
@@ -478,9 +528,16 @@ async function putKey(store: ObjectStore, record: KeyRecord): Promise<void> {
   await store.put(`keys/${record.id}.json`, Buffer.from(JSON.stringify(record, null, 2) + '\n'), { ifAbsent: true });
 }
 
+/** The key records of a repository (keys/<id>.json). */
+async function keyNames(store: ObjectStore): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const k of store.list('keys/')) if (k.endsWith('.json')) keys.push(k);
+  return keys;
+}
+
 async function readKey(store: ObjectStore, key: string): Promise<KeyRecord> {
   try {
-    return JSON.parse((await store.get(key)).toString('utf8')) as KeyRecord;
+    return JSON.parse((await store.get(key, { maxBytes: SMALL_OBJECT_BYTES })).toString('utf8')) as KeyRecord;
   } catch (err) {
     if (err instanceof HamalError) throw err;
     throw new IntegrityError('KEY_CORRUPT', `${key} in ${store.location} is not valid JSON`, { subject: key, cause: err });
@@ -488,13 +545,11 @@ async function readKey(store: ObjectStore, key: string): Promise<KeyRecord> {
 }
 
 /** The master key of an encrypted repository: the first key record `secret` opens. */
-async function unlock(store: ObjectStore, secretOf: RepositoryOptions['secret']): Promise<MasterKey> {
+async function unlock(store: ObjectStore, keys: string[], secretOf: RepositoryOptions['secret']): Promise<MasterKey> {
   const secret = await secretOf?.();
   if (!secret) {
     throw new UsageError('PASSPHRASE_REQUIRED', `the repository at ${store.location} is encrypted: set HAMAL_PASSPHRASE, or [hamal] passphrase_file or key_file in hamal.conf`, { subject: 'passphrase_file' });
   }
-  const keys: string[] = [];
-  for await (const k of store.list('keys/')) if (k.endsWith('.json')) keys.push(k);
   for (const k of keys) {
     const key = await MasterKey.unwrap(await readKey(store, k), secret);
     if (key) return key;

@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import type { ObjectStore } from '../sinks/ObjectStore.ts';
+import { SMALL_OBJECT_BYTES, type ObjectStore } from '../sinks/ObjectStore.ts';
 import { HamalError, NotFoundError } from '../errors.ts';
 import { log } from '../log/Logger.ts';
 
@@ -139,7 +139,7 @@ export class RepositoryLock {
 
 async function readLock(store: ObjectStore, key: string): Promise<LockRecord | null> {
   try {
-    return JSON.parse((await store.get(key)).toString('utf8')) as LockRecord;
+    return JSON.parse((await store.get(key, { maxBytes: SMALL_OBJECT_BYTES })).toString('utf8')) as LockRecord;
   } catch (err) {
     if (err instanceof NotFoundError || err instanceof SyntaxError) return null;
     throw err;

@@ -1,10 +1,11 @@
-import { concat, defer, EMPTY, exhaustMap, filter, finalize, from, interval, lastValueFrom, map, merge, mergeMap, Subject, takeUntil, tap, type Observable } from 'rxjs';
+import { concat, defer, EMPTY, exhaustMap, filter, finalize, from, interval, map, merge, mergeMap, Subject, takeUntil, type Observable } from 'rxjs';
 import type { DiskInfo, Snapshot } from '../sources/Source.ts';
 import type { Repository } from '../repo/Repository.ts';
 import { MANIFEST_FORMAT, type Manifest, type VersionStats } from '../repo/Manifest.ts';
 import type { ChunkId } from '../repo/ChunkId.ts';
 import { newVersionId } from '../repo/VersionId.ts';
-import { Journal, JOURNAL_FORMAT, SNAPSHOT_FIELDS, type JournalHeader } from '../repo/Journal.ts';
+import { JOURNAL_FORMAT, type JournalHeader } from '../repo/Journal.ts';
+import { resumeJournal } from './resumeJournal.ts';
 import type { Lease } from '../repo/Lease.ts';
 import { HamalError } from '../errors.ts';
 import { blockCount, type BlockRef } from './BlockRef.ts';
@@ -101,66 +102,26 @@ export function syncDisk(
     }
     const fence = options.lease ? repo.fence(vm, disk.id, options.lease) : undefined;
     await fence?.claim();
-    let journal: Journal | null = null;
-    let resumed = new Map<number, ChunkId | null>();
-    let journalNote: string | undefined;
-    let partial = false;
-    if (options.journalDir) {
-      const header: JournalHeader = {
-        format: JOURNAL_FORMAT,
-        repository: repo.config.id,
-        vm,
-        disk: disk.id,
-        capacity: disk.capacity,
-        blockSize,
-        parent: parent?.version ?? null,
-        since,
-        snapshotId: snapshot.id,
-        changeId: disk.changeId,
-      };
-      const path = Journal.pathFor(options.journalDir, header);
-      // A journal of another snapshot is usable where the disk did not change since it.
-      const loose = disk.changeId ? SNAPSHOT_FIELDS : [];
-      const recovery = await Journal.recover(path, header, loose);
-      let prior: { entries: Map<number, ChunkId | null>; header: JournalHeader; where: string } | null = null;
-      let unused: string | undefined;
-      if (recovery.status === 'resumed') prior = { ...recovery, where: 'local journal' };
-      else {
-        // Another proxy may have started this version: its partial index is in the repository.
-        const stored = partialMs > 0 ? await repo.getPartial(vm, disk.id) : null;
-        partial = stored !== null;
-        const inRepo = stored ? Journal.parse(stored, header, loose) : null;
-        if (inRepo?.status === 'resumed') prior = { ...inRepo, where: 'partial index in the repository' };
-        if (recovery.status !== 'none') unused = `${recovery.status}: ${recovery.detail}`;
-      }
-      if (prior && prior.header.snapshotId !== header.snapshotId) {
-        const kept = await unchangedSince(snapshot, disk, prior.header.changeId, prior.entries, blockSize);
-        if (typeof kept === 'string') {
-          journalNote = `the ${prior.where} of an interrupted sync read snapshot ${prior.header.snapshotId}, not this one, and cannot be carried over (${kept}); starting this version over`;
-          prior = null;
-        } else {
-          journalNote = `the ${prior.where} of an interrupted sync read snapshot ${prior.header.snapshotId}, not this one: ${kept.size} of its ${prior.entries.size} blocks did not change since and are kept`;
-          prior.entries = kept;
-        }
-      }
-      // One of an earlier run of ours may be in the repository too.
-      if (recovery.status === 'resumed') partial = partialMs > 0;
-      // The local journal goes on where it stopped; otherwise a new one starts with what is kept.
-      const sameFile = recovery.status === 'resumed' && prior?.header.snapshotId === header.snapshotId;
-      journal = sameFile ? await Journal.open(path, header, { bytes: recovery.bytes }) : await Journal.open(path, header);
-      if (prior) {
-        resumed = prior.entries;
-        if (!sameFile) for (const [index, id] of resumed) journal.record(index, id);
-        if (recovery.status !== 'resumed') journalNote ??= `resuming from the partial index in the repository${unused ? ` (local journal not used: ${unused})` : ''}`;
-      } else if (unused && !journalNote) {
-        journalNote = `journal of an interrupted sync not used (${unused}); starting this version over`;
-      }
-    }
-    return { parent, sameSize, since, journal, resumed, journalNote, sinceNote, fence, partial };
+    if (!options.journalDir) return { parent, sameSize, since, sinceNote, fence, journal: null, resumed: new Map<number, ChunkId | null>(), journalNotes: [], partial: false };
+    const header: JournalHeader = {
+      format: JOURNAL_FORMAT,
+      repository: repo.config.id,
+      vm,
+      disk: disk.id,
+      capacity: disk.capacity,
+      blockSize,
+      parent: parent?.version ?? null,
+      since,
+      snapshotId: snapshot.id,
+      changeId: disk.changeId,
+      generation: repo.openGeneration,
+    };
+    const { journal, resumed, notes: journalNotes, partial } = await resumeJournal(options.journalDir, header, snapshot, disk, repo, partialMs > 0);
+    return { parent, sameSize, since, sinceNote, fence, journal, resumed, journalNotes, partial };
   };
 
   return defer(() => from(prepare())).pipe(
-    mergeMap(({ parent, sameSize, since, journal, resumed, journalNote, sinceNote, fence, partial }) => {
+    mergeMap(({ parent, sameSize, since, journal, resumed, journalNotes, sinceNote, fence, partial }) => {
       const started = Date.now();
       const parentBlocks = sameSize ? parent!.blocks : null;
       const n = blockCount(disk.capacity, blockSize);
@@ -233,7 +194,7 @@ export function syncDisk(
         notes: [
           ...(parent && !sameSize ? [`capacity changed from ${parent.capacity} to ${disk.capacity} bytes since version ${parent.version}: full sync`] : []),
           ...(sinceNote ? [sinceNote] : []),
-          ...(journalNote ? [journalNote] : []),
+          ...journalNotes,
           ...(resumed.size ? [`resuming an interrupted sync: ${resumed.size} blocks already stored`] : []),
         ],
       };
@@ -324,31 +285,6 @@ export function syncDisk(
       );
     }),
   );
-}
-
-/**
- * The journal entries of an interrupted sync of an earlier snapshot (changeId `then`)
- * whose blocks did not change between it and `snapshot`: those stored then hold what the
- * disk holds now. A string says why none can be kept (no changeId, tracking reset, the
- * source cannot diff against it).
- */
-async function unchangedSince(
-  snapshot: Snapshot,
-  disk: DiskInfo,
-  then: string | null,
-  entries: Map<number, ChunkId | null>,
-  blockSize: number,
-): Promise<Map<number, ChunkId | null> | string> {
-  if (!then) return 'it had no changeId';
-  const why = snapshot.checkSince ? await snapshot.checkSince(disk, then) : null;
-  if (why) return why;
-  const kept = new Map(entries);
-  try {
-    await lastValueFrom(snapshot.changes(disk, then).pipe(toBlocks(blockSize, disk.capacity), tap((ref) => kept.delete(ref.index))), { defaultValue: null });
-  } catch (err) {
-    return `changes since ${then}: ${(err as Error).message}`;
-  }
-  return kept;
 }
 
 /** Bytes of blocks whose content differs from the parent's; all data bytes without a comparable parent. */

@@ -54,7 +54,7 @@ export async function killAndResume(target: string, openRepo: () => Promise<Repo
 
   const repo = await openRepo();
   assert.equal(await repo.listVersions('vm', 'd'), [], 'no version is visible after a kill');
-  const header: JournalHeader = { format: JOURNAL_FORMAT, repository: repo.config.id, vm: 'vm', disk: 'd', capacity: 64 * BS, blockSize: BS, parent: null, since: null, snapshotId: (await new LocalSource({ vms: { vm: [{ id: 'd', path: image }] } }).snapshot('vm').then(async (s) => { await s.release(); return s.id; })), changeId: null };
+  const header: JournalHeader = { format: JOURNAL_FORMAT, repository: repo.config.id, vm: 'vm', disk: 'd', capacity: 64 * BS, blockSize: BS, parent: null, since: null, snapshotId: (await new LocalSource({ vms: { vm: [{ id: 'd', path: image }] } }).snapshot('vm').then(async (s) => { await s.release(); return s.id; })), changeId: null, generation: repo.openGeneration };
   const recovery = await Journal.recover(Journal.pathFor(libDir, header), header);
   assert.is(recovery.status, 'resumed');
   const covered = recovery.status === 'resumed' ? recovery.entries : new Map();

@@ -135,7 +135,7 @@ export class FsStore implements ObjectStore {
       await makeDirs(this._root, ['.tmp'], DIR_MODE, this._realDirs);
       const tmp = join(this._root, '.tmp');
       const swept = await sweepStaleWriters(tmp);
-      if (swept.length) log.child('store').info(`removed the temporary files of ${swept.length} writer(s) that are gone`, { store: this.location });
+      if (swept.length) log.child('store').verbose(`removed the temporary files of ${swept.length} writer(s) that are gone`, { store: this.location });
       const dir = join(tmp, newWriterDirName());
       await fsp.mkdir(dir, { mode: DIR_MODE });
       return dir;
