@@ -1,4 +1,4 @@
-import { cpus, totalmem } from 'node:os';
+import { cpus, tmpdir, totalmem } from 'node:os';
 import { promises as fsp, constants, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { execFile } from 'node:child_process';
@@ -11,6 +11,7 @@ import { TaskFiles } from '../service/TaskFiles.ts';
 import { TaskRejected } from '../service/SignedTask.ts';
 import { openStore } from '../sinks/openStore.ts';
 import { formatTable } from './format.ts';
+import { childEnv } from '../childEnv.ts';
 
 const run = promisify(execFile);
 const GB = 1e9;
@@ -150,8 +151,10 @@ async function reachChecks(config: LoadedConfig): Promise<Check[]> {
     }
   } else {
     const dir = c.hamal.tasks_dir;
+    // A throwaway schedule state: doctor must not touch the service's.
+    const scratch = await fsp.mkdtemp(join(tmpdir(), 'hamal-doctor-'));
     try {
-      const found = await new TaskFiles(dir, join(await fsp.mkdtemp('/tmp/hamal-doctor-'), 'state.json')).poll();
+      const found = await new TaskFiles(dir, join(scratch, 'state.json')).poll();
       const bad = found.filter((t) => t instanceof TaskRejected) as TaskRejected[];
       out.push(
         bad.length
@@ -160,6 +163,8 @@ async function reachChecks(config: LoadedConfig): Promise<Check[]> {
       );
     } catch (err) {
       out.push({ status: 'warn', what: 'task files', detail: describeError(err), fix: `create ${dir}, or set [mass] mass_endpoint` });
+    } finally {
+      await fsp.rm(scratch, { recursive: true, force: true });
     }
   }
   if (c.hamal.target) {
@@ -177,7 +182,7 @@ async function reachChecks(config: LoadedConfig): Promise<Check[]> {
 async function toolChecks(): Promise<Check[]> {
   const version = async (cmd: string, args: string[]) => {
     try {
-      const { stdout, stderr } = await run(cmd, args, { timeout: 10_000 });
+      const { stdout, stderr } = await run(cmd, args, { timeout: 10_000, env: childEnv() });
       return (stdout || stderr).split('\n')[0]!.trim();
     } catch {
       return undefined;

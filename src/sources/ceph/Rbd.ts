@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { HamalError, NotFoundError } from '../../errors.ts';
+import { childEnv } from '../../childEnv.ts';
 
 /** How hamal reaches a Ceph cluster: files only, so no key is ever on a command line. */
 export interface CephAccess {
@@ -41,7 +42,9 @@ export class Rbd {
   /** Runs `rbd ARGS`; stdout on success. */
   run(args: string[], what: string): Promise<string> {
     return new Promise((resolve, reject) => {
-      execFile('rbd', [...this._base, ...args], { timeout: this.access.timeoutMs ?? 600_000, maxBuffer: 256 * 1024 * 1024 }, (err, stdout, stderr) => {
+      // conf, name and keyring are arguments: rbd needs nothing of hamal's environment.
+      const options = { timeout: this.access.timeoutMs ?? 600_000, maxBuffer: 256 * 1024 * 1024, env: childEnv() };
+      execFile('rbd', [...this._base, ...args], options, (err, stdout, stderr) => {
         if (!err) return resolve(stdout);
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
           return reject(new HamalError('RBD_MISSING', 'the rbd command is not installed (Debian package ceph-common)', { subject: 'rbd' }));

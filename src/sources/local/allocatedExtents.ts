@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import type { Extent } from '../../streams/Extent.ts';
+import { childEnv } from '../../childEnv.ts';
 
 /**
  * The areas of a raw file that may hold data, from `qemu-img map` (qemu-utils), which
@@ -12,7 +13,7 @@ export function allocatedExtents(path: string, capacity: number): Promise<Extent
     execFile(
       'qemu-img',
       ['map', '--output=json', '-f', 'raw', path],
-      { maxBuffer: 256 << 20 },
+      { maxBuffer: 256 << 20, env: childEnv() },
       (err, stdout) => {
         if (err) return resolve(null);
         try {

@@ -4,7 +4,16 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { subprocessOutput } from '../../log/subprocessLog.ts';
 import { HamalError } from '../../errors.ts';
+import { childEnv } from '../../childEnv.ts';
 import { NbdClient } from './NbdClient.ts';
+
+/**
+ * What each server reads from the environment beyond childEnv's allow-list. qemu-nbd:
+ * nothing (the rbd: filename carries conf, id and keyring). nbdkit: LD_LIBRARY_PATH, for
+ * the vddk plugin of an nbdkit that does not set it from `libdir=` itself, or a VDDK whose
+ * libraries live elsewhere.
+ */
+const SERVER_ENV: Record<string, readonly string[]> = { nbdkit: ['LD_LIBRARY_PATH'] };
 
 /**
  * A local NBD server process (nbdkit, qemu-nbd) serving one snapshot of one disk on a Unix
@@ -28,7 +37,7 @@ export class NbdServerProcess {
   /** Runs `argv` (no shell), waits up to 5 s for `socket`, connects. `what` names the disk in errors. */
   static async start(argv: string[], dir: string, socket: string, what: string, maxRequestBytes: number): Promise<NbdServerProcess> {
     const name = argv[0]!.replace(/^.*\//, '');
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env: childEnv({ pass: SERVER_ENV[name] }) });
     let stderr = '';
     const toLog = subprocessOutput(name, child.pid);
     child.stderr!.on('data', (d) => {
