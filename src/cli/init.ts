@@ -1,5 +1,5 @@
 import type { LoadedConfig } from '../config/loadConfig.ts';
-import { repositorySecret } from '../config/repositorySecret.ts';
+import { newRepositorySecret } from '../config/repositorySecret.ts';
 import { HamalError, NotFoundError, UsageError } from '../errors.ts';
 import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
@@ -30,7 +30,8 @@ export async function initCommand(opts: InitCommandOptions, config?: LoadedConfi
       blockSize: opts.blockSizeMb ? opts.blockSizeMb * 1024 * 1024 : undefined,
       encryption: opts.encryption as Encryption,
       compression: opts.compression as Compression,
-      secret: () => repositorySecret(config?.values),
+      // A new key: its passphrase must be long enough (MIN_PASSPHRASE_CHARS).
+      secret: () => newRepositorySecret(config?.values),
     });
     const c = repo.config;
     const keys = c.encryption === 'aes-256-gcm' ? (await repo.listKeys()).map((k) => k.id) : [];
