@@ -1,6 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { LogFile, type Rotation } from './LogFile.ts';
+import { LOG_DIR_MODE, LogFile, type Rotation } from './LogFile.ts';
 import { scopeSink } from './Logger.ts';
 import { vmLogFileName } from './vmLogFileName.ts';
 
@@ -47,7 +47,7 @@ export class VmLog {
   }
 
   private _open(name: string, uuid: string): void {
-    mkdirSync(this._dir, { recursive: true });
+    mkdirSync(this._dir, { recursive: true, mode: LOG_DIR_MODE });
     this._file = new LogFile(join(this._dir, vmLogFileName(name, uuid)), this._rotation);
     for (const line of this._pending) this._file.write(line);
     this._pending = [];

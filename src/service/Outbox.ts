@@ -1,4 +1,4 @@
-import { mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync, openSync, fsyncSync, closeSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeFileSync, openSync, fsyncSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ResultReport } from './ControlPlane.ts';
 
@@ -6,7 +6,7 @@ import type { ResultReport } from './ControlPlane.ts';
  * Results not yet delivered to the control plane. The file outbox keeps each in
  * `<dir>/<taskId>.json` (written to a temporary name, fsynced, renamed) until the control
  * plane took it, so a result survives the control plane being down and the proxy being
- * restarted. Synchronous: results are rare and small, and the service graph stays
+ * restarted. The directory is created 0700 and each file 0600. Synchronous: results are rare and small, and the service graph stays
  * testable in virtual time.
  */
 export interface Outbox {
@@ -39,7 +39,10 @@ export class FileOutbox implements Outbox {
 
   save(r: ResultReport): void {
     const tmp = `${this._file(r.taskId)}.tmp`;
-    writeFileSync(tmp, JSON.stringify(r));
+    // Results name VMs and errors: the owner's alone, whatever the umask (mode only applies
+    // to a new file, so a stale temporary one goes first).
+    rmSync(tmp, { force: true });
+    writeFileSync(tmp, JSON.stringify(r), { mode: 0o600 });
     const fd = openSync(tmp, 'r');
     try {
       fsyncSync(fd);

@@ -5,14 +5,18 @@ import { encodeName } from '../repo/names.ts';
 import { newVersionId } from '../repo/VersionId.ts';
 import { HamalError } from '../errors.ts';
 
-/** Writes a VM sync's metadata to `<dir>/metadata/<vm>/<stamp>.json`, whole or not at all. */
+/**
+ * Writes a VM sync's metadata to `<dir>/metadata/<vm>/<stamp>.json`, whole or not at all.
+ * It names the VM's disks, addresses and snapshot: 0600, in folders created 0700 whatever
+ * the umask (an existing folder keeps its mode).
+ */
 export async function saveLocalMetadata(dir: string, vm: string, doc: { createdAt: string }): Promise<string> {
   const folder = join(dir, 'metadata', encodeName(vm));
   const path = join(folder, `${newVersionId(new Date(doc.createdAt))}.json`);
   const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
   try {
-    await fsp.mkdir(folder, { recursive: true });
-    await fsp.writeFile(tmp, JSON.stringify(doc, null, 2));
+    await fsp.mkdir(folder, { recursive: true, mode: 0o700 });
+    await fsp.writeFile(tmp, JSON.stringify(doc, null, 2), { mode: 0o600, flag: 'wx' });
     await fsp.rename(tmp, path);
   } catch (err) {
     await fsp.rm(tmp, { force: true }).catch(() => {});
