@@ -1,4 +1,5 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
+import { oneLine } from './oneLine.ts';
 
 /** A second sink for the lines logged inside one async scope (a VM's sync). */
 export const scopeSink = new AsyncLocalStorage<(line: string) => void>();
@@ -30,7 +31,8 @@ export interface LoggerOptions {
 /**
  * The one logger every part uses. Redaction happens here, on every line whatever the
  * caller passed: fields named like secrets, registered secret values anywhere, `key=value`
- * pairs with secret-looking keys in messages, and passwords in URLs.
+ * pairs with secret-looking keys in messages, and passwords in URLs. Every line is one
+ * line: control characters are escaped (oneLine.ts).
  */
 export class Logger {
   private readonly _state: { level: LogLevel; sink: (line: string) => void; secrets: Set<string> };
@@ -92,7 +94,11 @@ export class Logger {
     return out.replace(SECRET_PAIR, `$1${REDACTED}`).replace(URL_PASSWORD, `$1${REDACTED}@`);
   }
 
-  /** A finished, redacted line, for a sink of the caller's own (a VM's log alone). */
+  /**
+   * A finished, redacted line, for a sink of the caller's own (a VM's log alone). Control
+   * characters in the message or fields are escaped after redaction (so a secret is still
+   * found as it was given): whatever a name holds, a line is one line.
+   */
   line(level: LogLevel, message: string, fields?: Record<string, unknown>): string {
     let line = `${new Date().toISOString()} ${level.toUpperCase().padEnd(7)} [${this.component}] ${message}`;
     if (fields) {
@@ -101,7 +107,7 @@ export class Logger {
         line += ` ${k}=${SECRET_KEY.test(k) ? REDACTED : this._value(v, 0)}`;
       }
     }
-    return this.redact(line);
+    return oneLine(this.redact(line));
   }
 
   private _log(level: LogLevel, message: string, fields?: Record<string, unknown>): void {

@@ -1,4 +1,5 @@
 import { log } from './Logger.ts';
+import { oneLine } from './oneLine.ts';
 
 let fileSink: ((line: string) => void) | undefined;
 
@@ -7,7 +8,7 @@ export function setSubprocessSink(sink: ((line: string) => void) | undefined): v
   fileSink = sink;
 }
 
-/** A child's stderr, line by line, tagged with the child's name and pid; redacted like every log line. */
+/** A child's stderr, line by line, tagged with the child's name and pid; redacted and escaped (a \r, an ESC) like every log line. */
 export function subprocessOutput(name: string, pid: number | undefined): (chunk: Buffer | string) => void {
   let rest = '';
   return (chunk) => {
@@ -17,7 +18,7 @@ export function subprocessOutput(name: string, pid: number | undefined): (chunk:
     for (const l of lines) {
       if (!l.trim()) continue;
       const line = `${new Date().toISOString()} [${name}:${pid ?? '?'}] ${l}`;
-      if (fileSink) fileSink(log.redact(line));
+      if (fileSink) fileSink(oneLine(log.redact(line)));
       else log.child(name).debug(l);
     }
   };
