@@ -1,4 +1,4 @@
-import { concat, defer, EMPTY, exhaustMap, filter, finalize, from, interval, map, merge, mergeMap, Subject, takeUntil, type Observable } from 'rxjs';
+import { concat, defer, EMPTY, exhaustMap, filter, finalize, from, interval, map, merge, mergeMap, ReplaySubject, takeUntil, type Observable } from 'rxjs';
 import type { DiskInfo, Snapshot } from '../sources/Source.ts';
 import type { Repository } from '../repo/Repository.ts';
 import { MANIFEST_FORMAT, type Manifest, type VersionStats } from '../repo/Manifest.ts';
@@ -199,7 +199,9 @@ export function syncDisk(
         ],
       };
 
-      const done$ = new Subject<void>();
+      // Replayed: blocks$ may complete before the checkpoint timer subscribes (an empty disk,
+      // a synchronous source), which would then never stop.
+      const done$ = new ReplaySubject<void>(1);
       const blocks$ = snapshot.changes(disk, since).pipe(
         toBlocks(blockSize, disk.capacity),
         filter((ref) => !resumed.has(ref.index)),

@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export const HAMAL = fileURLToPath(new URL('../../src/cli/hamal.js', import.meta.url));
+// HAMAL_TEST_CLI runs the tests against another build (e.g. an older main, to see a new test fail there).
+export const HAMAL = process.env.HAMAL_TEST_CLI || fileURLToPath(new URL('../../src/cli/hamal.js', import.meta.url));
 export const allOutput: string[] = [];
 
 /** A hamal.conf whose hamal_lib_dir is a temporary directory, so tests never touch /var/lib/hamal. */

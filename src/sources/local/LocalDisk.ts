@@ -1,6 +1,7 @@
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, constants as fsc, type Stats } from 'node:fs';
 import { basename } from 'node:path';
-import { UsageError } from '../../errors.ts';
+import { HamalError, UsageError } from '../../errors.ts';
+import { kindOf } from '../../noFollow.ts';
 
 /** A disk of a local "VM": a raw image file or a block device, with the id it is synced under. */
 export interface LocalDisk {
@@ -21,9 +22,44 @@ export function parseLocalDisk(spec: string): LocalDisk {
   return { id: basename(spec), path: spec };
 }
 
+/**
+ * Opens a disk for reading: a regular file or a block device (the path may be a link to
+ * one, as LVM's /dev/VG/LV are); anything else (a FIFO, a character device, a directory,
+ * a socket) is refused before it is opened, so nothing blocks in open() or reads for ever.
+ * The opened file is checked again: it must be the one that was checked.
+ */
+export async function openDisk(disk: LocalDisk): Promise<{ handle: fsp.FileHandle; capacity: number }> {
+  const { id, path } = disk;
+  let before: Stats;
+  try {
+    before = await fsp.stat(path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new HamalError(code === 'ENOENT' ? 'DISK_NOT_FOUND' : 'DISK_UNREADABLE', code === 'ENOENT' ? `disk ${id}: ${path} does not exist` : `disk ${id}: cannot stat ${path} (${code})`, { subject: path, cause: err });
+  }
+  const refuse = (st: Stats) => new UsageError('BAD_DISK', `disk ${id}: ${path} is a ${kindOf(st)}, not a regular file or block device`, { subject: path });
+  if (!before.isFile() && !before.isBlockDevice()) throw refuse(before);
+  let handle: fsp.FileHandle;
+  try {
+    // O_NONBLOCK: a FIFO swapped in after the check must not block the open.
+    handle = await fsp.open(path, fsc.O_RDONLY | fsc.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new HamalError('DISK_UNREADABLE', `disk ${id}: cannot open ${path} for reading (${code})`, { subject: path, cause: err });
+  }
+  try {
+    const st = await handle.stat();
+    if (st.dev !== before.dev || st.ino !== before.ino || (!st.isFile() && !st.isBlockDevice())) throw refuse(st);
+    return { handle, capacity: await capacityOf(path, st) };
+  } catch (err) {
+    await handle.close();
+    throw err;
+  }
+}
+
 /** Capacity in bytes of a regular file or block device (stat reports 0 for devices). */
-export async function capacityOf(path: string): Promise<number> {
-  const st = await fsp.stat(path);
+export async function capacityOf(path: string, known?: Stats): Promise<number> {
+  const st = known ?? (await fsp.stat(path));
   if (st.isFile()) return st.size;
   if (st.isBlockDevice()) {
     const major = Math.floor(st.rdev / 256) & 0xfff; // Linux dev_t: major in bits 8..19

@@ -6,7 +6,7 @@ import type { ChangeId } from '../ChangeId.ts';
 import type { Extent } from '../../streams/Extent.ts';
 import { HamalError, UsageError } from '../../errors.ts';
 import { allocatedExtents } from './allocatedExtents.ts';
-import { capacityOf, type LocalDisk } from './LocalDisk.ts';
+import { openDisk, type LocalDisk } from './LocalDisk.ts';
 
 export interface LocalSourceOptions {
   /** VM name -> its disks. */
@@ -46,24 +46,7 @@ export class LocalSource implements Source {
     const opened: Array<{ info: DiskInfo; path: string; handle: fsp.FileHandle }> = [];
     try {
       for (const d of disks) {
-        let handle: fsp.FileHandle;
-        let capacity: number;
-        try {
-          handle = await fsp.open(d.path, 'r');
-        } catch (err) {
-          const code = (err as NodeJS.ErrnoException).code;
-          throw new HamalError(
-            code === 'ENOENT' ? 'DISK_NOT_FOUND' : 'DISK_UNREADABLE',
-            code === 'ENOENT' ? `disk ${d.id}: ${d.path} does not exist` : `disk ${d.id}: cannot open ${d.path} for reading (${code})`,
-            { subject: d.path, cause: err },
-          );
-        }
-        try {
-          capacity = await capacityOf(d.path);
-        } catch (err) {
-          await handle.close();
-          throw err;
-        }
+        const { handle, capacity } = await openDisk(d);
         opened.push({ info: { id: d.id, label: d.path, capacity, changeId: null }, path: d.path, handle });
       }
     } catch (err) {
