@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { hamal, type Run } from './helpers/cli.ts';
@@ -73,15 +73,21 @@ test('disk full under hamal_lib_dir: exit 1 naming the journal; the repository a
   const repoConfig = JSON.parse(await fsp.readFile(join(repo, 'config'), 'utf8'));
   const lib = join(dir, 'full-lib');
   const journalDir = join(lib, 'journals', repoConfig.id, 'vm');
-  await fsp.mkdir(journalDir, { recursive: true });
-  // The kernel's own ENOSPC: the journal is /dev/full.
-  await fsp.symlink('/dev/full', join(journalDir, 'd.journal'));
-  const conf = join(dir, 'full.conf');
-  await fsp.writeFile(conf, `[DEFAULT]\nhamal_lib_dir = ${lib}\n`);
-  await fsp.writeFile(img, pattern(MiB, 12), { flag: 'r+' });
-  const r = await hamal(['--config', conf, 'sync', '--vm', 'vm', '--disk', `d=${img}`, '--target', repo]);
-  assert.is(r.code, 1, r.stderr);
-  assert.match(r.stderr, `cannot write journal ${join(journalDir, 'd.journal')}: ENOSPC`);
+  // The kernel's own ENOSPC: hamal_lib_dir is a tmpfs filled to the brim (a journal is
+  // never written through a link, so /dev/full behind one no longer serves).
+  await fsp.mkdir(lib);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', lib]);
+  try {
+    await fsp.writeFile(join(lib, 'filler'), Buffer.alloc(MiB)).catch(() => {});
+    const conf = join(dir, 'full.conf');
+    await fsp.writeFile(conf, `[DEFAULT]\nhamal_lib_dir = ${lib}\n`);
+    await fsp.writeFile(img, pattern(MiB, 12), { flag: 'r+' });
+    const r = await hamal(['--config', conf, 'sync', '--vm', 'vm', '--disk', `d=${img}`, '--target', repo]);
+    assert.is(r.code, 1, r.stderr);
+    assert.match(r.stderr, `cannot write journal ${join(journalDir, 'd.journal')}: ENOSPC`);
+  } finally {
+    execFileSync('umount', [lib]);
+  }
   await verifyDeepPasses();
   const again = await hamal(['sync', '--vm', 'vm', '--disk', `d=${img}`, '--target', repo]);
   assert.is(again.code, 0, again.stderr);
