@@ -45,6 +45,8 @@ export interface RepositoryOptions {
   compression?: Compression;
   /** Opens an encrypted repository (or creates one): asked only when needed. */
   secret?: () => Promise<RepositorySecret | undefined>;
+  /** The secret of a repository created now, when it must pass checks `secret` need not (a minimum length). @default secret */
+  newSecret?: () => Promise<RepositorySecret | undefined>;
   /**
    * Refuse an existing repository that is not encrypted (the operator asked for
    * encryption: writing plaintext chunks there would not be what they meant).
@@ -131,7 +133,7 @@ export class Repository {
       };
       let key: MasterKey | null = null;
       if (encryption !== 'none') {
-        const secret = await options.secret?.();
+        const secret = await (options.newSecret ?? options.secret)?.();
         if (!secret) throw new UsageError('PASSPHRASE_REQUIRED', `an encrypted repository at ${store.location} needs a passphrase or key file: set HAMAL_PASSPHRASE, or [hamal] passphrase_file or key_file in hamal.conf`, { subject: 'passphrase_file' });
         key = MasterKey.generate();
         // The key before the config: a config that exists is a repository that can be opened.

@@ -6,7 +6,7 @@ import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
 import type { Lease } from '../repo/Lease.ts';
 import type { Compression, Encryption } from '../repo/ChunkCodec.ts';
-import { repositorySecret } from '../config/repositorySecret.ts';
+import { newRepositorySecret, repositorySecret } from '../config/repositorySecret.ts';
 import { runVmSync, type VmSyncResult } from '../streams/runVmSync.ts';
 import type { SyncEvent } from '../streams/SyncEvent.ts';
 import { HamalError, UsageError } from '../errors.ts';
@@ -70,6 +70,8 @@ export async function executeTask(task: Task, config: LoadedConfig, options: Exe
       encryption: c.hamal.encryption as Encryption,
       compression: c.hamal.compression as Compression,
       secret: () => repositorySecret(c),
+      newSecret: () => newRepositorySecret(c),
+      requireEncryption: c.hamal.encryption !== 'none',
     });
     log.child('sync').info(`syncing ${source.platform} VM ${task.source.vm} to ${store.location}`, { readers, writers, parallelDisks });
     // A FusionCompute task as a whole is bounded by [fusion_compute] task_timeout.
