@@ -30,7 +30,7 @@ version=$("$binary" --version) || { echo "install.sh: $binary does not run" >&2;
 
 opt=$root/opt/hamal
 install -d -m 755 "$opt/bin" "$root/etc/hamal/tasks.d" "$root/var/lib/hamal" "$root/var/log/hamal"
-chmod 700 "$root/etc/hamal" "$root/var/lib/hamal"
+chmod 700 "$root/etc/hamal" "$root/var/lib/hamal" "$root/var/log/hamal"
 install -m 755 "$binary" "$opt/bin/hamal.new" && mv -f "$opt/bin/hamal.new" "$opt/bin/hamal"
 install -m 644 "$here/docker-compose-hamal.yaml" "$opt/docker-compose-hamal.yaml"
 install -m 755 "$here/update_sync_proxy.sh" "$here/uninstall_hamal.sh" "$opt/"

@@ -37,7 +37,8 @@ export async function serveCommand(_opts: object, config: LoadedConfig): Promise
   const lib = c.DEFAULT.hamal_lib_dir;
   const rotation = rotationOf(c.DEFAULT);
   for (const [key, dir] of [['[hamal] log_dir', logDir], ['hamal_lib_dir', lib]] as const) {
-    await fsp.mkdir(dir, { recursive: true }).catch((err) => {
+    // Created 0700: logs name VMs and hosts, the lib dir holds journals and the outbox.
+    await fsp.mkdir(dir, { recursive: true, mode: 0o700 }).catch((err) => {
       throw new UsageError('DIR_UNWRITABLE', `cannot create ${dir} (${key}): ${(err as NodeJS.ErrnoException).code ?? err}`, { subject: key });
     });
   }

@@ -84,7 +84,9 @@ export function parseConfig(text: string, file: string | null): LoadedConfig {
       const raw = found?.value ?? spec.default;
       const where = found ? `${name}, line ${found.line}: ` : `built-in default: `;
       out[key] = convert(spec, raw, (allowed) => {
-        const shown = spec.secret ? MASK : JSON.stringify(raw);
+        // Continuation lines are not shown: one may be a secret misplaced under another key.
+        const lines = raw.split('\n');
+        const shown = spec.secret ? MASK : JSON.stringify(lines[0]) + (lines.length > 1 ? ` (and ${lines.length - 1} continuation line(s), not shown)` : '');
         return new UsageError('CONFIG_INVALID', `${where}[${section}] ${key} = ${shown}: ${allowed}`, {
           subject: `[${section}] ${key}`,
         });
@@ -113,6 +115,8 @@ export function parseConfig(text: string, file: string | null): LoadedConfig {
 
 function convert(spec: ConfigKey, raw: string, bad: (allowed: string) => Error): unknown {
   const t = spec.type;
+  // An indented line continues the value above (configparser): only free text may span lines.
+  if (t.kind !== 'string' && raw.includes('\n')) throw bad('must be one line (the indented line below it continues it: unindent it or remove it)');
   switch (t.kind) {
     case 'bool': {
       const v = raw.toLowerCase();

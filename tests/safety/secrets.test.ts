@@ -159,6 +159,8 @@ test('a hamal.conf syntax error names file, line and key, never any part of the 
     [`[s3]\nsession_token = \n\n  ${AWS_TOKEN}\n`, 4, null, AWS_TOKEN],
     [`[s3]\n${AWS_SECRET}\n`, 2, null, AWS_SECRET],
     [`[mass]\n= ${AUTH_KEY}\n`, 2, null, AUTH_KEY],
+    // A secret alone on an indented line below a URL: the URL parser drops the newline.
+    [`[s3]\nendpoint = http://rgw.local:7480\n    ${AWS_SECRET}\n`, 2, 'endpoint', AWS_SECRET],
   ];
   try {
     for (const [i, [text, line, key, secret]] of cases.entries()) {
