@@ -6,7 +6,9 @@ import * as assert from 'uvu/assert';
 import { promises as fsp, constants as fsc, createReadStream } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { hamal, type Run } from '../helpers/cli.ts';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { hamal, TEST_CONFIG, type Run } from '../helpers/cli.ts';
 import { MiB, makeImage, pattern, sha256File, tempDir, writeAt } from '../helpers/disks.ts';
 import { loopDevicesAvailable, mkfsExt4, withLoopDevice, withMount } from '../helpers/loopDevice.ts';
 
@@ -16,6 +18,7 @@ let img: string;
 let loops = false;
 const versions: Array<{ version: string; sha: string }> = [];
 const CAPACITY = MiB + 12345;
+const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 
 const restore = (out: string, ...flags: string[]): Promise<Run> => hamal(['restore', '--target', repo, '--vm', 'v', '--disk', 'd', '--out', out, ...flags]);
 
@@ -24,6 +27,16 @@ const sync = async () => {
   assert.is(r.code, 0, r.stderr);
   versions.push({ version: JSON.parse(r.stdout).disks[0].version, sha: await sha256File(img) });
 };
+
+/** Runs hamal's sources under Deno, as `deno task hamal` does. */
+function deno(args: string[]): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(join(ROOT, 'node_modules/.bin/deno'), ['run', '--allow-all', join(ROOT, 'src/cli/hamal.ts'), ...args], { env: { ...process.env, HAMAL_CONFIG: TEST_CONFIG }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('close', (code) => resolve({ code, stderr }));
+  });
+}
 
 /** SHA-256 of the first `length` bytes of a file or device. */
 async function sha256Head(path: string, length: number): Promise<string> {
@@ -143,6 +156,23 @@ test(
     assert.is(JSON.parse(update.stdout).writtenBlocks, 2, 'the two blocks the change touched');
     assert.is(await sha256Head(device, CAPACITY), versions[1]!.sha);
     assert.ok((await readAt(file, CAPACITY, tail.length)).equals(tail), 'bytes past the capacity are not touched');
+  }),
+);
+
+test(
+  'under Deno too (whose node:fs cannot open with O_EXCL): a mounted block device is refused, an unmounted one written exactly with --force',
+  onLoop('deno', 4 * MiB, async (device) => {
+    const ok = await deno(['restore', '--target', repo, '--vm', 'v', '--disk', 'd', '--out', device, '--force']);
+    assert.is(ok.code, 0, ok.stderr);
+    assert.is(await sha256Head(device, CAPACITY), versions[1]!.sha);
+    await mkfsExt4(device);
+    const mnt = join(dir, 'mnt-deno');
+    await fsp.mkdir(mnt);
+    await withMount(device, mnt, async () => {
+      const r = await deno(['restore', '--target', repo, '--vm', 'v', '--disk', 'd', '--out', device, '--force']);
+      assert.is(r.code, 1, r.stderr);
+      assert.ok(r.stderr.includes(`block device ${device} is mounted on ${mnt}: refusing to write it`), r.stderr);
+    });
   }),
 );
 

@@ -133,19 +133,15 @@ export class RawImage {
 /** A block device: only with `force`, never mounted, used as swap, held or too small. */
 async function openDevice(path: string, st: Stats, capacity: number, force: boolean): Promise<fsp.FileHandle> {
   if (!force) throw new UsageError('OUTPUT_EXISTS', `${path} is a block device: writing it destroys what it holds; use --force to write it`, { subject: path });
+  const dev = majorMinor(st.rdev);
   const inUse = await blockDeviceInUse(path, st.rdev);
   if (inUse) throw new HamalError('DEVICE_MOUNTED', `block device ${path} is ${inUse}: refusing to write it`, { subject: path });
-  let handle: fsp.FileHandle;
-  try {
-    // O_EXCL on a block device: EBUSY while mounted or claimed (device-mapper, md, another O_EXCL).
-    handle = await fsp.open(path, UPDATE | fsc.O_EXCL);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EBUSY') throw err;
-    throw new HamalError('DEVICE_BUSY', `block device ${path} is busy: mounted (maybe in another mount namespace) or held by device-mapper, md or another program; refusing to write it`, { subject: path, cause: err });
-  }
+  const holders = await blockDeviceHolders(dev);
+  if (holders.length) throw new HamalError('DEVICE_BUSY', `block device ${path} is held by ${holders.join(', ')}: refusing to write it`, { subject: path });
+  const handle = await openExclusive(path);
   try {
     await checkSame(path, st, handle);
-    const size = await blockDeviceSize(majorMinor(st.rdev));
+    const size = await blockDeviceSize(dev);
     if (size === null) throw new HamalError('DEVICE_SIZE_UNKNOWN', `cannot read the size of block device ${path} from /sys/dev/block: refusing to write it`, { subject: path });
     if (size < capacity) throw new HamalError('DEVICE_TOO_SMALL', `block device ${path} is ${size} bytes, smaller than the version's ${capacity}: refusing to write it`, { subject: path });
   } catch (err) {
@@ -153,6 +149,24 @@ async function openDevice(path: string, st: Stats, capacity: number, force: bool
     throw err;
   }
   return handle;
+}
+
+/**
+ * Opens a block device with O_EXCL: EBUSY while it is mounted (in any mount namespace) or
+ * claimed by device-mapper, md or another O_EXCL opener, and nobody can mount it while we
+ * hold it. Deno's node:fs reads O_EXCL as "create new" (EEXIST on any existing path; Linux
+ * never says EEXIST without O_CREAT): there it is opened without, and the checks before
+ * (mountinfo, swaps, holders) are all there is.
+ */
+async function openExclusive(path: string): Promise<fsp.FileHandle> {
+  try {
+    return await fsp.open(path, UPDATE | fsc.O_EXCL);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') return fsp.open(path, UPDATE);
+    if (code !== 'EBUSY') throw err;
+    throw new HamalError('DEVICE_BUSY', `block device ${path} is busy: mounted (maybe in another mount namespace) or held by device-mapper, md or another program; refusing to write it`, { subject: path, cause: err });
+  }
 }
 
 /** An existing regular file that holds an earlier version: resized, written in place. */
@@ -272,6 +286,11 @@ async function blockDeviceInUse(path: string, rdev: number): Promise<string | nu
 async function blockDeviceSize(dev: string): Promise<number | null> {
   const text = await fsp.readFile(`/sys/dev/block/${dev}/size`, 'utf8').catch(() => '');
   return /^\d+\s*$/.test(text) ? Number(text) * 512 : null;
+}
+
+/** Devices stacked on this one (device-mapper, md, bcache): /sys/dev/block/MAJ:MIN/holders. */
+async function blockDeviceHolders(dev: string): Promise<string[]> {
+  return fsp.readdir(`/sys/dev/block/${dev}/holders`).catch(() => []);
 }
 
 /** The lines of a /proc table; none where there is no /proc. */
