@@ -42,7 +42,7 @@ export class FileOutbox implements Outbox {
     // Results name VMs and errors: the owner's alone, whatever the umask (mode only applies
     // to a new file, so a stale temporary one goes first).
     rmSync(tmp, { force: true });
-    writeFileSync(tmp, JSON.stringify(r), { mode: 0o600 });
+    writeFileSync(tmp, JSON.stringify(r), { mode: 0o600, flag: 'wx' }); // wx: never through a link planted there
     const fd = openSync(tmp, 'r');
     try {
       fsyncSync(fd);

@@ -12,6 +12,6 @@ export async function replaceFile(path: string, data: string): Promise<void> {
   const tmp = `${path}.tmp`;
   // A mode applies to a new file only: a stale temporary one (a crash) goes first.
   await fsp.rm(tmp, { force: true });
-  await fsp.writeFile(tmp, data, { mode: 0o600 });
+  await fsp.writeFile(tmp, data, { mode: 0o600, flag: 'wx' }); // wx: never through a link planted there
   await fsp.rename(tmp, path);
 }
