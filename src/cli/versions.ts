@@ -3,6 +3,7 @@ import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
 import { repositorySecret } from '../config/repositorySecret.ts';
 import { formatBytes, formatTable } from './format.ts';
+import { IntegrityError, describeError } from '../errors.ts';
 
 export interface VersionRow {
   vm: string;
@@ -17,13 +18,24 @@ export interface VersionRow {
   changeId: string | null;
 }
 
-/** Every version in the repository, oldest first per disk. */
-export async function listVersionRows(repo: Repository, vm?: string): Promise<VersionRow[]> {
+/**
+ * Every version in the repository, oldest first per disk; a manifest that cannot be read
+ * (damaged, not sealed) is one of `unreadable`, the others are still listed.
+ */
+export async function listVersionRows(repo: Repository, vm?: string): Promise<{ rows: VersionRow[]; unreadable: Error[] }> {
   const rows: VersionRow[] = [];
+  const unreadable: Error[] = [];
   for (const v of vm ? [vm] : await repo.listVms()) {
     for (const disk of await repo.listDisks(v)) {
       for (const id of await repo.listVersions(v, disk)) {
-        const m = await repo.readManifest(v, disk, id);
+        let m;
+        try {
+          m = await repo.readManifest(v, disk, id);
+        } catch (err) {
+          if (!(err instanceof IntegrityError)) throw err;
+          unreadable.push(err);
+          continue;
+        }
         rows.push({
           vm: v,
           disk,
@@ -39,7 +51,7 @@ export async function listVersionRows(repo: Repository, vm?: string): Promise<Ve
       }
     }
   }
-  return rows;
+  return { rows, unreadable };
 }
 
 /** `hamal versions`. Returns the exit code. */
@@ -56,7 +68,7 @@ export async function versionsCommand(opts: { target: string; vm?: string; metad
       process.stdout.write(JSON.stringify(docs, null, 2) + '\n');
       return 0;
     }
-    const rows = await listVersionRows(repo, opts.vm);
+    const { rows, unreadable } = await listVersionRows(repo, opts.vm);
     if (opts.json) {
       process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
     } else {
@@ -66,7 +78,8 @@ export async function versionsCommand(opts: { target: string; vm?: string; metad
       }
       process.stdout.write(formatTable(table) + '\n');
     }
-    return 0;
+    for (const err of unreadable) process.stderr.write(`hamal: ${describeError(err)}\n`);
+    return unreadable.length ? 1 : 0;
   } finally {
     await store.close();
   }
