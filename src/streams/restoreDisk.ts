@@ -67,36 +67,7 @@ export async function restoreDisk(
     durationMs: 0,
   };
   const before = beforeOf(manifest, from, image.inPlace);
-  const zeros = Buffer.alloc(manifest.blockSize);
-  // One read buffer per chunk in flight, reused: no fresh multi-MiB allocation per chunk.
-  const pool: Buffer[] = [];
-  // After a failure or a stop, chunks still in flight are read but not written.
-  let failed = false;
-  const halted = () => failed || options.signal?.aborted === true;
-  const inFlight = new Set<Promise<void>>();
-  const writeBlock = async (i: number): Promise<void> => {
-    if (halted()) return;
-    const ref = blockAt(i, manifest.capacity, manifest.blockSize);
-    const id = manifest.blocks[i]!;
-    const buf = id === null ? null : (pool.pop() ?? Buffer.allocUnsafeSlow(manifest.blockSize + ChunkCodec.OVERHEAD));
-    try {
-      const data = buf === null ? zeros.subarray(0, ref.length) : await repo.readChunk(id!, true, buf);
-      if (data.length !== ref.length) throw wrongSize(manifest, i, id!, data.length, ref.length);
-      if (halted()) return;
-      await image.write(ref.offset, data);
-    } finally {
-      if (buf) pool.push(buf);
-    }
-    result.writtenBytes += ref.length;
-    result.writtenBlocks++;
-    options.onBlock?.(ref.length, true);
-  };
-  const tracked = (i: number): Promise<void> => {
-    const p = writeBlock(i);
-    inFlight.add(p);
-    p.then(() => inFlight.delete(p), () => inFlight.delete(p));
-    return p;
-  };
+  const writes = new BlockWrites(repo, manifest, image, result, options);
   try {
     await lastValueFrom(
       range(0, manifest.blocks.length).pipe(
@@ -109,7 +80,7 @@ export async function restoreDisk(
           return !same;
         }),
         // Bound: `concurrency` chunks in memory at once.
-        mergeMap(tracked, options.concurrency ?? 4),
+        mergeMap((i) => writes.write(i), options.concurrency ?? 4),
         ignoreElements(),
         defaultIfEmpty(undefined),
       ),
@@ -117,14 +88,70 @@ export async function restoreDisk(
     if (options.signal?.aborted) throw stoppedError(manifest, out, image);
     await image.commit();
   } catch (err) {
-    failed = true;
-    // Nothing may write to the output once abandon() has closed it.
-    await Promise.allSettled([...inFlight]);
+    await writes.halt();
     await image.abandon();
     throw err;
   }
   result.durationMs = Date.now() - started;
   return result;
+}
+
+/**
+ * The writes of one restore: each block's chunk fetched, checked and written. Once halted
+ * (a failure) or stopped (the signal), chunks still in flight are fetched but not written.
+ */
+class BlockWrites {
+  private readonly _zeros: Buffer;
+  /** One read buffer per chunk in flight, reused: no fresh multi-MiB allocation per chunk. */
+  private readonly _pool: Buffer[] = [];
+  private readonly _inFlight = new Set<Promise<void>>();
+  private _halted = false;
+
+  constructor(
+    private readonly _repo: Repository,
+    private readonly _manifest: Manifest,
+    private readonly _image: RawImage,
+    private readonly _result: RestoreResult,
+    private readonly _options: RestoreOptions,
+  ) {
+    this._zeros = Buffer.alloc(_manifest.blockSize);
+  }
+
+  write(i: number): Promise<void> {
+    const p = this._write(i);
+    this._inFlight.add(p);
+    p.then(() => this._inFlight.delete(p), () => this._inFlight.delete(p));
+    return p;
+  }
+
+  /** After a failure: waits for the writes in flight, so none reaches a closed output. */
+  async halt(): Promise<void> {
+    this._halted = true;
+    await Promise.allSettled([...this._inFlight]);
+  }
+
+  private _stopped(): boolean {
+    return this._halted || this._options.signal?.aborted === true;
+  }
+
+  private async _write(i: number): Promise<void> {
+    if (this._stopped()) return;
+    const m = this._manifest;
+    const ref = blockAt(i, m.capacity, m.blockSize);
+    const id = m.blocks[i]!;
+    const buf = id === null ? null : (this._pool.pop() ?? Buffer.allocUnsafeSlow(m.blockSize + ChunkCodec.OVERHEAD));
+    try {
+      const data = buf === null ? this._zeros.subarray(0, ref.length) : await this._repo.readChunk(id!, true, buf);
+      if (data.length !== ref.length) throw wrongSize(m, i, id!, data.length, ref.length);
+      if (this._stopped()) return;
+      await this._image.write(ref.offset, data);
+    } finally {
+      if (buf) this._pool.push(buf);
+    }
+    this._result.writtenBytes += ref.length;
+    this._result.writtenBlocks++;
+    this._options.onBlock?.(ref.length, true);
+  }
 }
 
 function checkReplica(manifest: Manifest, from: Manifest | null): void {
