@@ -34,7 +34,7 @@ export { parseLocalDisk, type LocalDisk } from './src/sources/local/LocalDisk.ts
 export type { ObjectStore } from './src/sinks/ObjectStore.ts';
 export { FsStore, type FsStoreOptions } from './src/sinks/fs/FsStore.ts';
 export { openStore } from './src/sinks/openStore.ts';
-export { RawImage } from './src/sinks/raw/RawImage.ts';
+export { RawImage, type RawImageOptions } from './src/sinks/raw/RawImage.ts';
 export { Repository, DEFAULT_BLOCK_SIZE, type RepositoryOptions, type RepositoryConfig } from './src/repo/Repository.ts';
 export { LeaseFence, type Lease } from './src/repo/Lease.ts';
 export { pruneRepository, type PruneOptions, type PruneReport } from './src/repo/pruneRepository.ts';

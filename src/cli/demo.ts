@@ -84,7 +84,8 @@ export async function demoCommand(opts: { dir?: string; keep?: boolean }): Promi
       const versions = await repo.listVersions('demo', disk);
       for (const [i, version] of versions.entries()) {
         const target = join(dir, `restored-${disk}-v${i + 1}.img`);
-        const res = await restoreDisk(repo, await repo.readManifest('demo', disk, version), target);
+        // force: a demo run again in the same --dir replaces its own earlier restores.
+        const res = await restoreDisk(repo, await repo.readManifest('demo', disk, version), target, { force: true });
         const same = (await sha256File(target)) === expected.find((e) => e.sync === i + 1 && e.disk === disk)!.sha;
         ok &&= same;
         checks.push([`v${i + 1}`, disk, version, formatBytes(res.writtenBytes), `${res.durationMs} ms`, same ? 'yes' : 'NO']);

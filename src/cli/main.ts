@@ -2,6 +2,7 @@ import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { HamalError, describeError } from '../errors.ts';
 import { VERSION } from '../version.ts';
 import { log } from '../log/Logger.ts';
+import { oneLine } from '../log/oneLine.ts';
 import { formatConfig } from '../config/loadConfig.ts';
 import { setup, type GlobalOptions } from './context.ts';
 import { SCHEMA } from '../config/schema.ts';
@@ -210,7 +211,8 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     // --help and --version end here too, with exit code 0; commander printed the message.
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
-    process.stderr.write(log.redact(`hamal: ${describeError(err)}`) + '\n');
+    // One line whatever names the error carries (a VM name with a newline in it).
+    process.stderr.write(oneLine(log.redact(`hamal: ${describeError(err)}`)) + '\n');
     if ((argv.includes('--debug') || log.enabled('debug')) && err instanceof Error && err.stack) {
       process.stderr.write(log.redact(err.stack) + '\n');
     }

@@ -4,6 +4,7 @@ import { Repository } from '../repo/Repository.ts';
 import { repositorySecret } from '../config/repositorySecret.ts';
 import { formatBytes, formatTable } from './format.ts';
 import { IntegrityError, describeError } from '../errors.ts';
+import { oneLine } from '../log/oneLine.ts';
 
 export interface VersionRow {
   vm: string;
@@ -78,7 +79,7 @@ export async function versionsCommand(opts: { target: string; vm?: string; metad
       }
       process.stdout.write(formatTable(table) + '\n');
     }
-    for (const err of unreadable) process.stderr.write(`hamal: ${describeError(err)}\n`);
+    for (const err of unreadable) process.stderr.write(oneLine(`hamal: ${describeError(err)}`) + '\n');
     return unreadable.length ? 1 : 0;
   } finally {
     await store.close();

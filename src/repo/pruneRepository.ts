@@ -3,6 +3,7 @@ import { RepositoryLock, type LockOptions } from './RepositoryLock.ts';
 import type { ChunkId } from './ChunkId.ts';
 import { chunkKey } from './ChunkId.ts';
 import { Journal } from './Journal.ts';
+import { UsageError } from '../errors.ts';
 
 export interface PruneOptions {
   /** Versions kept per disk, newest first. */
@@ -34,7 +35,7 @@ export interface PruneReport {
  */
 export async function pruneRepository(repo: Repository, options: PruneOptions): Promise<PruneReport> {
   if (!Number.isSafeInteger(options.keepLast) || options.keepLast < 1) {
-    throw new RangeError(`keepLast must be a whole number of at least 1, got ${options.keepLast}`);
+    throw new UsageError('BAD_KEEP_LAST', `keepLast must be a whole number of at least 1, got ${options.keepLast}`, { subject: 'keepLast' });
   }
   const lock = options.lock === false || options.dryRun ? null : await RepositoryLock.acquire(repo.store, 'exclusive', { ...options.lock, purpose: 'prune' });
   try {
@@ -84,7 +85,8 @@ async function prune(repo: Repository, options: PruneOptions, lock: RepositoryLo
   for await (const id of repo.listChunks()) if (!referenced.has(id)) unreferenced.push(id);
   await lock?.assertHeld();
   for (const id of unreferenced) {
-    report.freedBytes += (await repo.store.head(chunkKey(id)))?.size ?? 0;
+    // A chunk that is not a regular file (planted) counts nothing, and goes like the others.
+    report.freedBytes += (await repo.store.head(chunkKey(id)).catch(() => null))?.size ?? 0;
     report.deletedChunks++;
     if (!options.dryRun) await repo.deleteChunk(id);
   }

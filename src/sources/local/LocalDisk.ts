@@ -2,6 +2,7 @@ import { promises as fsp, constants as fsc, type Stats } from 'node:fs';
 import { basename } from 'node:path';
 import { HamalError, UsageError } from '../../errors.ts';
 import { kindOf } from '../../noFollow.ts';
+import { blockDeviceSize, majorMinor } from '../../blockDevice.ts';
 
 /** A disk of a local "VM": a raw image file or a block device, with the id it is synced under. */
 export interface LocalDisk {
@@ -62,10 +63,9 @@ export async function capacityOf(path: string, known?: Stats): Promise<number> {
   const st = known ?? (await fsp.stat(path));
   if (st.isFile()) return st.size;
   if (st.isBlockDevice()) {
-    const major = Math.floor(st.rdev / 256) & 0xfff; // Linux dev_t: major in bits 8..19
-    const minor = (st.rdev & 0xff) | ((Math.floor(st.rdev / 4096) & ~0xff) >>> 0);
-    const sectors = await fsp.readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8');
-    return Number(sectors.trim()) * 512;
+    const size = await blockDeviceSize(majorMinor(st.rdev));
+    if (size === null) throw new HamalError('DISK_UNREADABLE', `cannot read the size of block device ${path} from /sys/dev/block`, { subject: path });
+    return size;
   }
   throw new UsageError('BAD_DISK', `${path} is neither a regular file nor a block device`, { subject: path });
 }
