@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { encodeName } from '../repo/names.ts';
 import { newVersionId } from '../repo/VersionId.ts';
 import { HamalError } from '../errors.ts';
+import { makeDirs } from '../noFollow.ts';
 
 /**
  * Writes a VM sync's metadata to `<dir>/metadata/<vm>/<stamp>.json`, whole or not at all.
@@ -15,7 +16,9 @@ export async function saveLocalMetadata(dir: string, vm: string, doc: { createdA
   const path = join(folder, `${newVersionId(new Date(doc.createdAt))}.json`);
   const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
   try {
-    await fsp.mkdir(folder, { recursive: true, mode: 0o700 });
+    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    // Not through a link planted inside the lib dir (the lib dir itself may be one).
+    await makeDirs(dir, ['metadata', encodeName(vm)], 0o700);
     await fsp.writeFile(tmp, JSON.stringify(doc, null, 2), { mode: 0o600, flag: 'wx' });
     await fsp.rename(tmp, path);
   } catch (err) {
