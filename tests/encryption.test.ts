@@ -109,7 +109,7 @@ for (const [where, targetOf] of targets()) {
       assert.is(versions.length, 3);
       for (const [i, v] of versions.entries()) {
         const out = join(dir, `${name}-${i}.out`);
-        const r = await hamal(['restore', '--target', target, '--vm', 'vm', '--disk', 'd', '--version', v.version, '--out', out], env);
+        const r = await hamal(['restore', '--target', target, '--vm', 'vm', '--disk', 'd', '--version', v.version, '--out', out, '--force'], env);
         assert.is(r.code, 0, r.stderr);
         assert.is(await sha256File(out), shas[i], `version ${i}`);
       }

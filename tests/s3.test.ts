@@ -51,7 +51,7 @@ test('full and incremental syncs to radosgw restore exactly; verify --deep passe
   assert.is(versions[1].storedBytes, 4 * MiB, 'one changed block');
   for (const [i, v] of versions.entries()) {
     const out = join(dir, `a-${i}.img`);
-    const r = await hamal(['restore', '--target', url('full/'), '--vm', 'vm', '--disk', 'a', '--version', v.version, '--out', out], creds);
+    const r = await hamal(['restore', '--target', url('full/'), '--vm', 'vm', '--disk', 'a', '--version', v.version, '--out', out, '--force'], creds);
     assert.is(r.code, 0, r.stderr);
     assert.is(await sha256File(out), shas[i]);
   }
@@ -153,7 +153,7 @@ async function verifiedAndRestorable(prefix: string, b: string) {
   const v = await hamal(['verify', '--target', prefix, '--deep'], creds);
   assert.is(v.code, 0, v.stdout);
   const out = join(dir, `${RUN}-restored-b.img`);
-  assert.is((await hamal(['restore', '--target', prefix, '--vm', 'b', '--disk', 'd', '--out', out], creds)).code, 0);
+  assert.is((await hamal(['restore', '--target', prefix, '--vm', 'b', '--disk', 'd', '--out', out, '--force'], creds)).code, 0);
   assert.is(await sha256File(out), await sha256File(b));
 }
 
@@ -230,7 +230,7 @@ test('faults between hamal and radosgw: drops mid-PUT, 503 SlowDown bursts and a
     const v = await hamal(['verify', '--target', url('faults/'), '--deep'], creds);
     assert.is(v.code, 0, v.stdout);
     const out = join(dir, 'faults-out.img');
-    assert.is((await hamal(['restore', '--target', url('faults/'), '--vm', 'vm', '--disk', 'd', '--out', out], creds)).code, 0);
+    assert.is((await hamal(['restore', '--target', url('faults/'), '--vm', 'vm', '--disk', 'd', '--out', out, '--force'], creds)).code, 0);
     assert.is(await sha256File(out), await sha256File(img));
   } finally {
     await proxy.stop();
@@ -260,7 +260,7 @@ test('past its retry budget a sync fails with a clear error; no manifest names a
     const again = await hamal(['sync', '--vm', 'vm', '--disk', `d=${img}`, '--target', target], creds);
     assert.is(again.code, 0, again.stderr);
     const out = join(dir, 'budget-out.img');
-    assert.is((await hamal(['restore', '--target', url('budget/'), '--vm', 'vm', '--disk', 'd', '--out', out], creds)).code, 0);
+    assert.is((await hamal(['restore', '--target', url('budget/'), '--vm', 'vm', '--disk', 'd', '--out', out, '--force'], creds)).code, 0);
     assert.is(await sha256File(out), await sha256File(img));
   } finally {
     await proxy.stop();
