@@ -3,7 +3,7 @@ import { RepositoryLock, type LockOptions } from './RepositoryLock.ts';
 import type { ChunkId } from './ChunkId.ts';
 import { chunkKey } from './ChunkId.ts';
 import { Journal } from './Journal.ts';
-import { UsageError } from '../errors.ts';
+import { IntegrityError, UsageError } from '../errors.ts';
 
 export interface PruneOptions {
   /** Versions kept per disk, newest first. */
@@ -47,20 +47,31 @@ export async function pruneRepository(repo: Repository, options: PruneOptions): 
 
 async function prune(repo: Repository, options: PruneOptions, lock: RepositoryLock | null): Promise<PruneReport> {
   const report: PruneReport = { deletedVersions: [], deletedPartials: [], keptVersions: 0, deletedChunks: 0, freedBytes: 0 };
-  const referenced = new Set<ChunkId>();
+  // Every version listed first: nothing is deleted while the listing may hide some.
+  const disks: Array<{ vm: string; disk: string; versions: string[] }> = [];
   for (const vm of await repo.listVms()) {
-    for (const disk of await repo.listDisks(vm)) {
-      const versions = await repo.listVersions(vm, disk);
-      const cut = vm === options.vm || options.vm === undefined ? Math.max(0, versions.length - options.keepLast) : 0;
-      for (const version of versions.slice(0, cut)) {
-        if (!options.dryRun) await repo.deleteVersion(vm, disk, version);
-        report.deletedVersions.push(`${vm}/${disk}@${version}`);
-      }
-      for (const version of versions.slice(cut)) {
-        const m = await repo.readManifest(vm, disk, version);
-        for (const id of m.blocks) if (id !== null) referenced.add(id);
-        report.keptVersions++;
-      }
+    for (const disk of await repo.listDisks(vm)) disks.push({ vm, disk, versions: await repo.listVersions(vm, disk) });
+  }
+  // What a link in vms/ hides could be versions: deleting "unreferenced" chunks would lose them.
+  const hidden = (repo.store.skipped?.() ?? []).filter((k) => k.startsWith('vms/'));
+  if (hidden.length) {
+    throw new IntegrityError(
+      'PRUNE_UNSAFE',
+      `prune stopped before deleting anything: ${hidden.length} entries under vms/ in ${repo.store.location} are not objects hamal can read (first: ${hidden[0]}, a link or special file); what they hide may be versions whose chunks prune would delete. Remove or replace them, then prune again`,
+      { subject: hidden[0] },
+    );
+  }
+  const referenced = new Set<ChunkId>();
+  for (const { vm, disk, versions } of disks) {
+    const cut = vm === options.vm || options.vm === undefined ? Math.max(0, versions.length - options.keepLast) : 0;
+    for (const version of versions.slice(0, cut)) {
+      if (!options.dryRun) await repo.deleteVersion(vm, disk, version);
+      report.deletedVersions.push(`${vm}/${disk}@${version}`);
+    }
+    for (const version of versions.slice(cut)) {
+      const m = await repo.readManifest(vm, disk, version);
+      for (const id of m.blocks) if (id !== null) referenced.add(id);
+      report.keptVersions++;
     }
   }
   // A version in flight that another proxy may resume keeps its chunks (docs/format.md).

@@ -35,8 +35,9 @@ export interface VerifyReport {
 /** Checks that every version can be restored: each chunk it names exists (and, deep, is intact). */
 export async function verifyRepository(repo: Repository, options: VerifyOptions = {}): Promise<VerifyReport> {
   const report: VerifyReport = { versions: 0, chunks: 0, problems: [] };
-  // chunk -> expected size and the versions that reference it
-  const wanted = new Map<ChunkId, { size: number; versions: string[] }>();
+  // chunk -> each size versions expect of it, with (the first few of) those versions: a
+  // chunk shared by versions that disagree on its size fails the ones it does not fit.
+  const wanted = new Map<ChunkId, Map<number, string[]>>();
   for (const vm of options.vm ? [options.vm] : await repo.listVms()) {
     for (const disk of await repo.listDisks(vm)) {
       for (const version of await repo.listVersions(vm, disk)) {
@@ -52,9 +53,11 @@ export async function verifyRepository(repo: Repository, options: VerifyOptions 
         manifest.blocks.forEach((id, i) => {
           if (id === null) return;
           const size = Math.min(manifest.blockSize, manifest.capacity - i * manifest.blockSize);
-          const w = wanted.get(id);
-          if (!w) wanted.set(id, { size, versions: [name] });
-          else if (w.versions.length < 3 && !w.versions.includes(name)) w.versions.push(name);
+          let sizes = wanted.get(id);
+          if (!sizes) wanted.set(id, (sizes = new Map()));
+          const versions = sizes.get(size);
+          if (!versions) sizes.set(size, [name]);
+          else if (versions.length < 3 && !versions.includes(name)) versions.push(name);
         });
       }
     }
@@ -63,28 +66,26 @@ export async function verifyRepository(repo: Repository, options: VerifyOptions 
   let checked = 0;
   await lastValueFrom(
     from(wanted).pipe(
-      mergeMap(async ([id, w]) => {
+      mergeMap(async ([id, sizes]) => {
         const key = chunkKey(id);
+        const all = [...new Set([...sizes.values()].flat())].slice(0, 3);
+        // The stored size says something of the block's only in format 1 (format 2: compressed, sealed).
+        const wrongSize = (size: number | null) => {
+          if (size === null) return;
+          for (const [want, versions] of sizes) {
+            if (size !== want) report.problems.push({ kind: 'wrong-size', key, versions, detail: `${size} bytes, expected ${want}` });
+          }
+        };
         try {
-          if (options.deep) {
-            const data = await repo.readChunk(id);
-            if (data.length !== w.size) {
-              report.problems.push({ kind: 'wrong-size', key, versions: w.versions, detail: `${data.length} bytes, expected ${w.size}` });
-            }
-          } else {
+          if (options.deep) wrongSize((await repo.readChunk(id)).length);
+          else {
             const head = await repo.store.head(key);
-            if (!head) report.problems.push({ kind: 'missing', key, versions: w.versions, detail: 'does not exist' });
-            // Format 2 stores chunks compressed and/or sealed: their size says nothing of the block's.
-            else if (repo.config.format === 1 && head.size !== w.size) {
-              report.problems.push({ kind: 'wrong-size', key, versions: w.versions, detail: `${head.size} bytes, expected ${w.size}` });
-            }
+            if (!head) report.problems.push({ kind: 'missing', key, versions: all, detail: 'does not exist' });
+            else wrongSize(repo.config.format === 1 ? head.size : null);
           }
         } catch (err) {
-          if (err instanceof NotFoundError) report.problems.push({ kind: 'missing', key, versions: w.versions, detail: 'does not exist' });
-          else if (err instanceof IntegrityError) {
-            const why = err.message.startsWith(`chunk ${key}: `) ? err.message.slice(`chunk ${key}: `.length) : 'content does not match its hash';
-            report.problems.push({ kind: 'corrupt', key, versions: w.versions, detail: why });
-          }
+          if (err instanceof NotFoundError) report.problems.push({ kind: 'missing', key, versions: all, detail: 'does not exist' });
+          else if (err instanceof IntegrityError) report.problems.push({ kind: 'corrupt', key, versions: all, detail: corruption(err, key) });
           else throw err;
         }
         options.onChunk?.(++checked, wanted.size);
@@ -95,4 +96,12 @@ export async function verifyRepository(repo: Repository, options: VerifyOptions 
   );
   report.problems.sort((a, b) => a.key.localeCompare(b.key));
   return report;
+}
+
+/** What is wrong with a chunk, without repeating its key (the report names it). */
+function corruption(err: IntegrityError, key: string): string {
+  if (err.message.startsWith(`chunk ${key}: `)) return err.message.slice(`chunk ${key}: `.length);
+  if (err.code === 'CHUNK_CORRUPT') return 'content does not match its hash';
+  // The store's own words: not a regular file, larger than a chunk can be, a link in the way.
+  return err.message;
 }

@@ -43,6 +43,12 @@ export interface ObjectStore {
   get(key: string, options?: GetOptions): Promise<Buffer>;
   head(key: string): Promise<{ size: number } | null>;
   list(prefix: string): AsyncIterable<string>;
+  /**
+   * Entries `list` met and did not yield because they are not objects (a link or special
+   * file in a directory store), by key. What they hide is unknown, so a caller that would
+   * act on an absence (prune) must refuse while there are any. None when absent.
+   */
+  skipped?(): readonly string[];
   delete(key: string): Promise<void>;
   flush(): Promise<void>;
   close(): Promise<void>;

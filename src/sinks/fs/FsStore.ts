@@ -299,6 +299,10 @@ export class FsStore implements ObjectStore {
     }
   }
 
+  skipped(): readonly string[] {
+    return [...this._warned];
+  }
+
   private _warnOnce(key: string, kind: string): void {
     if (this._warned.has(key)) return;
     this._warned.add(key);
