@@ -4,7 +4,7 @@
 // `rbd export pool/image@snapshot` of its snapshot.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { execFile, spawn } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
@@ -163,6 +163,14 @@ test(`a sync stopped with ${signal} mid-stream keeps its snapshot and resumes fr
   allOutput.push(log);
   if (signal === 'SIGKILL') assert.is(child.signalCode, 'SIGKILL', log.slice(-2000));
   else assert.is(child.exitCode, 143, log.slice(-2000));
+  // Its qemu-nbd servers end with it, also after SIGKILL (parent-death signal).
+  let servers: string[] = [];
+  for (let i = 0; i < 50; i++) {
+    servers = execFileSync('ps', ['-eo', 'stat=,args='], { encoding: 'utf8' }).split('\n').filter((l) => l.includes('qemu-nbd') && l.includes(dir) && !/^\s*Z/.test(l));
+    if (!servers.length) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.equal(servers, [], 'qemu-nbd outlived the stopped sync');
   assert.is((await ourSnaps(volume)).length, 2, 'the stopped sync left its snapshot (and the base)');
   const r = await sync();
   assert.is(r.code, 0, r.stderr);

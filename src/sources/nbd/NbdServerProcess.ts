@@ -7,6 +7,9 @@ import { HamalError } from '../../errors.ts';
 import { childEnv } from '../../childEnv.ts';
 import { NbdClient } from './NbdClient.ts';
 
+
+/** util-linux's setpriv, when installed: sets the server's parent-death signal. */
+const PDEATHSIG = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
 /**
  * What each server reads from the environment beyond childEnv's allow-list. qemu-nbd:
  * nothing (the rbd: filename carries conf, id and keyring). nbdkit: LD_LIBRARY_PATH, for
@@ -37,7 +40,10 @@ export class NbdServerProcess {
   /** Runs `argv` (no shell), waits up to 5 s for `socket`, connects. `what` names the disk in errors. */
   static async start(argv: string[], dir: string, socket: string, what: string, maxRequestBytes: number): Promise<NbdServerProcess> {
     const name = argv[0]!.replace(/^.*\//, '');
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env: childEnv({ pass: SERVER_ENV[name] }) });
+    // Under setpriv --pdeathsig the server ends when hamal does, even by SIGKILL (an
+    // orphaned qemu-nbd kept its snapshot exported and open): it execs the server itself.
+    const full = PDEATHSIG ? [PDEATHSIG, '--pdeathsig', 'TERM', '--', ...argv] : argv;
+    const child = spawn(full[0]!, full.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env: childEnv({ pass: SERVER_ENV[name] }) });
     let stderr = '';
     const toLog = subprocessOutput(name, child.pid);
     child.stderr!.on('data', (d) => {
