@@ -75,7 +75,10 @@ test.before(async () => {
     if (e.name !== 'BucketAlreadyOwnedByYou' && e.name !== 'BucketAlreadyExists') throw e;
   });
 });
-test.after(() => client?.destroy());
+test.after(async () => {
+  client?.destroy();
+  await fsp.rm(dir, { recursive: true, force: true });
+});
 
 const targets = () => [
   ['directory', (name: string) => join(dir, name)],

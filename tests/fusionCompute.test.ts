@@ -62,7 +62,10 @@ test.before(async () => {
   await fc.write(a!, 0, pattern(6 * MiB, 1));
   await fc.write(b!, 300 * MiB + 12345, pattern(5 * MiB, 2));
 });
-test.after(() => fc.stop());
+test.after(async () => {
+  await fc.stop();
+  await fsp.rm(dir, { recursive: true, force: true });
+});
 
 test('full sync and two incrementals of a VM with two volumes: every restore equals the volume at its snapshot; at most max_socket_connections_per_host connections', async () => {
   const s1 = await syncAndCheck();
@@ -143,6 +146,7 @@ test('lanssl: the data channel is TLS, verified with caFile; without it the cert
     assert.is(await sha256File(out), await sha256File(v.file));
   } finally {
     await tls.stop();
+    await fsp.rm(tdir, { recursive: true, force: true });
   }
 });
 

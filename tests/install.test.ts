@@ -112,6 +112,7 @@ test("the container's entrypoint as a plain process: `hamal serve` standalone, h
   allOutput.push(out);
   assert.is(JSON.parse(await fsp.readFile(join(dir, 'lib/info'), 'utf8')).state, 'stopped');
   assert.is((await sh(binary, ['health'], { HAMAL_CONFIG: conf })).code, 1, 'no service: unhealthy');
+  await fsp.rm(dir, { recursive: true, force: true });
 });
 
 test('Dockerfile and compose file: sources exist, entrypoint, health check and volumes agree with the seed', async () => {
@@ -148,5 +149,7 @@ test('many proxies: the replicas compose file and the Kubernetes Deployment give
   for (const dir of ['/etc/hamal', '/var/lib/hamal', '/var/log/hamal']) assert.ok(mounts[dir], dir);
   assert.is(pod.volumes.find((v: { name: string }) => v.name === mounts['/etc/hamal']).secret.defaultMode, 0o400);
 });
+
+test.after(() => fsp.rm(work, { recursive: true, force: true }));
 
 test.run();

@@ -79,6 +79,7 @@ test.before(async () => {
 
 test.after(async () => {
   await cp.stop();
+  await fsp.rm(dir, { recursive: true, force: true });
 });
 
 test('a proxy SIGKILLed mid-task loses its lease; another proxy resumes the version from the partial index without re-reading its blocks', async () => {
@@ -171,6 +172,7 @@ test('the fence: a newer epoch claims a disk; the older holder can neither claim
   assert.equal(await repo.listVersions('vm', 'd'), [], 'the fenced holder committed nothing');
   await repo.commitVersion(manifest, b);
   assert.equal(await repo.listVersions('vm', 'd'), [manifest.version]);
+  await fsp.rm(root, { recursive: true, force: true });
 });
 
 test('prune keeps the chunks of a version in flight; a partial index that can no longer resume goes', async () => {
@@ -208,6 +210,7 @@ test('prune keeps the chunks of a version in flight; a partial index that can no
   const second = await pruneRepository(await open(), { keepLast: 1, lock: false });
   assert.equal(second.deletedPartials, ['vm/d']);
   assert.is(await repo.getPartial('vm', 'd'), null);
+  await fsp.rm(root, { recursive: true, force: true });
 });
 
 test.run();

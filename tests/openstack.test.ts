@@ -96,6 +96,7 @@ test.after(async () => {
     for (const s of await ourSnaps(image).catch(() => [])) await rbd('snap', 'rm', '--no-progress', `${image}@${s}`).catch(() => {});
     await rbd('rm', '--no-progress', image).catch(() => {});
   }
+  await fsp.rm(dir, { recursive: true, force: true });
 });
 
 test('full sync, then incrementals with unaligned writes across objects, into new objects and a discard: each restore equals rbd export of its snapshot', async () => {

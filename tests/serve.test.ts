@@ -66,6 +66,7 @@ public_ip_endpoints = http://127.0.0.1:${(ipServer.address() as net.AddressInfo)
 test.after(async () => {
   await cp.stop();
   ipServer.close();
+  await fsp.rm(dir, { recursive: true, force: true });
 });
 
 test('a signed task is fetched, run, its progress and result reported; a forged one is refused and reported; the secret stays out of every log', async () => {

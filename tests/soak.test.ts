@@ -5,6 +5,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawn } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hamal } from './helpers/cli.ts';
@@ -34,6 +35,7 @@ test('500 cycles of the service: every task succeeds; heap, RSS and file descrip
   const res = await hamal(['restore', '--target', join(dir, 'repo'), '--vm', 'soak-vm', '--disk', 'd', '--out', restored]);
   assert.is(res.code, 0, res.stderr);
   assert.is(await sha256File(restored), await sha256File(join(dir, 'disk.img')));
+  await fsp.rm(dir, { recursive: true, force: true });
 });
 
 test.run();
