@@ -6,9 +6,12 @@ import { openStore } from '../sinks/openStore.ts';
 import { Repository } from '../repo/Repository.ts';
 import type { RepositorySecret } from '../repo/MasterKey.ts';
 
-/** `hamal key list|add|remove`: the wrappings of an encrypted repository's master key. No chunk is rewritten. */
+/**
+ * `hamal key list|add|remove`: the wrappings of an encrypted repository's master key. No
+ * chunk is rewritten. `seal-config`: adds the config MAC to a repository created before it.
+ */
 export async function keyCommand(
-  action: 'list' | 'add' | 'remove',
+  action: 'list' | 'add' | 'remove' | 'seal-config',
   opts: { target: string; id?: string; passphraseFile?: string; keyFile?: string; json?: boolean },
   config?: LoadedConfig,
 ): Promise<number> {
@@ -16,7 +19,7 @@ export async function keyCommand(
   const added = action === 'add' ? await newSecret(opts) : undefined;
   const store = await openStore(opts.target, { config: config?.values });
   try {
-    const repo = await Repository.open(store, { secret: () => repositorySecret(config?.values) });
+    const repo = await Repository.open(store, { secret: () => repositorySecret(config?.values), unsealedConfig: action === 'seal-config' });
     if (action === 'list') {
       const keys = await repo.listKeys();
       if (opts.json) process.stdout.write(JSON.stringify(keys.map(({ id, kind, createdAt, kdf }) => ({ id, kind, createdAt, kdf: `${kdf.name} N=${kdf.N} r=${kdf.r} p=${kdf.p}` })), null, 2) + '\n');
@@ -24,6 +27,9 @@ export async function keyCommand(
     } else if (action === 'add') {
       const id = await repo.addKey(added!);
       process.stdout.write(`added key ${id}\n`);
+    } else if (action === 'seal-config') {
+      await repo.sealConfig();
+      process.stdout.write(`sealed the config of ${store.location} (encryption ${repo.config.encryption}, compression ${repo.config.compression}, block size ${repo.config.blockSize}): an edit by anyone without the key is refused from now on\n`);
     } else {
       await repo.removeKey(opts.id!);
       process.stdout.write(`removed key ${opts.id}\n`);

@@ -130,6 +130,9 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option('--passphrase-file <path>', 'file whose first line is the new passphrase (or set HAMAL_NEW_PASSPHRASE)')
     .option('--key-file <path>', 'key file (at least 16 bytes) for the new wrapping')
     .action(withConfig(async (o: { target: string; passphraseFile?: string; keyFile?: string }, c) => (await import('./key.ts')).keyCommand('add', o, c)));
+  keyTarget(key.command('seal-config').description('Add the MAC to the config of an encrypted repository created before config MACs (check the config is as you created it first)')).action(
+    withConfig(async (o: { target: string; json?: boolean }, c) => (await import('./key.ts')).keyCommand('seal-config', o, c)),
+  );
   keyTarget(key.command('remove').description('Remove one wrapping (not the last)'))
     .argument('<id>', 'key id, from `hamal key list`')
     .action(async (id: string, o: { target: string }) => {

@@ -4,9 +4,12 @@ import { canonicalJson } from '../canonicalJson.ts';
 import { isChunkId, type ChunkId } from './ChunkId.ts';
 import type { VersionId } from './VersionId.ts';
 
-/** Format 2 adds `digest`; format 1 manifests (without one) are still read. */
-export const MANIFEST_FORMAT = 2;
-const READABLE = [1, 2];
+/**
+ * Format 1. `digest` was added without a format bump: readers of earlier releases ignore
+ * it (so proxies of two releases can share a repository during an upgrade), this one
+ * checks it wherever it is present.
+ */
+export const MANIFEST_FORMAT = 1;
 
 /** What one sync of one disk did, in bytes (docs/format.md, Manifest). */
 export interface VersionStats {
@@ -39,9 +42,10 @@ export interface Manifest {
   stats: VersionStats;
   blocks: Array<ChunkId | null>;
   /**
-   * Format 2: SHA-256 (hex) of the canonical JSON of every other field, checked on every
-   * read, so bit rot (a flipped digit, two entries swapped) is found, not restored. Not a
-   * defence against someone who can write the repository: sealed documents are.
+   * SHA-256 (hex) of the canonical JSON of every other field, checked on every read, so
+   * bit rot (a flipped digit, two entries swapped) is found, not restored. Not a defence
+   * against someone who can write the repository: sealed documents are. Absent only in
+   * manifests written before it existed.
    */
   digest?: string;
 }
@@ -80,16 +84,14 @@ export function parseManifest(bytes: Uint8Array, where: string, expect?: Manifes
   const bad = (what: string) =>
     new IntegrityError('MANIFEST_CORRUPT', `manifest ${where}: ${what}`, { subject: where });
   if (typeof m !== 'object' || m === null) throw bad('not an object');
-  if (!READABLE.includes(m.format)) {
+  if (m.format !== MANIFEST_FORMAT) {
     throw new IntegrityError(
       'FORMAT_UNKNOWN',
-      `manifest ${where} has format ${m.format}; this hamal reads formats ${READABLE.join(', ')}`,
+      `manifest ${where} has format ${m.format}; this hamal reads format ${MANIFEST_FORMAT}`,
       { subject: where },
     );
   }
-  if (m.format >= 2 && (typeof m.digest !== 'string' || m.digest !== digestOf(m))) {
-    throw bad(m.digest === undefined ? 'no digest' : 'content does not match its digest (damaged)');
-  }
+  if ('digest' in m && m.digest !== digestOf(m)) throw bad('content does not match its digest (damaged)');
   if (!Number.isSafeInteger(m.capacity) || m.capacity < 0) throw bad(`bad capacity ${JSON.stringify(m.capacity)}`);
   if (!Number.isSafeInteger(m.blockSize) || m.blockSize <= 0) throw bad(`bad blockSize ${JSON.stringify(m.blockSize)}`);
   if (!Array.isArray(m.blocks) || m.blocks.length !== Math.ceil(m.capacity / m.blockSize)) {

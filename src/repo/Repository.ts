@@ -17,6 +17,8 @@ import { failpoint } from '../failpoints.ts';
 /** Format 1: plain chunks named by SHA-256. Format 2: chunks with a transform header (docs/format.md). */
 export const REPOSITORY_FORMAT = 2;
 export const DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024;
+/** Waits of 200 ms for another process's creation to write its config. */
+const CREATION_WAITS = 25;
 export type { RepositoryConfig } from './RepositoryConfig.ts';
 
 /** The largest document (manifest, partial index, VM metadata) a sealed repository decompresses: about the longest string V8 parses as JSON. */
@@ -47,6 +49,8 @@ export interface RepositoryOptions {
   secret?: () => Promise<RepositorySecret | undefined>;
   /** The secret of a repository created now, when it must pass checks `secret` need not (a minimum length). @default secret */
   newSecret?: () => Promise<RepositorySecret | undefined>;
+  /** Open an encrypted repository whose config has no MAC yet (for `hamal key seal-config` only). @default false */
+  unsealedConfig?: boolean;
   /**
    * Refuse an existing repository that is not encrypted (the operator asked for
    * encryption: writing plaintext chunks there would not be what they meant).
@@ -97,54 +101,70 @@ export class Repository {
   }
 
   static async open(store: ObjectStore, options: RepositoryOptions = {}): Promise<Repository> {
-    let raw: Buffer | undefined;
+    // Another process may be creating this repository right now: its key record is there
+    // before its config (a few seconds at most).
+    for (let wait = 0; ; wait++) {
+      const raw = await readConfig(store);
+      if (raw) return Repository._openExisting(store, raw, options);
+      const first = await firstKey(store);
+      if (first === null || (first.startsWith('keys/') && wait >= CREATION_WAITS)) break;
+      if (!first.startsWith('keys/')) {
+        throw new HamalError('NOT_A_REPOSITORY', `${store.location} holds objects (${first}, ...) but no hamal repository: refusing to write there`, { subject: store.location });
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    if (!options.create) {
+      throw new NotFoundError('REPOSITORY_NOT_FOUND', `no hamal repository at ${store.location}`, { subject: store.location });
+    }
+    return (await Repository._create(store, options)) ?? Repository.open(store, { ...options, create: false });
+  }
+
+  /** A new repository; null when another process created one first (open that one). */
+  private static async _create(store: ObjectStore, options: RepositoryOptions): Promise<Repository | null> {
+    const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
+    if (!isBlockSize(blockSize)) {
+      throw new UsageError('BAD_BLOCK_SIZE', `block size ${blockSize} must be a multiple of 4096 up to 64 MiB`);
+    }
+    const encryption = options.encryption ?? 'none';
+    const compression = options.compression ?? 'none';
+    const plain = encryption === 'none' && compression === 'none';
+    const config: RepositoryConfig = {
+      format: plain ? 1 : 2,
+      kind: 'hamal-repository',
+      id: randomBytes(16).toString('hex'),
+      blockSize,
+      hash: 'sha256',
+      createdAt: new Date().toISOString(),
+      ...(plain ? {} : { chunkNames: encryption === 'none' ? 'sha256' : 'hmac-sha256', encryption, compression }),
+      ...(encryption === 'none' ? {} : { documents: 'sealed' as const }),
+    };
+    let key: MasterKey | null = null;
+    let record: KeyRecord | null = null;
+    if (encryption !== 'none') {
+      const secret = await (options.newSecret ?? options.secret)?.();
+      if (!secret) throw new UsageError('PASSPHRASE_REQUIRED', `an encrypted repository at ${store.location} needs a passphrase or key file: set HAMAL_PASSPHRASE, or [hamal] passphrase_file or key_file in hamal.conf`, { subject: 'passphrase_file' });
+      key = MasterKey.generate();
+      // The key before the config: a config that exists is a repository that can be opened.
+      record = await key.wrap(secret);
+      await putKey(store, record);
+      config.mac = key.configMac(configMacInput(config));
+    }
     try {
-      raw = await store.get('config', { maxBytes: SMALL_OBJECT_BYTES });
+      // Conditional: of two processes creating the repository at once, one config wins and
+      // the other opens it (two configs, last one winning, left keys that open nothing).
+      await store.put('config', Buffer.from(JSON.stringify(config, null, 2) + '\n'), { ifAbsent: true });
     } catch (err) {
-      if (!(err instanceof NotFoundError)) throw err;
-    }
-    if (raw === undefined) {
-      for await (const key of store.list('')) {
-        throw new HamalError('NOT_A_REPOSITORY', `${store.location} holds objects (${key}, ...) but no hamal repository: refusing to write there`, {
-          subject: store.location,
-        });
-      }
-      if (!options.create) {
-        throw new NotFoundError('REPOSITORY_NOT_FOUND', `no hamal repository at ${store.location}`, {
-          subject: store.location,
-        });
-      }
-      const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
-      if (!isBlockSize(blockSize)) {
-        throw new UsageError('BAD_BLOCK_SIZE', `block size ${blockSize} must be a multiple of 4096 up to 64 MiB`);
-      }
-      const encryption = options.encryption ?? 'none';
-      const compression = options.compression ?? 'none';
-      const plain = encryption === 'none' && compression === 'none';
-      const config: RepositoryConfig = {
-        format: plain ? 1 : 2,
-        kind: 'hamal-repository',
-        id: randomBytes(16).toString('hex'),
-        blockSize,
-        hash: 'sha256',
-        createdAt: new Date().toISOString(),
-        ...(plain ? {} : { chunkNames: encryption === 'none' ? 'sha256' : 'hmac-sha256', encryption, compression }),
-        ...(encryption === 'none' ? {} : { documents: 'sealed' as const }),
-      };
-      let key: MasterKey | null = null;
-      if (encryption !== 'none') {
-        const secret = await (options.newSecret ?? options.secret)?.();
-        if (!secret) throw new UsageError('PASSPHRASE_REQUIRED', `an encrypted repository at ${store.location} needs a passphrase or key file: set HAMAL_PASSPHRASE, or [hamal] passphrase_file or key_file in hamal.conf`, { subject: 'passphrase_file' });
-        key = MasterKey.generate();
-        // The key before the config: a config that exists is a repository that can be opened.
-        await putKey(store, await key.wrap(secret));
-        config.mac = key.configMac(configMacInput(config));
-      }
-      const z = compression === 'zstd' ? await zstd() : null;
-      await store.put('config', Buffer.from(JSON.stringify(config, null, 2) + '\n'));
+      if ((err as HamalError).code !== 'OBJECT_EXISTS') throw err;
+      if (record) await store.delete(`keys/${record.id}.json`);
       await store.flush();
-      return new Repository(store, config, key, z); // generation 0: no prune yet
+      return null;
     }
+    await store.flush();
+    const z = compression === 'zstd' ? await zstd() : null;
+    return new Repository(store, config, key, z); // generation 0: no prune yet
+  }
+
+  private static async _openExisting(store: ObjectStore, raw: Buffer, options: RepositoryOptions): Promise<Repository> {
     let parsed: unknown;
     try {
       parsed = JSON.parse(raw.toString('utf8'));
@@ -159,14 +179,7 @@ export class Repository {
     // "none" must not turn later syncs to plaintext (its MAC no longer matches).
     const keys = await keyNames(store);
     const keyed = keys.length > 0 || config.chunkNames === 'hmac-sha256' || (config.encryption ?? 'none') !== 'none';
-    const key = keyed ? await unlock(store, keys, options.secret) : null;
-    if (key && !(config.mac && key.checkConfigMac(configMacInput(config), config.mac))) {
-      throw new IntegrityError(
-        'CONFIG_NOT_AUTHENTICATED',
-        `repository config at ${store.location} does not match its MAC (mac ${config.mac ? 'wrong' : 'missing'}): it was changed by someone without the repository's key (encryption ${JSON.stringify(config.encryption ?? 'none')}, block size ${config.blockSize}); refusing to use it`,
-        { subject: 'config' },
-      );
-    }
+    const key = keyed ? await unlock(store, keys, config, options) : null;
     if (options.requireEncryption && !key) {
       throw new UsageError(
         'REPOSITORY_NOT_ENCRYPTED',
@@ -178,6 +191,19 @@ export class Repository {
     const repo = new Repository(store, config, key, z);
     repo._openGeneration = await repo.generation();
     return repo;
+  }
+
+  /**
+   * Adds the MAC to the config of an encrypted repository created before config MACs
+   * existed (it was opened with `unsealedConfig`): the operator vouches that the config
+   * is as they created it. Refused when it has one.
+   */
+  async sealConfig(): Promise<void> {
+    if (!this._key) throw new UsageError('NOT_ENCRYPTED', `the repository at ${this.store.location} is not encrypted: its config has no MAC`);
+    if (this.config.mac) throw new UsageError('CONFIG_SEALED', `the config of ${this.store.location} already has its MAC`);
+    this.config.mac = this._key.configMac(configMacInput(this.config));
+    await this.store.put('config', Buffer.from(JSON.stringify(this.config, null, 2) + '\n'));
+    await this.store.flush();
   }
 
   /** The repository's generation when this process opened it (see generation()). */
@@ -546,16 +572,57 @@ async function readKey(store: ObjectStore, key: string): Promise<KeyRecord> {
   }
 }
 
-/** The master key of an encrypted repository: the first key record `secret` opens. */
-async function unlock(store: ObjectStore, keys: string[], secretOf: RepositoryOptions['secret']): Promise<MasterKey> {
-  const secret = await secretOf?.();
+/**
+ * The master key of an encrypted repository: the key record `secret` opens whose master
+ * key authenticates the config (RepositoryConfig.mac). With `unsealedConfig`, a config
+ * without a MAC is let through (`hamal key seal-config`).
+ */
+async function unlock(store: ObjectStore, keys: string[], config: RepositoryConfig, options: RepositoryOptions): Promise<MasterKey> {
+  const secret = await options.secret?.();
   if (!secret) {
     throw new UsageError('PASSPHRASE_REQUIRED', `the repository at ${store.location} is encrypted: set HAMAL_PASSPHRASE, or [hamal] passphrase_file or key_file in hamal.conf`, { subject: 'passphrase_file' });
   }
+  const input = configMacInput(config);
+  let opened = 0;
   for (const k of keys) {
     const key = await MasterKey.unwrap(await readKey(store, k), secret);
-    if (key) return key;
+    if (!key) continue;
+    opened++;
+    if (config.mac ? key.checkConfigMac(input, config.mac) : options.unsealedConfig) return key;
+  }
+  if (opened && !config.mac) {
+    throw new IntegrityError(
+      'CONFIG_NOT_AUTHENTICATED',
+      `repository config at ${store.location} has no MAC: it was written by a hamal from before config MACs, or changed by someone without the repository's key (encryption ${JSON.stringify(config.encryption ?? 'none')}, block size ${config.blockSize}). If it is as you created it, run hamal key seal-config --target ${store.location}`,
+      { subject: 'config' },
+    );
+  }
+  if (opened) {
+    throw new IntegrityError(
+      'CONFIG_NOT_AUTHENTICATED',
+      `repository config at ${store.location} does not match its MAC: it was changed by someone without the repository's key (encryption ${JSON.stringify(config.encryption ?? 'none')}, block size ${config.blockSize}); refusing to use it`,
+      { subject: 'config' },
+    );
   }
   const what = 'passphrase' in secret ? 'the passphrase given' : `key file ${secret.path}`;
   throw new HamalError('WRONG_PASSPHRASE', `none of the ${keys.length} key(s) of the repository at ${store.location} opens with ${what}`, { subject: store.location });
+}
+
+async function readConfig(store: ObjectStore): Promise<Buffer | undefined> {
+  try {
+    return await store.get('config', { maxBytes: SMALL_OBJECT_BYTES });
+  } catch (err) {
+    if (err instanceof NotFoundError) return undefined;
+    throw err;
+  }
+}
+
+/** Some object of the store (keys first: a creation under way), or null when it is empty. */
+async function firstKey(store: ObjectStore): Promise<string | null> {
+  let other: string | null = null;
+  for await (const key of store.list('')) {
+    if (!key.startsWith('keys/')) return key;
+    other ??= key;
+  }
+  return other;
 }

@@ -77,9 +77,10 @@ export function checkConfig(c: unknown, location: string): RepositoryConfig {
     oneOf('encryption', ['none', 'aes-256-gcm']);
     oneOf('compression', ['none', 'zstd']);
     oneOf('documents', [undefined, 'sealed']);
-    // Encryption comes with keyed names and sealed documents, always (Repository.open).
+    // Encryption comes with keyed names, always, and with sealed documents since they exist
+    // (encrypted repositories from before have none: their config MAC covers the absence).
     const encrypted = r.encryption !== 'none';
-    if (encrypted !== (r.chunkNames === 'hmac-sha256') || encrypted !== (r.documents === 'sealed')) {
+    if (encrypted !== (r.chunkNames === 'hmac-sha256') || (!encrypted && r.documents === 'sealed')) {
       throw bad('encryption', `${shown(r.encryption)} disagrees with chunkNames ${shown(r.chunkNames)} and documents ${shown(r.documents)}`);
     }
     if (r.mac !== undefined && (typeof r.mac !== 'string' || !/^[0-9a-f]{64}$/.test(r.mac))) throw bad('mac', `is ${shown(r.mac)}, not 64 hex digits`);
