@@ -5,6 +5,7 @@ import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { FsStore } from '../src/sinks/fs/FsStore.ts';
+import { sweepStaleWriters } from '../src/sinks/fs/writerDirs.ts';
 import { NotFoundError } from '../src/errors.ts';
 import { tempDir } from './helpers/disks.ts';
 
@@ -61,9 +62,9 @@ test('temporaries of writers that are gone are swept by the next writer, never b
   await fsp.mkdir(join(root, '.tmp', dead));
   await fsp.writeFile(join(root, '.tmp', dead, 'half-written'), 'xx');
   // Loose files of an earlier release: swept once a day old.
-  await fsp.writeFile(join(root, '.tmp', 'old-loose'), 'xx');
-  await fsp.utimes(join(root, '.tmp', 'old-loose'), new Date(Date.now() - 2 * 86400_000), new Date(Date.now() - 2 * 86400_000));
-  await fsp.writeFile(join(root, '.tmp', 'new-loose'), 'xx');
+  await fsp.writeFile(join(root, '.tmp', '0123456789abcdef01234567'), 'xx');
+  await fsp.utimes(join(root, '.tmp', '0123456789abcdef01234567'), new Date(Date.now() - 2 * 86400_000), new Date(Date.now() - 2 * 86400_000));
+  await fsp.writeFile(join(root, '.tmp', '89abcdef0123456789abcdef'), 'xx');
 
   const reader = await FsStore.open(root);
   const keys: string[] = [];
@@ -75,10 +76,33 @@ test('temporaries of writers that are gone are swept by the next writer, never b
   await writer.put('other', Buffer.from('x'));
   const left = await temporaries(root);
   assert.not.ok(left.some((f) => f.startsWith(dead)), 'the dead writer is swept');
-  assert.not.ok(left.includes('old-loose'));
-  assert.ok(left.includes('new-loose'));
+  assert.not.ok(left.includes('0123456789abcdef01234567'));
+  assert.ok(left.includes('89abcdef0123456789abcdef'));
   await live.flush();
   assert.is((await fsp.readFile(join(root, 'live/object'))).toString(), 'not flushed yet', 'the live writer lost nothing');
+  await fsp.rm(dir, { recursive: true });
+});
+
+test('the sweep stays in the .tmp it opened: swapping .tmp for a link to another folder while it runs deletes nothing there', async () => {
+  const dir = await tempDir();
+  const tmp = join(dir, '.tmp');
+  const bait = join(dir, 'bait');
+  await fsp.mkdir(tmp);
+  await fsp.mkdir(bait);
+  const old = new Date(Date.now() - 3 * 86400_000);
+  const names = Array.from({ length: 1500 }, (_, i) => i.toString(16).padStart(24, '0'));
+  for (const n of names) {
+    for (const d of [tmp, bait]) {
+      await fsp.writeFile(join(d, n), 'x');
+      await fsp.utimes(join(d, n), old, old);
+    }
+  }
+  const sweep = sweepStaleWriters(tmp);
+  await new Promise((r) => setTimeout(r, 5));
+  await fsp.rename(tmp, join(dir, 'moved'));
+  await fsp.symlink(bait, tmp);
+  await sweep;
+  assert.is((await fsp.readdir(bait)).length, names.length, 'a file outside the repository was deleted');
   await fsp.rm(dir, { recursive: true });
 });
 

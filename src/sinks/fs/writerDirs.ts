@@ -1,5 +1,4 @@
-import { promises as fsp, readFileSync, readlinkSync, type Dirent } from 'node:fs';
-import { hostname } from 'node:os';
+import { promises as fsp, constants as fsc, existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
@@ -7,67 +6,97 @@ import { randomBytes } from 'node:crypto';
  * Temporary folders of the processes writing to one directory repository
  * (docs/format.md, Directory store):
  *
- *   .tmp/w-<pid>-<start>-<pidns>-<random>-<hex hostname>/   one per writer (FsStore)
+ *   .tmp/w-<pid>-<start>-<pidns>-<random>-<boot id>/   one per writer (FsStore)
  *
  * A writer's temporaries live in its own folder, so another command on the same
  * repository (a `versions`, a prune, a second sync) never removes what a running sync has
  * not yet flushed. A folder is stale, and swept, only when its writer is certainly gone:
- * on this host and in this PID namespace, when no process with that pid and start time
- * exists; elsewhere (another host on a shared file system, another container), when
- * nothing in it changed for STALE_MS.
+ * on this kernel since this boot (the boot id: unlike a hostname, never shared by two
+ * machines) and in this PID namespace, when no process with that pid and start time
+ * exists; elsewhere (another host on a shared file system, another container, before a
+ * reboot), when nothing in it changed for STALE_MS.
+ *
+ * The sweep works inside `.tmp` pinned by an open descriptor (/proc/self/fd/N/...), with
+ * unlink and rmdir only: a `.tmp` swapped for a link while it runs cannot send it
+ * elsewhere. Without /proc nothing is swept (leftovers only cost space).
  */
 export const STALE_MS = 24 * 3600_000;
 
 const NAME = /^w-(\d+)-(\d+)-(\d+)-([0-9a-f]+)-([0-9a-f]*)$/;
+/** Temporaries of releases that wrote straight into `.tmp/`. */
+const LOOSE = /^[0-9a-f]{24}$/;
 
 interface Me {
   pid: number;
   start: number;
   pidns: number;
-  host: string;
+  boot: string;
 }
 
 let me: Me | undefined;
 function self(): Me {
-  me ??= { pid: process.pid, start: startTime(process.pid) ?? 0, pidns: pidNamespace(), host: Buffer.from(hostname()).toString('hex') };
+  me ??= { pid: process.pid, start: startTime(process.pid) ?? 0, pidns: pidNamespace(), boot: bootId() };
   return me;
 }
 
 /** The folder name of a new writer: this process, made unique. */
 export function newWriterDirName(): string {
   const m = self();
-  return `w-${m.pid}-${m.start}-${m.pidns}-${randomBytes(4).toString('hex')}-${m.host}`;
+  return `w-${m.pid}-${m.start}-${m.pidns}-${randomBytes(4).toString('hex')}-${m.boot}`;
 }
 
 /**
- * Removes the stale writer folders under `tmp` (and loose files of releases that wrote
- * straight into `.tmp/`, once older than STALE_MS). Links and special files are left
- * alone; nothing is followed. Returns what was removed.
+ * Removes the stale writer folders under `tmp` (and loose temporaries of releases that
+ * wrote straight into `.tmp/`, once older than STALE_MS). Links and special files are
+ * left alone; nothing is followed. Returns what was removed.
  */
 export async function sweepStaleWriters(tmp: string, now = Date.now()): Promise<string[]> {
-  let entries: Dirent[];
+  if (!existsSync('/proc/self/fd')) return [];
+  let pinned: fsp.FileHandle;
   try {
-    entries = await fsp.readdir(tmp, { withFileTypes: true });
+    pinned = await fsp.open(tmp, fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
   } catch {
     return [];
   }
-  const removed: string[] = [];
-  for (const e of entries) {
-    const path = join(tmp, e.name);
-    let stale = false;
-    if (e.isDirectory()) stale = NAME.test(e.name) ? await writerGone(e.name, path, now) : false;
-    else if (e.isFile()) stale = await untouchedFor(path, now);
-    if (!stale) continue;
-    await fsp.rm(path, { recursive: true, force: true }).catch(() => {});
-    removed.push(e.name);
+  try {
+    const at = `/proc/self/fd/${pinned.fd}`;
+    const removed: string[] = [];
+    for (const e of await fsp.readdir(at, { withFileTypes: true })) {
+      const path = join(at, e.name);
+      if (e.isDirectory() && NAME.test(e.name) && (await writerGone(e.name, path, now))) {
+        if (await removeWriterDir(path)) removed.push(e.name);
+      } else if (e.isFile() && LOOSE.test(e.name) && (await untouchedFor(path, now))) {
+        await fsp.unlink(path).catch(() => {});
+        removed.push(e.name);
+      }
+    }
+    return removed;
+  } finally {
+    await pinned.close();
   }
-  return removed;
+}
+
+/** Empties a writer's folder (pinned too) of its files, then removes it. */
+async function removeWriterDir(path: string): Promise<boolean> {
+  let pinned: fsp.FileHandle;
+  try {
+    pinned = await fsp.open(path, fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
+  } catch {
+    return false;
+  }
+  try {
+    const at = `/proc/self/fd/${pinned.fd}`;
+    for (const f of await fsp.readdir(at, { withFileTypes: true })) if (f.isFile()) await fsp.unlink(join(at, f.name)).catch(() => {});
+  } finally {
+    await pinned.close();
+  }
+  return fsp.rmdir(path).then(() => true, () => false);
 }
 
 async function writerGone(name: string, path: string, now: number): Promise<boolean> {
-  const [, pid, start, pidns, , host] = NAME.exec(name)!;
+  const [, pid, start, pidns, , boot] = NAME.exec(name)!;
   const m = self();
-  if (host === m.host && Number(pidns) === m.pidns && m.pidns !== 0) {
+  if (boot === m.boot && m.boot !== '' && Number(pidns) === m.pidns && m.pidns !== 0) {
     if (Number(pid) === m.pid && Number(start) === m.start) return false;
     return startTime(Number(pid)) !== Number(start);
   }
@@ -93,6 +122,15 @@ function startTime(pid: number): number | null {
     return Number(fields[19]);
   } catch {
     return null;
+  }
+}
+
+/** This boot of this kernel, hex (/proc/sys/kernel/random/boot_id); '' when unknown. */
+function bootId(): string {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').replace(/[^0-9a-f]/g, '');
+  } catch {
+    return '';
   }
 }
 
