@@ -22,7 +22,7 @@ export async function verifyCommand(opts: { target: string; vm?: string; deep?: 
       process.stdout.write(JSON.stringify(report, null, 2) + '\n');
     } else {
       for (const p of report.problems) {
-        process.stdout.write(`${p.kind}: ${p.key}: ${p.detail} (needed by ${p.versions.join(', ')})\n`);
+        process.stdout.write(`${p.kind}: ${p.key}: ${p.detail}${p.versions.length ? ` (needed by ${p.versions.join(', ')})` : ''}\n`);
       }
       process.stdout.write(
         `${report.versions} versions, ${report.chunks} chunks checked${opts.deep ? ' (deep)' : ''}: ` +

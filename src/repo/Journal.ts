@@ -1,5 +1,5 @@
 import { promises as fsp, constants as fsconstants } from 'node:fs';
-import { createHash, type Hash } from 'node:crypto';
+import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
 import { HamalError } from '../errors.ts';
 import { dirsExist, makeDirs, NOFOLLOW_READ, NOFOLLOW_UPDATE, writeNewFile } from '../noFollow.ts';
@@ -29,12 +29,12 @@ export interface JournalHeader {
   /**
    * The repository's generation when the sync that started this journal opened it. A
    * prune since (a higher generation) may have deleted chunks the records name, so they
-   * are checked against the repository before they are trusted (syncDisk).
+   * are checked against the repository before they are trusted (resumeJournal).
    */
   generation: number;
 }
 
-/** Header fields that may differ when a journal is resumed from another snapshot (see syncDisk). */
+/** Header fields that may differ when a journal is resumed from another snapshot (see resumeJournal). */
 export const SNAPSHOT_FIELDS: ReadonlyArray<keyof JournalHeader> = ['snapshotId', 'changeId'];
 
 export type Recovery =
@@ -273,8 +273,8 @@ export class Journal {
       }
       await this._handle.datasync();
       const ckpt = checkpointPath(this.path);
-      const tmp = `${ckpt}.tmp`;
-      await fsp.rm(tmp, { force: true });
+      // A name of its own: two syncs of one disk (a careless operator) must not collide here.
+      const tmp = `${ckpt}.${randomBytes(4).toString('hex')}.tmp`;
       await writeNewFile(tmp, JSON.stringify({ format: JOURNAL_FORMAT, bytes: this._bytes, records: this._records, sha256: this._hash.copy().digest('hex'), at: new Date().toISOString() }));
       await fsp.rename(tmp, ckpt);
       const dir = await fsp.open(dirname(this.path), 'r');
@@ -296,12 +296,6 @@ export class Journal {
     await this.close();
     await fsp.rm(checkpointPath(this.path), { force: true });
     await fsp.rm(this.path, { force: true });
-  }
-
-  /** Deletes a journal that will not be resumed. */
-  static async discard(path: string): Promise<void> {
-    await fsp.rm(checkpointPath(path), { force: true });
-    await fsp.rm(path, { force: true });
   }
 }
 

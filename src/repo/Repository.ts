@@ -436,7 +436,9 @@ export class Repository {
     const out: Array<{ vm: string; disk: string }> = [];
     for await (const key of this.store.list(vm === undefined ? 'vms/' : `vms/${encodeName(vm)}/disks/`)) {
       const parts = key.split('/');
-      if (parts.length === 5 && parts[2] === 'disks' && parts[4] === 'partial') out.push({ vm: decodeName(parts[1]!), disk: decodeName(parts[3]!) });
+      if (parts.length !== 5 || parts[2] !== 'disks' || parts[4] !== 'partial') continue;
+      const [name, disk] = [this._nameIn(key, 1), this._nameIn(key, 3)];
+      if (name !== null && disk !== null) out.push({ vm: name, disk });
     }
     return out;
   }

@@ -1,5 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import { dirname } from 'node:path';
+import { randomBytes } from 'node:crypto';
 
 /**
  * Replaces a small state file whole (written beside it, then renamed over it), so a reader
@@ -9,9 +10,13 @@ import { dirname } from 'node:path';
  */
 export async function replaceFile(path: string, data: string): Promise<void> {
   await fsp.mkdir(dirname(path), { recursive: true, mode: 0o700 });
-  const tmp = `${path}.tmp`;
-  // A mode applies to a new file only: a stale temporary one (a crash) goes first.
-  await fsp.rm(tmp, { force: true });
-  await fsp.writeFile(tmp, data, { mode: 0o600, flag: 'wx' }); // wx: never through a link planted there
-  await fsp.rename(tmp, path);
+  // A name of its own, created exclusively (never through a link, always with this mode).
+  const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
+  try {
+    await fsp.writeFile(tmp, data, { mode: 0o600, flag: 'wx' });
+    await fsp.rename(tmp, path);
+  } catch (err) {
+    await fsp.rm(tmp, { force: true }).catch(() => {});
+    throw err;
+  }
 }

@@ -165,6 +165,11 @@ for (const which of ['vms/v', 'vms/v/disks/d/versions']) {
         assert.ok(out(versions).includes(which), `versions failed without naming ${which}: ${show(versions)}`);
       }
 
+      // What the link hides was not verified: verify must not call the repository restorable.
+      const verify = await hamal(['verify', '--target', repo, '--deep'], {}, KILL20);
+      assert.is(verify.code, 1, show(verify));
+      assert.ok(out(verify).includes(which), show(verify));
+
       const o = join(dir, 'out.img');
       const restore = await hamal(['restore', '--target', repo, '--vm', 'v', '--disk', 'd', '--out', o], {}, KILL20);
       assert.is.not(restore.code, 0, `restore read a version through the link ${which}: ${show(restore)}`);
