@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { promises as fsp, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -8,8 +8,20 @@ import { childEnv } from '../../childEnv.ts';
 import { NbdClient } from './NbdClient.ts';
 
 
-/** util-linux's setpriv, when installed: sets the server's parent-death signal. */
-const PDEATHSIG = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
+/** util-linux's setpriv, when installed and new enough (2.33) to set the parent-death signal. */
+let pdeathsig: string | null | undefined;
+function setpriv(): string | null {
+  pdeathsig ??= (() => {
+    const path = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
+    if (!path) return null;
+    try {
+      return execFileSync(path, ['--help'], { encoding: 'utf8', env: childEnv(), stdio: ['ignore', 'pipe', 'ignore'] }).includes('--pdeathsig') ? path : null;
+    } catch {
+      return null;
+    }
+  })();
+  return pdeathsig;
+}
 /**
  * What each server reads from the environment beyond childEnv's allow-list. qemu-nbd:
  * nothing (the rbd: filename carries conf, id and keyring). nbdkit: LD_LIBRARY_PATH, for
@@ -42,7 +54,8 @@ export class NbdServerProcess {
     const name = argv[0]!.replace(/^.*\//, '');
     // Under setpriv --pdeathsig the server ends when hamal does, even by SIGKILL (an
     // orphaned qemu-nbd kept its snapshot exported and open): it execs the server itself.
-    const full = PDEATHSIG ? [PDEATHSIG, '--pdeathsig', 'TERM', '--', ...argv] : argv;
+    const wrapper = setpriv();
+    const full = wrapper ? [wrapper, '--pdeathsig', 'TERM', '--', ...argv] : argv;
     const child = spawn(full[0]!, full.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env: childEnv({ pass: SERVER_ENV[name] }) });
     let stderr = '';
     const toLog = subprocessOutput(name, child.pid);
