@@ -160,6 +160,26 @@ test(
 );
 
 test(
+  'a link to a block device (as /dev/VG/LV is): refused without --force, written as the device with it',
+  onLoop('linked', 2 * MiB, async (device, file) => {
+    const link = join(dir, 'lv-link');
+    await fsp.symlink(device, link);
+    try {
+      const sha = await sha256File(file);
+      const refused = await restore(link);
+      assert.is(refused.code, 2, refused.stderr);
+      assert.is(await sha256File(file), sha);
+      const r = await restore(link, '--force', '--version', versions[1]!.version);
+      assert.is(r.code, 0, r.stderr);
+      assert.is(await sha256Head(device, CAPACITY), versions[1]!.sha);
+      assert.ok((await fsp.lstat(link)).isSymbolicLink(), 'the link stays a link');
+    } finally {
+      await fsp.rm(link, { force: true });
+    }
+  }),
+);
+
+test(
   'under Deno too (whose node:fs cannot open with O_EXCL): a mounted block device is refused, an unmounted one written exactly with --force',
   onLoop('deno', 4 * MiB, async (device) => {
     const ok = await deno(['restore', '--target', repo, '--vm', 'v', '--disk', 'd', '--out', device, '--force']);

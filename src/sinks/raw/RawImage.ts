@@ -69,7 +69,10 @@ export class RawImage {
   static async open(path: string, capacity: number, options: RawImageOptions = {}): Promise<RawImage> {
     try {
       const st = await lstatOrNull(path);
-      if (st?.isBlockDevice()) return new RawImage(path, path, await openDevice(path, st, capacity, options.force === true), null);
+      // /dev/VG/LV, /dev/mapper/*, /dev/disk/by-*: block devices are named through links;
+      // the device itself is checked and written, the link followed for that only.
+      const device = st?.isSymbolicLink() ? await linkedDevice(path) : st?.isBlockDevice() ? { path, st } : null;
+      if (device) return new RawImage(device.path, device.path, await openDevice(device.path, device.st, capacity, options.force === true), null);
       if (st && !st.isFile()) throw notRegular(path, st);
       if (options.replica) return new RawImage(path, path, await openReplica(path, st, capacity), null);
       if (st && !options.force) throw new UsageError('OUTPUT_EXISTS', `${path} exists: use --force to replace it`, { subject: path });
@@ -221,6 +224,13 @@ async function placeNew(partial: string, path: string): Promise<void> {
 function notRegular(path: string, st: Stats): UsageError {
   const link = st.isSymbolicLink() ? ' (not followed)' : '';
   return new UsageError('OUTPUT_NOT_REGULAR', `${path} is a ${kindOf(st)}${link}: restore writes only to a regular file or a block device`, { subject: path });
+}
+
+/** The block device a link resolves to, or null when it resolves to anything else. */
+async function linkedDevice(path: string): Promise<{ path: string; st: Stats } | null> {
+  const real = await fsp.realpath(path).catch(() => null);
+  const st = real === null ? null : await lstatOrNull(real);
+  return st?.isBlockDevice() ? { path: real!, st } : null;
 }
 
 /** Refuses a handle that is not what lstat saw at its path (swapped between check and open). */
