@@ -59,8 +59,7 @@ export async function openDisk(disk: LocalDisk): Promise<{ handle: fsp.FileHandl
 }
 
 /** Capacity in bytes of a regular file or block device (stat reports 0 for devices). */
-export async function capacityOf(path: string, known?: Stats): Promise<number> {
-  const st = known ?? (await fsp.stat(path));
+async function capacityOf(path: string, st: Stats): Promise<number> {
   if (st.isFile()) return st.size;
   if (st.isBlockDevice()) {
     const size = await blockDeviceSize(majorMinor(st.rdev));
