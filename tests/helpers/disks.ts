@@ -1,13 +1,21 @@
 // Test helpers: sparse images written at chosen offsets, hashes of whole files.
-import { promises as fsp, createReadStream } from 'node:fs';
+import { promises as fsp, createReadStream, rmSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 export const MiB = 1024 * 1024;
 
+/** Every temp folder the tests made: removed when the test process exits, also after a failed test. */
+const made: string[] = [];
+process.on('exit', () => {
+  for (const dir of made) rmSync(dir, { recursive: true, force: true });
+});
+
 export async function tempDir(prefix = 'hamal-test-'): Promise<string> {
-  return fsp.mkdtemp(join(tmpdir(), prefix));
+  const dir = await fsp.mkdtemp(join(tmpdir(), prefix));
+  made.push(dir);
+  return dir;
 }
 
 /** A sparse file of `size` bytes with `writes` applied. */

@@ -55,7 +55,8 @@ export class NbdServerProcess {
     // Under setpriv --pdeathsig the server ends when hamal does, even by SIGKILL (an
     // orphaned qemu-nbd kept its snapshot exported and open): it execs the server itself.
     const wrapper = setpriv();
-    const full = wrapper ? [wrapper, '--pdeathsig', 'TERM', '--', ...argv] : argv;
+    // KILL, not TERM: a server waiting on a dead cluster may never get to its clean exit.
+    const full = wrapper ? [wrapper, '--pdeathsig', 'KILL', '--', ...argv] : argv;
     const child = spawn(full[0]!, full.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env: childEnv({ pass: SERVER_ENV[name] }) });
     let stderr = '';
     const toLog = subprocessOutput(name, child.pid);
