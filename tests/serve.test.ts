@@ -160,6 +160,36 @@ test('SIGTERM mid-sync: exits within 30 s, the task is reported interrupted, the
   assert.is(await again.exited, 0);
 });
 
+test('a result the control plane could not take (down at SIGTERM) is delivered once by the next start, with no task listed', async () => {
+  const disk = join(dir, 'outbox.img');
+  await fsp.writeFile(disk, pattern(24 * MiB, 12));
+  const conf = join(dir, 'hamal.conf');
+  const base = await fsp.readFile(conf, 'utf8');
+  await fsp.writeFile(conf, base + 'local_release_cpu_time = 400\n');
+  cp.enqueue('proxy-a', cp.signed('t-4', 'proxy-a', localTask('outbox', disk)));
+  const s = serve();
+  await until('progress of t-4', () => cp.progress.find((p) => p.taskId === 't-4' && (p.doneBytes as number) >= 2 * MiB));
+  const port = Number(new URL(cp.url).port);
+  await cp.stop();
+  s.child.kill('SIGTERM');
+  assert.is(await s.exited, 0);
+  assert.is(cp.results.filter((r) => r.taskId === 't-4').length, 0, 'the control plane was down');
+  await fsp.writeFile(conf, base);
+  cp.queue.clear();
+  await cp.start(port);
+  const again = serve();
+  try {
+    const r = await until('the saved result of t-4', () => cp.results.find((x) => x.taskId === 't-4'));
+    assert.is(r.state, 'interrupted', JSON.stringify(r));
+    await new Promise((res) => setTimeout(res, 2500));
+    assert.is(cp.results.filter((x) => x.taskId === 't-4').length, 1, 'delivered once');
+  } finally {
+    again.child.kill('SIGTERM');
+  }
+  assert.is(await again.exited, 0);
+  assert.equal(await fsp.readdir(join(dir, 'lib', 'service', 'outbox')).catch(() => []), [], 'the outbox is empty');
+});
+
 test('doctor: the control plane answers with the right auth_key and refuses a wrong one; the key is never printed', async () => {
   const conf = join(dir, 'hamal.conf');
   const good = await hamal(['doctor', '--json', '--config', conf]);

@@ -4,6 +4,7 @@ import {
   Subject,
   asyncScheduler,
   catchError,
+  concat,
   concatMap,
   defaultIfEmpty,
   defer,
@@ -186,12 +187,14 @@ export class Service {
       switchMap(() => timer(o.flushMs ?? 10_000, this._sched)),
     );
     const reports$ = defer(() => {
-      // Results of an earlier run that never reached the control plane go first.
-      for (const r of this._outbox.pending()) {
+      // Results of an earlier run that never reached the control plane go first. Emitted
+      // here, not pushed into the Subject: nothing listens to it yet, they would be lost.
+      const earlier = this._outbox.pending().map((r): Report => {
         this._log.info(`result of task ${r.taskId} (${r.state}) from an earlier run is delivered now`);
-        this._queue({ kind: 'result', body: r });
-      }
-      return this._reports;
+        this._latest.delete(r.taskId);
+        return { kind: 'result', body: r };
+      });
+      return concat(from(earlier), this._reports);
     }).pipe(
       concatMap((r) => this._deliver(r)),
       takeUntil(flushDeadline$),

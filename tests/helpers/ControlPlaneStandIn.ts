@@ -34,14 +34,20 @@ export class ControlPlaneStandIn {
     this._privateKey = privateKey;
   }
 
-  async start(): Promise<void> {
+  /** Listens on `port` (default: any free one; give the old one to come back where proxies look). */
+  async start(port = 0): Promise<void> {
     this._server = http.createServer((req, res) => void this._handle(req, res));
-    await new Promise<void>((r) => this._server!.listen(0, '127.0.0.1', r));
+    await new Promise<void>((r) => this._server!.listen(port, '127.0.0.1', r));
     this.url = `http://127.0.0.1:${(this._server.address() as AddressInfo).port}`;
   }
 
+  /** Goes down: stops listening and drops every connection (kept-alive ones too). */
   stop(): Promise<void> {
-    return new Promise((r) => this._server?.close(() => r()) ?? r());
+    return new Promise((r) => {
+      if (!this._server) return r();
+      this._server.close(() => r());
+      this._server.closeAllConnections();
+    });
   }
 
   /** Signs a task for `proxyId` (docs/control-plane.md, "Signed tasks"); `key` forges it with another key. */
