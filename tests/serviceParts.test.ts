@@ -4,7 +4,8 @@ import * as assert from 'uvu/assert';
 import { createPublicKey } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
-import { ControlPlaneStandIn } from './helpers/ControlPlaneStandIn.ts';
+import { AUTH_KEY, ControlPlaneStandIn } from './helpers/ControlPlaneStandIn.ts';
+import { HttpControlPlane } from '../src/service/HttpControlPlane.ts';
 import { NonceStore, TaskRejected, acceptTask, type AcceptedTask } from '../src/service/SignedTask.ts';
 import { TaskFiles } from '../src/service/TaskFiles.ts';
 import { LogFile } from '../src/log/LogFile.ts';
@@ -38,6 +39,24 @@ test('a signed task is accepted once: a replay, a tampered task, a bad schema ar
   assert.match(await reason(acceptTask({ envelope: { id: 't-3' } }, key, 'p', nonces)), 'not a signed task');
   assert.match(await reason(acceptTask(cp.signed('t-4', 'p', { version: 1, source: { platform: 'vmwar', vm: 'x' } }), key, 'p', nonces)), 'source.platform: must be one of');
   assert.match(await reason(acceptTask(cp.signed('t-5', 'p', task, { nonce: 'short' }), key, 'p', nonces)), 'nonce');
+});
+
+test("mass_endpoint with or without the seed's trailing /v1: the same paths, never /v1/v1", async () => {
+  const cp = new ControlPlaneStandIn();
+  await cp.start();
+  const dir = await tempDir();
+  try {
+    for (const endpoint of [cp.url, `${cp.url}/v1`, `${cp.url}/v1/`]) {
+      const plane = new HttpControlPlane({ endpoint, authKey: AUTH_KEY, proxyId: 'p', timeoutMs: 5000, publicKey: createPublicKey(cp.publicKeyPem), nonces: new NonceStore(join(dir, 'n.json')) });
+      const before = cp.heartbeats.length;
+      await plane.heartbeat({ proxyId: 'p', at: new Date().toISOString() } as never);
+      assert.is(cp.heartbeats.length, before + 1, endpoint);
+      assert.equal(await plane.poll(), [], endpoint);
+    }
+    assert.equal(cp.unauthorized, []);
+  } finally {
+    await cp.stop();
+  }
 });
 
 test('task files: `every` and cron schedules, edits picked up, a bad file reported once', async () => {

@@ -28,7 +28,9 @@ export class HttpControlPlane implements TaskFeed, Reporter {
   private readonly _http: HttpJson;
 
   constructor(private readonly _o: HttpControlPlaneOptions) {
-    this._base = _o.endpoint.replace(/\/+$/, '');
+    // The seed's endpoint ends in /v1 (`.../hypermotion/v1`) and every path starts with it:
+    // both forms name the same API.
+    this._base = _o.endpoint.replace(/\/+$/, '').replace(/\/v1$/, '');
     this._http = new HttpJson(undefined, _o.timeoutMs);
     log.addSecret(_o.authKey);
   }
