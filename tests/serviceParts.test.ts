@@ -77,10 +77,29 @@ test('task files: `every` and cron schedules, edits picked up, a bad file report
   now = Date.parse('2026-01-01T00:01:31Z');
   assert.equal(await ids(), ['a@2026-01-01T00:01:31.000Z']);
   now = Date.parse('2026-01-01T00:05:00Z');
-  assert.equal(await ids(), ['a@2026-01-01T00:05:00.000Z', 'b@2026-01-01T00:05:00.000Z']);
-  // The schedule state survives a restart.
+  const due = await ids();
+  assert.equal(due, ['a@2026-01-01T00:05:00.000Z', 'b@2026-01-01T00:05:00.000Z']);
+  for (const id of due) await feed.done(id, { taskId: id, state: 'succeeded', at: new Date(now).toISOString() } as ResultReport);
+  // The schedule state survives a restart (finished runs are not run again).
   const again = new TaskFiles(dir, state, () => now);
   assert.equal(((await again.poll()) as unknown[]).filter((t) => !(t instanceof TaskRejected)), []);
+});
+
+test('task files: a run left unfinished (interrupted, or killed before any outcome) runs again at the next start, schedule or not; a finished one does not', async () => {
+  const dir = await tempDir();
+  const tasks = join(dir, 'tasks.d');
+  await fsp.mkdir(tasks);
+  const task = (schedule?: object) => JSON.stringify({ version: 1, source: { platform: 'local', vm: 'v', disks: [{ path: '/dev/null' }] }, target: dir, ...(schedule ? { schedule } : {}) });
+  for (const n of ['stopped', 'killed', 'done']) await fsp.writeFile(join(tasks, `${n}.json`), task());
+  await fsp.writeFile(join(tasks, 'daily.json'), task({ every: 86400 }));
+  const state = join(dir, 'state.json');
+  const at = new Date(Date.now() - 60_000).toISOString();
+  await fsp.writeFile(state, JSON.stringify({ 'stopped.json': { lastStart: at, lastState: 'interrupted' }, 'killed.json': { lastStart: at }, 'done.json': { lastStart: at, lastState: 'succeeded' }, 'daily.json': { lastStart: at, lastState: 'interrupted' } }));
+  const files = new TaskFiles(tasks, state);
+  const ids = (await files.poll()).map((t) => (t as AcceptedTask).id.split('@')[0]).sort();
+  assert.equal(ids, ['daily', 'killed', 'stopped']);
+  assert.equal(await files.poll(), [], 'only at the first poll of a start');
+  await fsp.rm(dir, { recursive: true });
 });
 
 test('log rotation: with a tiny size, files rotate and never exceed the count', async () => {

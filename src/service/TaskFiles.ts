@@ -16,12 +16,16 @@ export type Schedule = NonNullable<Task['schedule']>;
  * Standalone mode: the task files of a directory (`/etc/hamal/tasks.d/*.json`, the format
  * of docs/tasks.md plus `schedule`), read again at each poll so edits need no restart.
  * A file is due when it never ran or its schedule's next time after the last start has
- * come; the last starts are kept in `stateFile`. A bad file is reported (as a rejected
- * task naming the file and the field) and the others still run.
+ * come; the last starts are kept in `stateFile`. A file whose last run did not finish
+ * (interrupted by a stop, or no outcome at all: the process was killed) is due at the first
+ * poll after a start, whatever its schedule, and resumes from its journal. A bad file is
+ * reported (as a rejected task naming the file and the field) and the others still run.
  */
 export class TaskFiles implements TaskFeed {
   private _state: Record<string, { lastStart: string; lastState?: string }> | undefined;
   private readonly _complained = new Map<string, string>();
+  /** False until the first poll: the one that takes up runs an earlier process left unfinished. */
+  private _polled = false;
 
   constructor(
     private readonly _dir: string,
@@ -38,6 +42,8 @@ export class TaskFiles implements TaskFeed {
       throw new UsageError('TASKS_DIR', `cannot read the task directory ${this._dir}: ${(err as NodeJS.ErrnoException).code ?? err}`, { subject: this._dir });
     }
     const now = this._now();
+    const first = !this._polled;
+    this._polled = true;
     const out: Array<AcceptedTask | TaskRejected> = [];
     for (const name of names) {
       const file = join(this._dir, name);
@@ -48,7 +54,8 @@ export class TaskFiles implements TaskFeed {
         const last = state[name] ? Date.parse(state[name].lastStart) : undefined;
         // The schedule is checked even before a first run: a bad cron is reported at once.
         next = nextRun(task.schedule, last ?? now, file);
-        if (last === undefined) next = now;
+        const unfinished = last !== undefined && (state[name]!.lastState === undefined || state[name]!.lastState === 'interrupted');
+        if (last === undefined || (first && unfinished)) next = now;
       } catch (err) {
         // Report a bad file once per change, not at every poll.
         const msg = (err as Error).message;
