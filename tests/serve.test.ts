@@ -190,6 +190,45 @@ test('a result the control plane could not take (down at SIGTERM) is delivered o
   assert.equal(await fsp.readdir(join(dir, 'lib', 'service', 'outbox')).catch(() => []), [], 'the outbox is empty');
 });
 
+test('SIGTERM ends serve within 30 s whatever the peers do: a control plane that never answers, a CPU-release pause of 10 s per MB', async () => {
+  const conf = join(dir, 'hamal.conf');
+  const base = await fsp.readFile(conf, 'utf8');
+  // A control plane that takes every connection and never says a word.
+  const sockets = new Set<net.Socket>();
+  const mute = net.createServer((sock) => void sockets.add(sock));
+  await new Promise<void>((r) => mute.listen(0, '127.0.0.1', r));
+  const silent = join(dir, 'silent.conf');
+  await fsp.writeFile(silent, base.replace(`mass_endpoint = ${cp.url}`, `mass_endpoint = http://127.0.0.1:${(mute.address() as net.AddressInfo).port}`).replace('default_request_timeout = 5', 'default_request_timeout = 120'));
+  try {
+    const s = serveProcess(silent);
+    await until('a poll and a heartbeat waiting', () => sockets.size >= 2);
+    const t0 = Date.now();
+    s.child.kill('SIGTERM');
+    assert.is(await s.exited, 0, s.output().slice(-2000));
+    assert.ok(Date.now() - t0 < 30_000, `stopped in ${Date.now() - t0} ms`);
+  } finally {
+    for (const sock of sockets) sock.destroy();
+    mute.close();
+  }
+  // A sync pausing 10 s per MB read (local_release_cpu_time at its maximum): 40 s per block.
+  const disk = join(dir, 'paused.img');
+  await fsp.writeFile(disk, pattern(16 * MiB, 13));
+  await fsp.writeFile(conf, base + 'local_release_cpu_time = 10000\n');
+  cp.enqueue('proxy-a', cp.signed('t-5', 'proxy-a', localTask('paused', disk)));
+  const s = serve();
+  try {
+    await until('t-5 running', () => cp.progress.find((p) => p.taskId === 't-5'));
+    await new Promise((r) => setTimeout(r, 1000)); // inside the first pauses
+    const t0 = Date.now();
+    s.child.kill('SIGTERM');
+    assert.is(await s.exited, 0, s.output().slice(-2000));
+    assert.ok(Date.now() - t0 < 30_000, `stopped in ${Date.now() - t0} ms`);
+    assert.is((await until('result of t-5', () => cp.results.find((r) => r.taskId === 't-5'))).state, 'interrupted');
+  } finally {
+    await fsp.writeFile(conf, base);
+  }
+});
+
 test('doctor: the control plane answers with the right auth_key and refuses a wrong one; the key is never printed', async () => {
   const conf = join(dir, 'hamal.conf');
   const good = await hamal(['doctor', '--json', '--config', conf]);

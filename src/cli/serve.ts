@@ -131,6 +131,9 @@ export async function serveCommand(_opts: object, config: LoadedConfig): Promise
     process.off('SIGINT', onSignal);
     clearInterval(publicTimer);
     health?.close();
+    // A poll or report still waiting on the control plane would keep the process alive
+    // until its timeout (default_request_timeout, 600 s by default).
+    controlPlane?.close();
     await info.set('stopped');
     setSubprocessSink(undefined);
     log.configure({ sink: (line) => process.stderr.write(line + '\n') });

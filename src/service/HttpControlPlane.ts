@@ -68,6 +68,11 @@ export class HttpControlPlane implements TaskFeed, Reporter {
     }
   }
 
+  /** Ends every connection, a request in flight included (after a stop: nothing waits for it). */
+  close(): void {
+    this._http.close();
+  }
+
   /** Network errors come from HttpJson as retryable; statuses are judged here. */
   private async _request(method: string, path: string, body?: unknown): Promise<unknown> {
     const url = `${this._base}${path}`;

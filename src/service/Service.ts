@@ -131,7 +131,6 @@ export class Service {
   run(): Observable<never> {
     const o = this._options;
     const tasks$ = timer(0, o.pollMs, this._sched).pipe(
-      takeUntil(this._stopping),
       exhaustMap(() =>
         defer(() => this._deps.feed.poll()).pipe(
           tap(() => (this._lastPollError = undefined)),
@@ -143,6 +142,10 @@ export class Service {
           }),
         ),
       ),
+      // After the poll, not before: a poll in flight (a control plane that never answers)
+      // is dropped at the stop instead of holding it up to its timeout. Running tasks go on
+      // below until they have stopped.
+      takeUntil(this._stopping),
       mergeMap((list) => from(list)),
       filter((t) => {
         // A task handed back under a newer lease epoch is a new run of it; a replayed copy
@@ -162,7 +165,6 @@ export class Service {
 
     const heartbeats$ = this._deps.reporter && o.heartbeatMs > 0
       ? timer(0, o.heartbeatMs, this._sched).pipe(
-          takeUntil(this._stopping),
           exhaustMap(() =>
             defer(() => this._deps.reporter!.heartbeat({ ...this._deps.facts(), running: this.running(), at: new Date(this._sched.now()).toISOString() })).pipe(
               tap(() => {
@@ -179,6 +181,7 @@ export class Service {
               }),
             ),
           ),
+          takeUntil(this._stopping),
         )
       : EMPTY;
 

@@ -18,8 +18,20 @@ export function releaseCpu<T extends { length: number }>(msPerMb: number, schedu
   return concatMap((item: T) => of(item).pipe(delay(releaseCpuDelay(item.length, msPerMb), scheduler)));
 }
 
-/** The same pause for code that reads with promises (the pipeline's read step). */
-export function sleepForRead(bytes: number, msPerMb: number): Promise<void> {
+/**
+ * The same pause for code that reads with promises (the pipeline's read step); it ends at
+ * once when `signal` aborts (a stopped sync must not wait out pauses of up to 10 s per MB).
+ */
+export function sleepForRead(bytes: number, msPerMb: number, signal?: AbortSignal): Promise<void> {
   const ms = releaseCpuDelay(bytes, msPerMb);
-  return ms > 0 ? new Promise((resolve) => setTimeout(resolve, ms)) : Promise.resolve();
+  if (ms <= 0 || signal?.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+  });
 }

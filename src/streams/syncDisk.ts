@@ -139,13 +139,15 @@ export function syncDisk(
       };
 
       const pool = new BufferPool(blockSize);
+      // Aborted when the sync is stopped: blocks in flight skip their CPU-release pause.
+      const stopping = new AbortController();
       const processBlock = async (ref: BlockRef): Promise<BlockOutcome> => {
         hold(ref.length);
         const buf = pool.take();
         try {
           const data = await readers.use(async () => {
             const d = await snapshot.read(disk, ref.offset, ref.length, buf);
-            await sleepForRead(ref.length, msPerMb);
+            await sleepForRead(ref.length, msPerMb, stopping.signal);
             return d;
           });
           stats.readBytes += ref.length;
@@ -271,6 +273,7 @@ export function syncDisk(
       let committed = false;
       return concat([start], merge(blocks$, checkpoints$), commit).pipe(
         finalize(() => {
+          stopping.abort();
           if (!journal || committed) return;
           // Stopped or failed: once the blocks in flight settle (at most readers + writers),
           // a last checkpoint (and partial index, unless fenced off) makes every block
