@@ -4,8 +4,8 @@ import type { Compression, Encryption } from './ChunkCodec.ts';
 
 /** Repository formats this hamal reads (docs/format.md). */
 export const FORMATS = [1, 2];
-export const MIN_BLOCK_SIZE = 4096;
-export const MAX_BLOCK_SIZE = 64 * 1024 * 1024;
+const MIN_BLOCK_SIZE = 4096;
+const MAX_BLOCK_SIZE = 64 * 1024 * 1024;
 
 /** The `config` object of a repository (docs/format.md, config). */
 export interface RepositoryConfig {

@@ -3,16 +3,16 @@ import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { HamalError, UsageError } from '../../errors.ts';
 import { failpoint } from '../../failpoints.ts';
-import { kindOf } from '../../noFollow.ts';
+import { kindOf, NOFOLLOW_CREATE, NOFOLLOW_UPDATE } from '../../noFollow.ts';
 import { blockDeviceHolders, blockDeviceInUse, blockDeviceSize, majorMinor } from '../../blockDevice.ts';
 
 /** Written bytes after which a background fdatasync starts (one at a time). */
 const EARLY_SYNC_BYTES = 64 * 1024 * 1024;
 
 /** A new partial file: created here and nowhere else, not through a link. */
-const CREATE = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
+const CREATE = NOFOLLOW_CREATE;
 /** An existing file or device: never through a link, never blocking (a FIFO swapped in). */
-const UPDATE = fsc.O_RDWR | fsc.O_NOFOLLOW | fsc.O_NONBLOCK;
+const UPDATE = NOFOLLOW_UPDATE;
 /** Restored disks may hold anything (a decrypted one, secrets): owner only, whatever the umask. */
 const MODE = 0o600;
 
