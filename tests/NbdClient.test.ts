@@ -8,6 +8,7 @@ import net from 'node:net';
 import fc from 'fast-check';
 import { HamalError } from '../src/errors.ts';
 import { NbdClient } from '../src/sources/nbd/NbdClient.ts';
+import { NbdServerProcess } from '../src/sources/nbd/NbdServerProcess.ts';
 import { MiB, makeImage, pattern, tempDir } from './helpers/disks.ts';
 
 let dir: string;
@@ -221,6 +222,25 @@ test('fuzz: any bytes a server answers with settle the read (data or an error na
     }),
     { seed: 20261125, numRuns: 60 },
   );
+});
+
+test('a server whose socket exists before it listens is connected to once it does (qemu-nbd binds, then listens)', async () => {
+  const sock = join(dir, 'late.sock');
+  // python binds the socket's name and holds it 400 ms without listening (connects are
+  // refused), lets it go (no such file), then nbdkit listens there.
+  const script = `import socket,time,os
+s=socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(sock)}); time.sleep(0.4); s.close(); os.unlink(${JSON.stringify(sock)}); time.sleep(0.1)`;
+  const argv = ['sh', '-c', `python3 -c "$0" && exec nbdkit --foreground --readonly --unix "$1" file "$2"`, script, sock, image];
+  const work = join(dir, 'late');
+  const srvDir = await NbdServerProcess.privateDir(work, 'late');
+  const server = await NbdServerProcess.start(argv, srvDir, sock, 'late disk', MiB);
+  try {
+    assert.is(server.client.size, bytes.length);
+    assert.ok((await server.client.read(MiB + 17, 4096)).equals(bytes.subarray(MiB + 17, MiB + 17 + 4096)));
+  } finally {
+    await server.stop();
+  }
+  assert.not.ok(existsSync(srvDir), 'its private folder is removed');
 });
 
 test.run();

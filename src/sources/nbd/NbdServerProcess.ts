@@ -31,6 +31,24 @@ function setpriv(): string | null {
 const SERVER_ENV: Record<string, readonly string[]> = { nbdkit: ['LD_LIBRARY_PATH'] };
 
 /**
+ * Connects, retrying while the server is up but not yet listening: the socket's file
+ * appears at bind(), before listen(), and a connect in between is refused (seen in CI
+ * with qemu-nbd: ECONNREFUSED on a fresh socket). Up to 5 s, never past the server's exit.
+ */
+async function connectWhenListening(socket: string, maxRequestBytes: number, gone: () => boolean): Promise<NbdClient> {
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    try {
+      return await NbdClient.connect(socket, { maxRequestBytes });
+    } catch (err) {
+      const code = (err as { cause?: NodeJS.ErrnoException }).cause?.code ?? (err as NodeJS.ErrnoException).code;
+      if (!(code === 'ECONNREFUSED' || code === 'ENOENT') || gone() || Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}
+
+/**
  * A local NBD server process (nbdkit, qemu-nbd) serving one snapshot of one disk on a Unix
  * socket in a private 0700 directory under `workDir`, with an NbdClient connected to it.
  * Its stderr goes to the subprocess log; `stop` ends both and removes the directory.
@@ -74,7 +92,7 @@ export class NbdServerProcess {
       throw new HamalError('NBD_SERVER_FAILED', `${name} for ${what} did not start${stderr ? `: ${stderr.trim().split('\n').pop()}` : ''}`, { subject: what });
     }
     try {
-      return new NbdServerProcess(await NbdClient.connect(socket, { maxRequestBytes }), child, dir);
+      return new NbdServerProcess(await connectWhenListening(socket, maxRequestBytes, () => exited !== undefined), child, dir);
     } catch (err) {
       child.kill('SIGKILL');
       await fsp.rm(dir, { recursive: true, force: true });
