@@ -19,32 +19,70 @@ export interface LoadedConfig {
   origin: Record<string, 'file' | 'DEFAULT' | 'default'>;
 }
 
+/** Where the container image keeps the sample a first start copies (Dockerfile). */
+export const SAMPLE_CONFIG_PATH = '/usr/share/hamal/hamal.conf.sample';
+
 /**
- * Loads hamal.conf. With `path`, or $HAMAL_CONFIG set: that file, which must exist
- * ($HAMAL_CONFIG set but empty: no file, the defaults). Otherwise /etc/hamal/hamal.conf
- * when it exists, else the defaults. Bad values throw a UsageError (exit code 2) naming
- * file, line, section, key, value and what is allowed.
+ * Loads hamal.conf. With `path` (--config): that file, which must exist. Otherwise
+ * $HAMAL_CONFIG's file, else /etc/hamal/hamal.conf ($HAMAL_CONFIG set but empty: no file,
+ * the defaults). Nothing at all at that path is a first start (the image's empty
+ * /etc/hamal volume): the sample `sample` is copied there (mode 0600, never over anything)
+ * and read, with a warning saying so; without a sample, or where it cannot be written,
+ * the built-in defaults with a warning ($HAMAL_CONFIG) or silently (the default path, as
+ * before). A dangling symlink, a directory or an unreadable file there is an error naming
+ * it. Bad values throw a UsageError (exit code 2) naming file, line, section, key, value
+ * and what is allowed.
  */
-export async function loadConfig(path?: string): Promise<LoadedConfig> {
+export async function loadConfig(path?: string, sample = SAMPLE_CONFIG_PATH): Promise<LoadedConfig> {
   if (path === undefined && process.env.HAMAL_CONFIG === '') return parseConfig('', null);
-  const explicit = path ?? process.env.HAMAL_CONFIG;
-  const file = explicit ?? DEFAULT_CONFIG_PATH;
+  const file = path ?? process.env.HAMAL_CONFIG ?? DEFAULT_CONFIG_PATH;
+  const cannotRead = (err: unknown) =>
+    new UsageError('CONFIG_NOT_FOUND', `cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`, { subject: file });
   let text: string;
+  const firstStart: string[] = [];
   try {
     text = await fsp.readFile(file, 'utf8');
   } catch (err) {
-    if (explicit === undefined && (err as NodeJS.ErrnoException).code === 'ENOENT') return parseConfig('', null);
-    throw new UsageError('CONFIG_NOT_FOUND', `cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`, {
-      subject: file,
-    });
+    // lstat: a symlink to nothing also reads as ENOENT, but someone put it there.
+    const absent = (err as NodeJS.ErrnoException).code === 'ENOENT' && (await fsp.lstat(file).then(() => false, () => true));
+    if (path !== undefined || !absent) throw cannotRead(err);
+    const copied = await copySample(sample, file);
+    if (copied !== true) {
+      if (process.env.HAMAL_CONFIG === undefined && copied === 'no sample') return parseConfig('', null);
+      const loaded = parseConfig('', null);
+      loaded.warnings.push(`no config file ${file} ($HAMAL_CONFIG): running on the built-in defaults (${copied}); the sample is ${sample}`);
+      return loaded;
+    }
+    text = await fsp.readFile(file, 'utf8').catch((e: unknown) => Promise.reject(cannotRead(e)));
+    firstStart.push(`first start: ${file} did not exist, so the sample ${sample} was copied there; edit it and restart`);
   }
   const loaded = parseConfig(text, file);
+  loaded.warnings.unshift(...firstStart);
   // Secrets in a file others can read: say so (install.sh writes it 0600).
   const mode = (await fsp.stat(file).catch(() => undefined))?.mode ?? 0;
   if (mode & 0o077 && configSecrets(loaded).length) {
     loaded.warnings.push(`${file} holds secrets and is readable by group or others (mode ${(mode & 0o777).toString(8)}): chmod 600 ${file}`);
   }
   return loaded;
+}
+
+/** Copies the sample to `file` without replacing anything; true, or why not. */
+async function copySample(sample: string, file: string): Promise<true | string> {
+  let text: string;
+  try {
+    text = await fsp.readFile(sample, 'utf8');
+  } catch {
+    return 'no sample';
+  }
+  try {
+    await fsp.writeFile(file, text, { flag: 'wx', mode: 0o600 });
+    return true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    // Another process of the same first start wrote it first: read theirs.
+    if (code === 'EEXIST') return true;
+    return `the sample could not be copied there: ${code ?? err}`;
+  }
 }
 
 /** Parses and checks config text; `file` names it in messages (null: defaults only). */
