@@ -190,6 +190,86 @@ test('a result the control plane could not take (down at SIGTERM) is delivered o
   assert.equal(await fsp.readdir(join(dir, 'lib', 'service', 'outbox')).catch(() => []), [], 'the outbox is empty');
 });
 
+test('one task, one result: a task still listed after a restart gets its saved result (not "rejected: replayed"), an ended one listed again gets the same result again, neither runs twice', async () => {
+  const disk = join(dir, 'relisted.img');
+  await fsp.writeFile(disk, pattern(24 * MiB, 14));
+  const conf = join(dir, 'hamal.conf');
+  const base = await fsp.readFile(conf, 'utf8');
+  await fsp.writeFile(conf, base + 'local_release_cpu_time = 400\n');
+  cp.enqueue('proxy-a', cp.signed('t-7', 'proxy-a', localTask('relisted', disk)));
+  const s = serve();
+  await until('progress of t-7', () => cp.progress.find((p) => p.taskId === 't-7' && (p.doneBytes as number) >= 2 * MiB));
+  const port = Number(new URL(cp.url).port);
+  await cp.stop();
+  s.child.kill('SIGTERM');
+  assert.is(await s.exited, 0);
+  await fsp.writeFile(conf, base);
+  // Back with t-7 still listed, as docs/control-plane.md tells a control plane to do, and
+  // results refused for a while: polls see t-7 before its saved result gets through.
+  cp.refuseResults = true;
+  await cp.start(port);
+  const again = serve();
+  try {
+    await until('t-7 polled again', () => again.output().includes('delivered now'));
+    await new Promise((res) => setTimeout(res, 2500));
+    cp.refuseResults = false;
+    const r = await until('the saved result of t-7', () => cp.results.find((x) => x.taskId === 't-7'));
+    assert.is(r.state, 'interrupted', JSON.stringify(r));
+    await new Promise((res) => setTimeout(res, 2500));
+    assert.equal(cp.results.filter((x) => x.taskId === 't-7').map((x) => x.state), ['interrupted'], 'one result, the real one');
+    assert.not.match(again.output(), /task t-7: sync of/, 'not run again');
+
+    // An ended task listed again (a control plane that lost the answer): the same result again.
+    const fast = join(dir, 'fast.img');
+    await fsp.writeFile(fast, pattern(2 * MiB, 15));
+    const signed = cp.signed('t-8', 'proxy-a', localTask('fast', fast));
+    cp.enqueue('proxy-a', signed);
+    const first = await until('result of t-8', () => cp.results.find((x) => x.taskId === 't-8'));
+    assert.is(first.state, 'succeeded', JSON.stringify(first));
+    cp.enqueue('proxy-a', signed);
+    const both = await until('t-8 answered again', () => (cp.results.filter((x) => x.taskId === 't-8').length >= 2 ? cp.results.filter((x) => x.taskId === 't-8') : undefined));
+    assert.equal(both[1], first, 'identical');
+    assert.is(again.output().match(/task t-8: sync of/g)?.length, 1, 'run once');
+    assert.ok(cp.results.every((x) => x.state !== 'rejected' || !['t-7', 't-8'].includes(x.taskId as string)));
+  } finally {
+    again.child.kill('SIGTERM');
+  }
+  assert.is(await again.exited, 0);
+  assert.equal(await fsp.readdir(join(dir, 'lib', 'service', 'outbox')), [], 'the outbox is empty');
+});
+
+test('SIGKILL mid-task: the task, still listed, runs again at the next start and resumes; one result', async () => {
+  const disk = join(dir, 'killed.img');
+  await fsp.writeFile(disk, pattern(32 * MiB, 16));
+  const conf = join(dir, 'hamal.conf');
+  const base = await fsp.readFile(conf, 'utf8');
+  await fsp.writeFile(conf, base + 'local_release_cpu_time = 400\n');
+  cp.enqueue('proxy-a', cp.signed('t-9', 'proxy-a', localTask('killed', disk)));
+  const s = serve();
+  await until('progress of t-9 past 8 MiB', () => cp.progress.find((p) => p.taskId === 't-9' && (p.doneBytes as number) >= 8 * MiB));
+  await new Promise((r) => setTimeout(r, 1500)); // a checkpoint (fsync_period_frequency = 1)
+  s.child.kill('SIGKILL');
+  await s.exited;
+  await fsp.writeFile(conf, base);
+  const again = serve();
+  try {
+    const r = await until('result of t-9', () => cp.results.find((x) => x.taskId === 't-9'));
+    assert.is(r.state, 'succeeded', JSON.stringify(r));
+    const [v] = r.versions as Array<{ version: string; resumedBytes: number }>;
+    assert.ok(v!.resumedBytes > 0, `resumed ${v!.resumedBytes} bytes`);
+    assert.match(again.output(), /task t-9 was accepted before this start and never ended here/);
+    const out = join(dir, 'killed.restored');
+    const rr = await hamal(['restore', '--target', join(dir, 'repo'), '--vm', 'killed', '--disk', 'root', '--version', v!.version, '--out', out]);
+    assert.is(rr.code, 0, rr.stderr);
+    assert.is(await sha256File(out), await sha256File(disk));
+    await new Promise((res) => setTimeout(res, 2000));
+    assert.is(cp.results.filter((x) => x.taskId === 't-9').length, 1);
+  } finally {
+    again.child.kill('SIGTERM');
+  }
+  assert.is(await again.exited, 0);
+});
+
 test('SIGTERM ends serve within 30 s whatever the peers do: a control plane that never answers, a CPU-release pause of 10 s per MB', async () => {
   const conf = join(dir, 'hamal.conf');
   const base = await fsp.readFile(conf, 'utf8');

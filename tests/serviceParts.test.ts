@@ -2,11 +2,13 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createPublicKey } from 'node:crypto';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { AUTH_KEY, ControlPlaneStandIn } from './helpers/ControlPlaneStandIn.ts';
 import { HttpControlPlane } from '../src/service/HttpControlPlane.ts';
-import { NonceStore, TaskRejected, acceptTask, type AcceptedTask } from '../src/service/SignedTask.ts';
+import { TaskAnswered, TaskElsewhere, TaskRejected, acceptTask, type AcceptedTask } from '../src/service/SignedTask.ts';
+import { TaskLedger } from '../src/service/TaskLedger.ts';
 import { TaskFiles } from '../src/service/TaskFiles.ts';
 import { LogFile } from '../src/log/LogFile.ts';
 import { canonicalJson } from '../src/canonicalJson.ts';
@@ -23,22 +25,105 @@ test('canonical JSON: sorted keys at every level, no whitespace', () => {
   assert.is(canonicalJson({ b: 1, a: [{ d: 'x', c: null }], e: undefined }), '{"a":[{"c":null,"d":"x"}],"b":1}');
 });
 
-test('a signed task is accepted once: a replay, a tampered task, a bad schema are rejected with the reason', async () => {
+test('a signed task is accepted once: a tampered task, a bad schema, a short nonce are rejected with the reason', async () => {
   const dir = await tempDir();
-  const nonces = new NonceStore(join(dir, 'nonces.json'));
+  const ledger = new TaskLedger(join(dir, 'tasks'));
   const signed = cp.signed('t-1', 'p', task);
-  const ok = await acceptTask(signed, key, 'p', nonces);
+  const ok = (await acceptTask(signed, key, 'p', ledger)) as AcceptedTask;
   assert.is(ok.id, 't-1');
   assert.is(ok.task.source.vm, 'web');
+  assert.is(ok.again, undefined);
   const reason = (p: Promise<unknown>) => p.then(() => 'accepted', (e: TaskRejected) => (assert.instance(e, TaskRejected), e.message));
-  // A restart does not forget the nonce.
-  assert.match(await reason(acceptTask(signed, key, 'p', new NonceStore(join(dir, 'nonces.json')))), 'replayed');
   const tampered = cp.signed('t-2', 'p', task);
   (tampered.envelope.task as typeof task).source.vm = 'db';
-  assert.match(await reason(acceptTask(tampered, key, 'p', nonces)), 'task t-2 rejected: bad signature');
-  assert.match(await reason(acceptTask({ envelope: { id: 't-3' } }, key, 'p', nonces)), 'not a signed task');
-  assert.match(await reason(acceptTask(cp.signed('t-4', 'p', { version: 1, source: { platform: 'vmwar', vm: 'x' } }), key, 'p', nonces)), 'source.platform: must be one of');
-  assert.match(await reason(acceptTask(cp.signed('t-5', 'p', task, { nonce: 'short' }), key, 'p', nonces)), 'nonce');
+  assert.match(await reason(acceptTask(tampered, key, 'p', ledger)), 'task t-2 rejected: bad signature');
+  assert.match(await reason(acceptTask({ envelope: { id: 't-3' } }, key, 'p', ledger)), 'not a signed task');
+  assert.match(await reason(acceptTask(cp.signed('t-4', 'p', { version: 1, source: { platform: 'vmwar', vm: 'x' } }), key, 'p', ledger)), 'source.platform: must be one of');
+  assert.match(await reason(acceptTask(cp.signed('t-5', 'p', task, { nonce: 'short' }), key, 'p', ledger)), 'nonce');
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+/** Claims `nonce` in a child process (another hamal on the same lib dir); `stay` keeps it running. */
+async function claimInChild(tasks: string, nonce: string, id: string, stay: boolean): Promise<ChildProcess> {
+  const ledger = new URL('../src/service/TaskLedger.js', import.meta.url).href;
+  const code = `const { TaskLedger } = await import(${JSON.stringify(ledger)});
+await new TaskLedger(${JSON.stringify(tasks)}).claim(${JSON.stringify(nonce)}, { id: ${JSON.stringify(id)}, expiresAtMs: Date.now() + 3600000 }, Date.now());
+console.log('claimed');
+if (${stay}) setInterval(() => {}, 1000);`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.once('data', () => resolve());
+    child.once('exit', (c) => (stay || c !== 0 ? reject(new Error(`claiming child exited ${c}`)) : undefined));
+  });
+  if (!stay) await new Promise((r) => (child.exitCode === null ? child.once('exit', r) : r(undefined)));
+  return child;
+}
+
+test('a task listed again: answered with its stored result after it ended (even past its expiry, across a restart), run again when its process died first, left alone while another process runs it; never "rejected: replayed"', async () => {
+  const dir = await tempDir();
+  const tasks = join(dir, 'service', 'tasks');
+  const ended = cp.signed('t-ended', 'p', task);
+  const first = new TaskLedger(tasks);
+  assert.not.instance(await acceptTask(ended, key, 'p', first), TaskAnswered);
+  const result: ResultReport = { taskId: 't-ended', vm: 'web', state: 'succeeded', at: '2026-12-02T10:00:00.000Z', versions: [] };
+  await first.finish(result);
+  // Listed again in this process while it runs, before it ended: the same task, not news.
+  const running = cp.signed('t-running', 'p', task);
+  await acceptTask(running, key, 'p', first);
+  assert.is(((await acceptTask(running, key, 'p', new TaskLedger(tasks))) as AcceptedTask).again, undefined);
+
+  // A restart: a new ledger on the same folder, hours later.
+  const again = await acceptTask(ended, key, 'p', new TaskLedger(tasks), Date.now() + 2 * 3600_000);
+  assert.instance(again, TaskAnswered);
+  assert.equal((again as TaskAnswered).result, result, 'the same result, whole');
+
+  // Accepted by a process killed before the task ended: run again.
+  const killed = cp.signed('t-killed', 'p', task);
+  await claimInChild(tasks, killed.envelope.nonce, 't-killed', false);
+  const second = new TaskLedger(tasks);
+  const rerun = (await acceptTask(killed, key, 'p', second)) as AcceptedTask;
+  assert.equal([rerun.id, rerun.again], ['t-killed', true]);
+  await second.finish({ taskId: 't-killed', state: 'failed', error: 'x', at: '2026-12-02T11:00:00.000Z' });
+  assert.is(((await acceptTask(killed, key, 'p', new TaskLedger(tasks))) as TaskAnswered).result.state, 'failed');
+  // A result for a task this process did not claim is not kept.
+  await second.finish({ taskId: 't-stranger', state: 'succeeded', at: '' });
+  assert.is((await fsp.readdir(tasks)).length, 3);
+
+  // Accepted by another process on this lib dir that still runs: left to it, until it is gone.
+  const shared = cp.signed('t-shared', 'p', task);
+  const other = await claimInChild(tasks, shared.envelope.nonce, 't-shared', true);
+  try {
+    const t = await acceptTask(shared, key, 'p', new TaskLedger(tasks));
+    assert.instance(t, TaskElsewhere);
+    assert.is((t as TaskElsewhere).pid, other.pid);
+  } finally {
+    other.kill('SIGKILL');
+    await new Promise((r) => (other.exitCode === null && other.signalCode === null ? other.once('exit', r) : r(undefined)));
+  }
+  assert.is(((await acceptTask(shared, key, 'p', new TaskLedger(tasks))) as AcceptedTask).again, true);
+
+  for (const f of await fsp.readdir(tasks)) assert.is(((await fsp.stat(join(tasks, f))).mode & 0o777).toString(8), '600', f);
+  assert.is(((await fsp.stat(tasks)).mode & 0o777).toString(8), '700');
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+test('the ledger takes over the nonce list of 0.1.0 and sweeps entries a day past their expiry', async () => {
+  const dir = await tempDir();
+  const legacy = join(dir, 'nonces.json');
+  const old = cp.signed('t-old', 'p', task);
+  await fsp.writeFile(legacy, JSON.stringify({ [old.envelope.nonce]: Date.parse(old.envelope.expiresAt) }));
+  const ledger = new TaskLedger(join(dir, 'tasks'), { legacyNonces: legacy });
+  const t = (await acceptTask(old, key, 'p', ledger)) as AcceptedTask;
+  assert.is(t.again, true, 'a nonce of 0.1.0 is a task accepted before, never known to have ended');
+  await fsp.access(legacy).then(() => assert.unreachable('the old list is removed'), () => {});
+
+  const now = Date.now();
+  await ledger.claim('gone-nonce-0123456789', { id: 't-gone', expiresAtMs: now - 25 * 3600_000 }, now);
+  const later = new TaskLedger(join(dir, 'tasks'));
+  await later.claim('fresh-nonce-0123456789', { id: 't-fresh', expiresAtMs: now + 3600_000 }, now);
+  assert.equal(await later.lookup('gone-nonce-0123456789'), { kind: 'new' }, 'swept');
+  assert.equal(await later.lookup(old.envelope.nonce), { kind: 'unfinished' }, 'kept until a day past its expiry');
+  await fsp.rm(dir, { recursive: true, force: true });
 });
 
 test("mass_endpoint with or without the seed's trailing /v1: the same paths, never /v1/v1", async () => {
@@ -47,7 +132,7 @@ test("mass_endpoint with or without the seed's trailing /v1: the same paths, nev
   const dir = await tempDir();
   try {
     for (const endpoint of [cp.url, `${cp.url}/v1`, `${cp.url}/v1/`]) {
-      const plane = new HttpControlPlane({ endpoint, authKey: AUTH_KEY, proxyId: 'p', timeoutMs: 5000, publicKey: createPublicKey(cp.publicKeyPem), nonces: new NonceStore(join(dir, 'n.json')) });
+      const plane = new HttpControlPlane({ endpoint, authKey: AUTH_KEY, proxyId: 'p', timeoutMs: 5000, publicKey: createPublicKey(cp.publicKeyPem), ledger: new TaskLedger(join(dir, 'tasks')) });
       const before = cp.heartbeats.length;
       await plane.heartbeat({ proxyId: 'p', at: new Date().toISOString() } as never);
       assert.is(cp.heartbeats.length, before + 1, endpoint);

@@ -14,7 +14,8 @@ import { Service } from '../service/Service.ts';
 import { HttpControlPlane } from '../service/HttpControlPlane.ts';
 import { TaskFiles } from '../service/TaskFiles.ts';
 import { FileOutbox } from '../service/Outbox.ts';
-import { NonceStore, loadPublicKey } from '../service/SignedTask.ts';
+import { loadPublicKey } from '../service/SignedTask.ts';
+import { TaskLedger } from '../service/TaskLedger.ts';
 import { ProxyInfo } from '../service/ProxyInfo.ts';
 import { hostIps, publicIps } from '../service/HostFacts.ts';
 import { startHealthServer } from '../service/HealthServer.ts';
@@ -65,7 +66,7 @@ export async function serveCommand(_opts: object, config: LoadedConfig): Promise
       proxyId,
       timeoutMs: c.mass.default_request_timeout * 1000,
       publicKey: await loadPublicKey(c.mass.public_key_path),
-      nonces: new NonceStore(join(lib, 'service', 'nonces.json')),
+      ledger: new TaskLedger(join(lib, 'service', 'tasks'), { legacyNonces: join(lib, 'service', 'nonces.json') }),
     });
   } else {
     await fsp.mkdir(join(lib, 'service'), { recursive: true });

@@ -1,5 +1,5 @@
 import type { ObservableInput } from 'rxjs';
-import type { AcceptedTask, TaskRejected } from './SignedTask.ts';
+import type { PolledTask } from './SignedTask.ts';
 import type { ProgressReport } from './TaskProgress.ts';
 
 /** What the proxy tells the control plane about itself (docs/control-plane.md, Heartbeat). */
@@ -37,8 +37,11 @@ export type Report = { kind: 'progress'; body: ProgressReport } | { kind: 'resul
  * Observable inputs so tests can run the service in virtual time.
  */
 export interface TaskFeed {
-  poll(): ObservableInput<Array<AcceptedTask | TaskRejected>>;
-  /** Called once a task ended and its result is recorded (standalone schedules advance). */
+  poll(): ObservableInput<PolledTask[]>;
+  /**
+   * Called once a task ended, before its result is saved for delivery: standalone
+   * schedules advance, the control plane's ledger keeps the result for a task listed again.
+   */
   done?(taskId: string, result: ResultReport): ObservableInput<void>;
 }
 

@@ -2,8 +2,9 @@ import type { KeyObject } from 'node:crypto';
 import { HamalError } from '../errors.ts';
 import { HttpJson } from '../sources/http/HttpJson.ts';
 import { log } from '../log/Logger.ts';
-import type { Heartbeat, Report, Reporter, TaskFeed } from './ControlPlane.ts';
-import { acceptTask, TaskRejected, type AcceptedTask, type NonceStore } from './SignedTask.ts';
+import type { Heartbeat, Report, Reporter, ResultReport, TaskFeed } from './ControlPlane.ts';
+import { acceptTask, TaskElsewhere, TaskRejected, type PolledTask } from './SignedTask.ts';
+import type { TaskLedger } from './TaskLedger.ts';
 
 export interface HttpControlPlaneOptions {
   /** [mass] mass_endpoint, e.g. `https://mass.example/api`. */
@@ -15,7 +16,8 @@ export interface HttpControlPlaneOptions {
   /** [mass] default_request_timeout. */
   timeoutMs: number;
   publicKey: KeyObject;
-  nonces: NonceStore;
+  /** Accepted tasks and their results (hamal_lib_dir/service/tasks). */
+  ledger: TaskLedger;
 }
 
 /**
@@ -39,18 +41,25 @@ export class HttpControlPlane implements TaskFeed, Reporter {
     return this._request('POST', `/v1/proxies/${encodeURIComponent(this._o.proxyId)}/heartbeat`, h).then(() => undefined);
   }
 
-  async poll(): Promise<Array<AcceptedTask | TaskRejected>> {
+  async poll(): Promise<PolledTask[]> {
     const url = `/v1/proxies/${encodeURIComponent(this._o.proxyId)}/tasks`;
-    const out: Array<AcceptedTask | TaskRejected> = [];
+    const out: PolledTask[] = [];
     for (const signed of tasksOf(await this._request('GET', url), `${this._base}${url}`)) {
       try {
-        out.push(await acceptTask(signed, this._o.publicKey, this._o.proxyId, this._o.nonces));
+        const t = await acceptTask(signed, this._o.publicKey, this._o.proxyId, this._o.ledger);
+        if (!(t instanceof TaskElsewhere)) out.push(t);
+        else log.child('service').warn(`task ${t.taskId} runs in another hamal process (pid ${t.pid}) on this lib dir; left to it`);
       } catch (err) {
         if (err instanceof TaskRejected) out.push(err);
         else throw err;
       }
     }
     return out;
+  }
+
+  /** Keeps the result beside the task's nonce, before it is reported: a task listed again gets it. */
+  done(_taskId: string, result: ResultReport): Promise<void> {
+    return this._o.ledger.finish(result);
   }
 
   report(r: Report): Promise<void> {

@@ -31,7 +31,7 @@ import { HamalError, describeError } from '../errors.ts';
 import { log } from '../log/Logger.ts';
 import type { Heartbeat, Report, Reporter, ResultReport, TaskFeed } from './ControlPlane.ts';
 import { MemoryOutbox, type Outbox } from './Outbox.ts';
-import { TaskRejected, type AcceptedTask } from './SignedTask.ts';
+import { TaskAnswered, TaskRejected, type AcceptedTask, type PolledTask } from './SignedTask.ts';
 import { TaskProgress } from './TaskProgress.ts';
 import { Metrics } from './Metrics.ts';
 
@@ -86,6 +86,10 @@ export class Service {
   private readonly _running = new Map<string, TaskProgress>();
   private readonly _seen = new Set<string>();
   private readonly _latest = new Map<string, Report>();
+  /** When the control plane took each result delivered by this process (see _answerDue). */
+  private readonly _taken = new Map<string, number>();
+  /** Results recorded in the ledger, not yet in the outbox. */
+  private readonly _finishing = new Set<string>();
   private readonly _reports = new Subject<Report>();
   private readonly _stopping = new Subject<void>();
   private readonly _outbox: Outbox;
@@ -131,8 +135,10 @@ export class Service {
   run(): Observable<never> {
     const o = this._options;
     const tasks$ = timer(0, o.pollMs, this._sched).pipe(
-      exhaustMap(() =>
-        defer(() => this._deps.feed.poll()).pipe(
+      exhaustMap(() => {
+        const askedAt = this._sched.now();
+        return defer(() => this._deps.feed.poll()).pipe(
+          map((list) => list.filter((t) => !(t instanceof TaskAnswered) || this._answerDue(t, askedAt))),
           tap(() => (this._lastPollError = undefined)),
           catchError((err) => {
             this._lastPollError = describeError(err);
@@ -140,25 +146,15 @@ export class Service {
             this._log.warn(`polling for tasks failed: ${this._lastPollError}`);
             return EMPTY;
           }),
-        ),
-      ),
+        );
+      }),
       // After the poll, not before: a poll in flight (a control plane that never answers)
       // is dropped at the stop instead of holding it up to its timeout. Running tasks go on
       // below until they have stopped.
       takeUntil(this._stopping),
       mergeMap((list) => from(list)),
-      filter((t) => {
-        // A task handed back under a newer lease epoch is a new run of it; a replayed copy
-        // of a task already run is not news.
-        const id = t instanceof TaskRejected ? t.taskId : t.lease ? `${t.id}#${t.lease.epoch}` : t.id;
-        if (this._seen.has(id)) return false;
-        this._seen.add(id);
-        if (!(t instanceof TaskRejected)) this._seen.add(t.id);
-        // Months of periodic tasks: remember the latest ids only.
-        if (this._seen.size > 10_000) this._seen.delete(this._seen.values().next().value!);
-        return true;
-      }),
-      mergeMap((t) => (t instanceof TaskRejected ? of(this._rejected(t)) : this._run(t)), o.maxTasks),
+      filter((t) => this._firstSight(t)),
+      mergeMap((t) => (t instanceof TaskAnswered ? this._answer(t) : t instanceof TaskRejected ? of(this._rejected(t)) : this._runOnce(t)), o.maxTasks),
       concatMap((r) => this._finish(r)),
       finalize(() => this._reports.complete()),
     );
@@ -204,6 +200,60 @@ export class Service {
     );
 
     return merge(tasks$.pipe(ignoreElements()), heartbeats$.pipe(ignoreElements()), reports$.pipe(ignoreElements())) as Observable<never>;
+  }
+
+  /**
+   * The control plane lists a task until it has the result, so polls see it again: only
+   * its first sight here counts. A task handed back under a newer lease epoch is a new run.
+   */
+  private _firstSight(t: PolledTask): boolean {
+    // An ended task's result is sent again each time it is listed (the control plane lost it).
+    if (t instanceof TaskAnswered) return true;
+    const epoch = t instanceof TaskRejected ? undefined : t.lease?.epoch;
+    const id = t instanceof TaskRejected ? t.taskId : t.id;
+    const key = epoch === undefined ? id : `${id}#${epoch}`;
+    if (this._seen.has(key)) return false;
+    this._seen.add(key);
+    if (!(t instanceof TaskRejected)) this._seen.add(id);
+    // Months of periodic tasks: remember the latest ids only.
+    if (this._seen.size > 10_000) this._seen.delete(this._seen.values().next().value!);
+    return true;
+  }
+
+  /**
+   * Whether an ended task listed by a poll sent at `askedAt` needs its result again: not
+   * while the result waits for delivery (that delivery is the answer), nor when the poll
+   * was asked before the control plane took the result (its list predates it). Listed by a
+   * later poll, the control plane has lost the result: it is sent again.
+   */
+  private _answerDue(t: TaskAnswered, askedAt: number): boolean {
+    const taken = this._taken.get(t.taskId);
+    if (this._finishing.has(t.taskId) || (taken !== undefined && askedAt <= taken)) return false;
+    return !this._pending(t.taskId);
+  }
+
+  /** A task that ended here, listed again: its result is sent again as it was. */
+  private _answer(t: TaskAnswered): Observable<never> {
+    const r = t.result;
+    this._log.info(`task ${r.taskId} is listed again; it ended here at ${r.at} (${r.state}): that result is sent again, the task is not run again`);
+    if (this._deps.reporter) this._outbox.save(r);
+    this._queue({ kind: 'result', body: r });
+    return EMPTY;
+  }
+
+  /** A task accepted before this start that never ended (the proxy was killed): run again, unless its result waits in the outbox. */
+  private _runOnce(t: AcceptedTask): Observable<ResultReport> {
+    if (!t.again) return this._run(t);
+    if (this._pending(t.id)) {
+      this._log.info(`task ${t.id} is listed again; its result from an earlier run is being delivered, the task is not run again`);
+      return EMPTY;
+    }
+    this._log.info(`task ${t.id} was accepted before this start and never ended here: it runs again and resumes from its journal`);
+    return this._run(t);
+  }
+
+  private _pending(taskId: string): ResultReport | undefined {
+    return this._outbox.pending().find((p) => p.taskId === taskId);
   }
 
   private _run(t: AcceptedTask): Observable<ResultReport> {
@@ -298,9 +348,29 @@ export class Service {
       this.metrics.add('hamal_read_bytes_total', v.readBytes, { vm: r.vm ?? '' });
       this.metrics.add('hamal_stored_bytes_total', v.storedBytes, { vm: r.vm ?? '' });
     }
-    if (this._deps.reporter) this._outbox.save(r);
-    this._queue({ kind: 'result', body: r });
-    return this._deps.feed.done ? defer(() => this._deps.feed.done!(r.taskId, r)).pipe(ignoreElements(), catchError(() => EMPTY)) : EMPTY;
+    // Recorded (the ledger, the schedule) before it is saved for delivery: a crash in
+    // between then leaves a result the next start delivers, never a task run twice.
+    this._finishing.add(r.taskId);
+    const recorded$ = this._deps.feed.done
+      ? defer(() => this._deps.feed.done!(r.taskId, r)).pipe(
+          ignoreElements(),
+          catchError((err) => {
+            this._log.warn(`task ${r.taskId}: its result was not recorded: ${describeError(err)}`);
+            return EMPTY;
+          }),
+        )
+      : EMPTY;
+    return concat(
+      recorded$,
+      defer(() => {
+        const waiting = this._pending(r.taskId);
+        // A rejection (say, expired) of a task whose real result waits is not a second result.
+        if (r.state === 'rejected' && waiting && waiting.state !== 'rejected') return EMPTY;
+        if (this._deps.reporter) this._outbox.save(r);
+        this._queue({ kind: 'result', body: r });
+        return EMPTY;
+      }),
+    ).pipe(finalize(() => this._finishing.delete(r.taskId)));
   }
 
   private _queue(r: Report): void {
@@ -326,7 +396,10 @@ export class Service {
         },
       }),
       tap(() => {
-        if (r.kind === 'result') this._outbox.remove(r.body.taskId);
+        if (r.kind !== 'result') return;
+        this._outbox.remove(r.body.taskId);
+        this._taken.set(r.body.taskId, this._sched.now());
+        if (this._taken.size > 10_000) this._taken.delete(this._taken.keys().next().value!);
       }),
       ignoreElements(),
       catchError((err) => {

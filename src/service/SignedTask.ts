@@ -1,10 +1,11 @@
 import { createPublicKey, verify, type KeyObject } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import { replaceFile } from './replaceFile.ts';
 import { HamalError } from '../errors.ts';
 import { parseTask } from '../tasks/loadTask.ts';
 import type { Task } from '../tasks/Task.ts';
 import { canonicalJson } from '../canonicalJson.ts';
+import type { ResultReport } from './ControlPlane.ts';
+import type { TaskLedger } from './TaskLedger.ts';
 
 /** What the control plane signs (docs/control-plane.md, "Signed tasks"). */
 export interface TaskEnvelope {
@@ -37,7 +38,28 @@ export interface AcceptedTask {
   task: Task;
   expiresAt: string;
   lease?: TaskLease;
+  /** Accepted by this proxy before, never ended (it was killed): run again, resuming from the journal. */
+  again?: true;
 }
+
+/** A task listed again after it ended here: answered with its result, never run again. */
+export class TaskAnswered {
+  constructor(readonly result: ResultReport) {}
+  get taskId(): string {
+    return this.result.taskId;
+  }
+}
+
+/** A task another hamal process on this lib dir accepted and still runs: left to it. */
+export class TaskElsewhere {
+  constructor(
+    readonly taskId: string,
+    readonly pid: number,
+  ) {}
+}
+
+/** What a poll for tasks yields. */
+export type PolledTask = AcceptedTask | TaskRejected | TaskAnswered;
 
 /** Clocks of the control plane and the proxy may differ by this much. */
 const SKEW_MS = 5 * 60_000;
@@ -72,38 +94,13 @@ export async function loadPublicKey(path: string): Promise<KeyObject> {
 }
 
 /**
- * Nonces of accepted tasks, kept until their task expires, in a file so a restart does not
- * forget them: a task seen once is never run again.
- */
-export class NonceStore {
-  private _seen = new Map<string, number>();
-  private _loaded = false;
-
-  constructor(private readonly _file: string) {}
-
-  async claim(nonce: string, expiresAtMs: number, now: number): Promise<boolean> {
-    if (!this._loaded) {
-      try {
-        this._seen = new Map(Object.entries(JSON.parse(await fsp.readFile(this._file, 'utf8')) as Record<string, number>));
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new HamalError('NONCE_STORE', `cannot read ${this._file}: ${(err as Error).message}`, { subject: this._file });
-      }
-      this._loaded = true;
-    }
-    for (const [n, exp] of this._seen) if (exp + SKEW_MS < now) this._seen.delete(n);
-    if (this._seen.has(nonce)) return false;
-    this._seen.set(nonce, expiresAtMs);
-    await replaceFile(this._file, JSON.stringify(Object.fromEntries(this._seen)));
-    return true;
-  }
-}
-
-/**
  * Checks a task from the control plane before anything of it runs: the signature, that it
  * is addressed to this proxy, its validity window, its nonce (no replay), and the task
- * itself (the JSON Schema of docs/tasks.md). Throws TaskRejected naming the reason.
+ * itself (the JSON Schema of docs/tasks.md). Throws TaskRejected naming the reason. A task
+ * whose nonce this proxy already ran to an end is answered with that result (its expiry
+ * does not matter then: the control plane lists a task until it has the result).
  */
-export async function acceptTask(signed: unknown, key: KeyObject, proxyId: string, nonces: NonceStore, now = Date.now()): Promise<AcceptedTask> {
+export async function acceptTask(signed: unknown, key: KeyObject, proxyId: string, ledger: TaskLedger, now = Date.now()): Promise<AcceptedTask | TaskAnswered | TaskElsewhere> {
   const s = signed as Partial<SignedTask> | null;
   const e = s?.envelope as Partial<TaskEnvelope> | undefined;
   const id = typeof e?.id === 'string' && e.id ? e.id : '(no id)';
@@ -116,12 +113,14 @@ export async function acceptTask(signed: unknown, key: KeyObject, proxyId: strin
   }
   if (!ok) throw new TaskRejected(id, 'bad signature');
   if (e.proxyId !== proxyId) throw new TaskRejected(id, `addressed to proxy ${String(e.proxyId)}, this is ${proxyId}`);
+  if (typeof e.nonce !== 'string' || e.nonce.length < 16) throw new TaskRejected(id, 'nonce missing or shorter than 16 characters');
+  const before = await ledger.lookup(e.nonce);
+  if (before.kind === 'finished') return new TaskAnswered(before.result);
   const issued = Date.parse(String(e.issuedAt));
   const expires = Date.parse(String(e.expiresAt));
   if (!Number.isFinite(issued) || !Number.isFinite(expires)) throw new TaskRejected(id, 'issuedAt and expiresAt must be ISO 8601 times');
   if (issued > now + SKEW_MS) throw new TaskRejected(id, `issued in the future (${e.issuedAt})`);
   if (expires < now - SKEW_MS) throw new TaskRejected(id, `expired at ${e.expiresAt}`);
-  if (typeof e.nonce !== 'string' || e.nonce.length < 16) throw new TaskRejected(id, 'nonce missing or shorter than 16 characters');
   let task: Task;
   try {
     task = parseTask(JSON.stringify(e.task), `task ${id}`);
@@ -136,6 +135,8 @@ export async function acceptTask(signed: unknown, key: KeyObject, proxyId: strin
     }
     lease = { epoch: l.epoch!, ttlSeconds: l.ttlSeconds! };
   }
-  if (!(await nonces.claim(e.nonce, expires, now))) throw new TaskRejected(id, `replayed (nonce ${e.nonce} was already used)`);
-  return { id, task, expiresAt: e.expiresAt!, ...(lease ? { lease } : {}) };
+  const claim = await ledger.claim(e.nonce, { id, ...(lease ? { epoch: lease.epoch } : {}), expiresAtMs: expires }, now);
+  if (claim.kind === 'finished') return new TaskAnswered(claim.result);
+  if (claim.kind === 'elsewhere') return new TaskElsewhere(id, claim.owner.pid);
+  return { id, task, expiresAt: e.expiresAt!, ...(lease ? { lease } : {}), ...(claim.kind === 'unfinished' ? { again: true as const } : {}) };
 }

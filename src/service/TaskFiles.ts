@@ -6,7 +6,7 @@ import { log } from '../log/Logger.ts';
 import { parseTask } from '../tasks/loadTask.ts';
 import type { Task } from '../tasks/Task.ts';
 import type { ResultReport, TaskFeed } from './ControlPlane.ts';
-import { TaskRejected, type AcceptedTask } from './SignedTask.ts';
+import { TaskRejected, type AcceptedTask, type PolledTask } from './SignedTask.ts';
 import { replaceFile } from './replaceFile.ts';
 
 /** When a task file runs: every N seconds, or on a cron expression (5 or 6 fields, local time). */
@@ -33,7 +33,7 @@ export class TaskFiles implements TaskFeed {
     private readonly _now: () => number = Date.now,
   ) {}
 
-  async poll(): Promise<Array<AcceptedTask | TaskRejected>> {
+  async poll(): Promise<PolledTask[]> {
     const state = await this._load();
     let names: string[];
     try {

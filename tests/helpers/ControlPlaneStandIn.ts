@@ -17,6 +17,8 @@ export class ControlPlaneStandIn {
   /** Signed tasks handed out at the next polls, per proxy, until a result for them arrives. */
   readonly queue = new Map<string, unknown[]>();
   down = false;
+  /** Results answered 503 (retried by the proxy, docs/control-plane.md) while polls are answered. */
+  refuseResults = false;
   /** Leased tasks (docs/control-plane.md, Leases), by task id. */
   readonly leases = new Map<string, { task: unknown; epoch: number; holder: string; expiresAt: number; ttlSeconds: number; candidates: string[]; done: boolean }>();
   /** Results of an older lease epoch than the task's current one: ignored. */
@@ -123,6 +125,7 @@ export class ControlPlaneStandIn {
     }
     if ((m = /^\/v1\/tasks\/([^/]+)\/(progress|result)$/.exec(req.url!)) && req.method === 'POST') {
       const taskId = decodeURIComponent(m[1]!);
+      if (this.refuseResults && m[2] === 'result') return void res.writeHead(503).end('results refused for the test');
       const l = this.leases.get(taskId);
       if (l && m[2] === 'result' && json.epoch !== l.epoch) {
         this.staleResults.push(json);

@@ -11,7 +11,7 @@ import { log } from '../../src/log/Logger.ts';
 import { Service } from '../../src/service/Service.ts';
 import { HttpControlPlane } from '../../src/service/HttpControlPlane.ts';
 import { FileOutbox } from '../../src/service/Outbox.ts';
-import { NonceStore } from '../../src/service/SignedTask.ts';
+import { TaskLedger } from '../../src/service/TaskLedger.ts';
 import { taskRunner } from '../../src/service/taskRunner.ts';
 import { Slots } from '../../src/streams/Slots.ts';
 import { ControlPlaneStandIn, AUTH_KEY } from './ControlPlaneStandIn.ts';
@@ -40,7 +40,7 @@ const c = config.values;
 await fsp.mkdir(c.hamal.log_dir, { recursive: true });
 log.configure({ sink: () => {} });
 const proxyId = 'soak';
-const client = new HttpControlPlane({ endpoint: cp.url, authKey: AUTH_KEY, proxyId, timeoutMs: 5000, publicKey: createPublicKey(cp.publicKeyPem), nonces: new NonceStore(join(dir!, 'nonces.json')) });
+const client = new HttpControlPlane({ endpoint: cp.url, authKey: AUTH_KEY, proxyId, timeoutMs: 5000, publicKey: createPublicKey(cp.publicKeyPem), ledger: new TaskLedger(join(dir!, 'tasks')) });
 const service = new Service(
   {
     feed: client,

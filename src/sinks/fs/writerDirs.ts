@@ -1,6 +1,7 @@
-import { promises as fsp, constants as fsc, existsSync, readFileSync, readlinkSync } from 'node:fs';
+import { promises as fsp, constants as fsc, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { thisProcess as self, processGone } from '../../processIdentity.ts';
 
 /**
  * Temporary folders of the processes writing to one directory repository
@@ -25,19 +26,6 @@ export const STALE_MS = 24 * 3600_000;
 const NAME = /^w-(\d+)-(\d+)-(\d+)-([0-9a-f]+)-([0-9a-f]*)$/;
 /** Temporaries of releases that wrote straight into `.tmp/`. */
 const LOOSE = /^[0-9a-f]{24}$/;
-
-interface Me {
-  pid: number;
-  start: number;
-  pidns: number;
-  boot: string;
-}
-
-let me: Me | undefined;
-function self(): Me {
-  me ??= { pid: process.pid, start: startTime(process.pid) ?? 0, pidns: pidNamespace(), boot: bootId() };
-  return me;
-}
 
 /** The folder name of a new writer: this process, made unique. */
 export function newWriterDirName(): string {
@@ -95,11 +83,8 @@ async function removeWriterDir(path: string): Promise<boolean> {
 
 async function writerGone(name: string, path: string, now: number): Promise<boolean> {
   const [, pid, start, pidns, , boot] = NAME.exec(name)!;
-  const m = self();
-  if (boot === m.boot && m.boot !== '' && Number(pidns) === m.pidns && m.pidns !== 0) {
-    if (Number(pid) === m.pid && Number(start) === m.start) return false;
-    return startTime(Number(pid)) !== Number(start);
-  }
+  const gone = processGone({ pid: Number(pid), start: Number(start), pidns: Number(pidns), boot: boot! });
+  if (gone !== undefined) return gone;
   // Liveness cannot be checked from here: judge by the age of its contents.
   if (!(await untouchedFor(path, now))) return false;
   for (const f of await fsp.readdir(path).catch(() => [] as string[])) {
@@ -111,34 +96,4 @@ async function writerGone(name: string, path: string, now: number): Promise<bool
 async function untouchedFor(path: string, now: number): Promise<boolean> {
   const st = await fsp.lstat(path).catch(() => null);
   return st !== null && now - st.mtimeMs > STALE_MS;
-}
-
-/** Start time of a process in clock ticks since boot (/proc/PID/stat field 22), or null when there is none. */
-function startTime(pid: number): number | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return Number(fields[19]);
-  } catch {
-    return null;
-  }
-}
-
-/** This boot of this kernel, hex (/proc/sys/kernel/random/boot_id); '' when unknown. */
-function bootId(): string {
-  try {
-    return readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').replace(/[^0-9a-f]/g, '');
-  } catch {
-    return '';
-  }
-}
-
-/** The inode of this process's PID namespace; 0 when unknown (not Linux). */
-function pidNamespace(): number {
-  try {
-    return Number(/\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/pid'))?.[1] ?? 0);
-  } catch {
-    return 0;
-  }
 }
