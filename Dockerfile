@@ -1,5 +1,7 @@
 # hamal as a container, run the seed's way: docker-compose -f /opt/hamal/docker-compose-hamal.yaml up -d
 # Build: docker build -t hamal:$(node -p 'require("./package.json").version') .
+# Without a Docker engine (what tests/container.test.ts does): BUILDAH_ISOLATION=chroot
+# buildah build --layers --format docker -t hamal:VERSION . (the OCI format drops HEALTHCHECK).
 # Stage 1 builds the single executable (scripts/build-binary: tsc, esbuild, Node SEA).
 FROM node:20-bookworm-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends binutils && rm -rf /var/lib/apt/lists/*
@@ -23,7 +25,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/hamal /usr/local/bin/hamal
 COPY deploy/hamal.conf.sample /usr/share/hamal/hamal.conf.sample
-# The seed's layout: config, data and logs live outside the container.
+# The seed's layout: config, data and logs live outside the container. First start on an
+# empty /etc/hamal: hamal copies the sample to $HAMAL_CONFIG (0600, never over a file) and
+# says so on stderr; a read-only volume runs on the built-in defaults, with a warning.
 VOLUME ["/etc/hamal", "/var/lib/hamal", "/var/log/hamal"]
 ENV HAMAL_CONFIG=/etc/hamal/hamal.conf
 # glibc keeps up to 128 MiB of freed heap instead of handing it back to the kernel after

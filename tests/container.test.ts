@@ -5,7 +5,7 @@
 // And the first start on an empty /etc/hamal volume (the image sets $HAMAL_CONFIG), first
 // in-process against loadConfig, then in the image. Skips with one line only where podman
 // cannot run at all. Containers, the image built and temp folders are removed, also after a
-// failure; the base images and buildah's layer cache are kept for the rest of the run.
+// failure, and so are the images the build made; the base images stay for the rest of the run.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { execFile, spawnSync } from 'node:child_process';
@@ -57,10 +57,20 @@ const skip = cannotRun();
 
 const containers: string[] = [];
 let imageBuilt = false;
+/** Every image (with the intermediate ones of --layers) there before the build. */
+let imagesBefore: Set<string> | null = null;
+const imageIds = () => new Set(spawnSync('podman', ['images', '--all', '--quiet', '--no-trunc'], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean));
 function removeAll() {
   for (const name of containers.splice(0)) spawnSync('podman', ['rm', '--force', '--time', '0', name], { stdio: 'ignore' });
   if (imageBuilt) spawnSync('podman', ['rmi', '--force', IMAGE], { stdio: 'ignore' });
   imageBuilt = false;
+  // What the build made (its layers, the build stage): the suite builds once per run, so a
+  // cache kept past it would only grow. The base images stay for the rest of the run.
+  if (imagesBefore) {
+    const made = [...imageIds()].filter((id) => !imagesBefore!.has(id));
+    if (made.length) spawnSync('podman', ['rmi', '--force', ...made], { stdio: 'ignore' });
+  }
+  imagesBefore = null;
 }
 // Also when a test throws or the run is interrupted; temp folders go with tempDir's own hook.
 process.on('exit', removeAll);
@@ -142,6 +152,7 @@ test('container: the image builds and runs --version, demo, a sync and a restore
   const base = await exec('bash', ['tests/container/base-images.sh'], 10 * 60_000);
   assert.is(base.code, 0, show(base));
   console.log(base.out.trim());
+  imagesBefore = imageIds();
   const buildStart = Date.now();
   // --format docker: the OCI format has no HEALTHCHECK, which `podman healthcheck run` needs.
   const build = await exec('buildah', ['build', '--layers', '--pull=never', '--network', 'host', '--format', 'docker', '--ulimit', 'nofile=20000:20000', '--ulimit', 'nproc=32768:32768', '-t', IMAGE, '.'], 15 * 60_000);
