@@ -7,8 +7,9 @@
  * const source = new LocalSource({ vms: { web: [{ id: 'root', path: '/dev/vg0/web' }] } });
  * const result = await runVmSync(source, 'web', repo, { parallelDisks: 2 });
  * ```
- * `syncVm` is the same graph as an Observable of SyncEvents, for progress and cancellation
- * (unsubscribing stops reading and releases the snapshot).
+ * `syncVm` is the same graph as an Observable of SyncEvents, for progress and cancellation:
+ * its `signal` option makes it error once the snapshot and lock are released; after an
+ * unsubscription, `releasesSettled()` tells when they are (docs/embedding.md).
  */
 export { HamalError, UsageError, IntegrityError, NotFoundError, describeError } from './src/errors.ts';
 export type { HamalErrorOptions } from './src/errors.ts';
@@ -21,6 +22,7 @@ export { Slots } from './src/streams/Slots.ts';
 export { syncDisk, type DiskSyncOptions } from './src/streams/syncDisk.ts';
 export { syncVm, type VmSyncOptions } from './src/streams/syncVm.ts';
 export { runVmSync, type VmSyncResult } from './src/streams/runVmSync.ts';
+export { releasesSettled } from './src/streams/usingResource.ts';
 export { restoreDisk, type RestoreOptions, type RestoreResult } from './src/streams/restoreDisk.ts';
 export type { SyncEvent } from './src/streams/SyncEvent.ts';
 

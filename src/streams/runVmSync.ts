@@ -1,5 +1,4 @@
-import { lastValueFrom, tap, ignoreElements, defaultIfEmpty, takeUntil, fromEvent, throwError, mergeMap } from 'rxjs';
-import { HamalError } from '../errors.ts';
+import { lastValueFrom, tap, ignoreElements, defaultIfEmpty } from 'rxjs';
 import type { Source } from '../sources/Source.ts';
 import type { Repository } from '../repo/Repository.ts';
 import type { Manifest } from '../repo/Manifest.ts';
@@ -16,7 +15,8 @@ export interface VmSyncResult {
 
 /**
  * Runs syncVm to its end and gathers what it did; `onEvent` sees every event (progress).
- * `signal` aborts it: work stops, and the snapshot and lock are released.
+ * `signal` aborts it: work stops, and the promise rejects with INTERRUPTED only once the
+ * snapshot is released and the lock dropped (an embedder may exit right after).
  */
 export async function runVmSync(
   source: Source,
@@ -27,9 +27,10 @@ export async function runVmSync(
   signal?: AbortSignal,
 ): Promise<VmSyncResult> {
   const started = Date.now();
+  const stop = signal && options.signal ? AbortSignal.any([signal, options.signal]) : (signal ?? options.signal);
   const result: VmSyncResult = { vm, snapshotId: '', versions: [], failed: [], durationMs: 0 };
   await lastValueFrom(
-    syncVm(source, vm, repo, options).pipe(
+    syncVm(source, vm, repo, { ...options, signal: stop }).pipe(
       tap((event) => {
         if (event.type === 'snapshot') result.snapshotId = event.snapshotId;
         else if (event.type === 'disk-done') result.versions.push(event.manifest);
@@ -38,8 +39,6 @@ export async function runVmSync(
       }),
       ignoreElements(),
       defaultIfEmpty(undefined),
-      // Aborted: unsubscribe (the snapshot and lock are released; see `releasing`), then fail.
-      takeUntil(signal ? fromEvent(signal, 'abort').pipe(mergeMap(() => throwError(() => new HamalError('INTERRUPTED', `sync of VM ${vm} interrupted`)))) : []),
     ),
   );
   result.durationMs = Date.now() - started;

@@ -13,7 +13,7 @@ import { toBlocks } from './toBlocks.ts';
 import { isZero } from './isZero.ts';
 import { Slots } from './Slots.ts';
 import { sleepForRead } from './releaseCpu.ts';
-import { releasing } from './usingResource.ts';
+import { trackRelease } from './usingResource.ts';
 import { BufferPool } from './BufferPool.ts';
 import { failpoint } from '../failpoints.ts';
 import type { SyncEvent } from './SyncEvent.ts';
@@ -284,8 +284,7 @@ export function syncDisk(
             .then(() => (partialMs > 0 ? putPartial() : undefined))
             .catch(() => {})
             .finally(() => j.close());
-          releasing.add(last);
-          void last.then(() => releasing.delete(last));
+          trackRelease(last);
         }),
       );
     }),

@@ -1,6 +1,8 @@
 import { catchError, concat, defer, finalize, from, mergeMap, of, tap, throwError, type Observable } from 'rxjs';
 import type { Slots } from './Slots.ts';
 import { usingResource } from './usingResource.ts';
+import { untilAborted } from './untilAborted.ts';
+import { HamalError } from '../errors.ts';
 import { failpoint } from '../failpoints.ts';
 import { Journal } from '../repo/Journal.ts';
 import { RepositoryLock, type LockOptions } from '../repo/RepositoryLock.ts';
@@ -38,6 +40,12 @@ export interface VmSyncOptions extends Omit<DiskSyncOptions, 'inflight'> {
    * `save_local_snapshot_metadata`, with hamal_lib_dir).
    */
   metadata?: { upload?: boolean; localDir?: string };
+  /**
+   * Stops the sync: reading stops, and the stream errors with INTERRUPTED once the blocks
+   * in flight have settled, the snapshot is released and the lock dropped. (Unsubscribing
+   * also releases them, but nothing then tells when: see releasesSettled.)
+   */
+  signal?: AbortSignal;
 }
 
 /**
@@ -51,6 +59,7 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
   if (!Number.isSafeInteger(parallelDisks) || parallelDisks < 1) {
     throw new RangeError(`parallelDisks must be an integer of at least 1, got ${parallelDisks}`);
   }
+  const interrupted = () => new HamalError('INTERRUPTED', `sync of VM ${vm} interrupted`, { subject: vm });
   const sync$ = () => {
     const inflight = new Set<Promise<unknown>>();
     // The snapshot goes once every block in flight has settled.
@@ -61,6 +70,7 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
         return snapshot.release(committed);
       });
     const take = async () => {
+      if (options.signal?.aborted) throw interrupted();
       const reuse = options.journalDir ? await Journal.snapshotIdsOf(options.journalDir, repo.config.id, vm) : [];
       // A version another proxy left in flight resumes here only from the snapshot it read.
       if (options.journalDir && (options.partialIndexSeconds ?? 60) > 0) reuse.push(...(await repo.partialSnapshotIds(vm)));
@@ -110,13 +120,16 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
         const path = localDir ? await saveLocalMetadata(localDir, vm, doc) : undefined;
         return [{ type: 'metadata', vm, key, path }];
       }).pipe(mergeMap((events) => from(events)));
-      return concat(of(head), perDisk, metadata);
+      return concat(of(head), perDisk, metadata).pipe(untilAborted(options.signal, interrupted));
     });
   };
   if (options.lock === false) return sync$();
   const lockOptions = { ...options.lock, purpose: `sync of VM ${vm}` };
   return usingResource(
-    () => RepositoryLock.acquire(repo.store, 'shared', lockOptions),
+    async () => {
+      if (options.signal?.aborted) throw interrupted();
+      return RepositoryLock.acquire(repo.store, 'shared', lockOptions);
+    },
     (lock) => lock.release(),
     () => sync$(),
   );
