@@ -14,6 +14,7 @@ import { Service } from '../service/Service.ts';
 import { HttpControlPlane } from '../service/HttpControlPlane.ts';
 import { TaskFiles } from '../service/TaskFiles.ts';
 import { FileOutbox } from '../service/Outbox.ts';
+import { LastSuccess } from '../service/LastSuccess.ts';
 import { loadPublicKey } from '../service/SignedTask.ts';
 import { TaskLedger } from '../service/TaskLedger.ts';
 import { ProxyInfo } from '../service/ProxyInfo.ts';
@@ -98,6 +99,7 @@ export async function serveCommand(_opts: object, config: LoadedConfig): Promise
         capacity: { maxTasks: c.hamal.max_running_tasks, parallelDisks: c.data_sync_v2.parallel_sync_disks_count, readersPerDisk: c.data_sync_v2.pre_disk_readers_count },
       }),
       outbox: controlPlane ? new FileOutbox(join(lib, 'service', 'outbox')) : undefined,
+      lastSuccess: new LastSuccess(join(lib, 'service', 'last_success.json')),
     },
     {
       pollMs: c.period.interval * 1000,
@@ -106,6 +108,8 @@ export async function serveCommand(_opts: object, config: LoadedConfig): Promise
       maxTasks: c.hamal.max_running_tasks,
     },
   );
+  service.metrics.set('hamal_proxy_info', 1, { version: VERSION, proxy: proxyId, mode });
+  service.metrics.set('hamal_proxy_start_time_seconds', Date.parse(startedAt) / 1000);
   let health: Server | undefined;
   if (c.hamal.health_listen) health = await startHealthServer(c.hamal.health_listen, service, { hamal_lib_dir: lib, log_dir: logDir });
 

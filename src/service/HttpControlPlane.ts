@@ -22,8 +22,8 @@ export interface HttpControlPlaneOptions {
 
 /**
  * The control plane over HTTP(S), as docs/control-plane.md defines it. TLS is verified by
- * the system CAs (NODE_EXTRA_CA_CERTS adds a private CA). Statuses 408, 429 and 5xx and
- * network errors are retryable; other 4xx are not (the report is dropped with an error).
+ * the system CAs (NODE_EXTRA_CA_CERTS adds a private CA). Statuses 401, 403, 408, 429 and
+ * 5xx and network errors are retryable; other 4xx are not (the report is dropped with an error).
  */
 export class HttpControlPlane implements TaskFeed, Reporter {
   private readonly _base: string;
@@ -91,7 +91,9 @@ export class HttpControlPlane implements TaskFeed, Reporter {
       const text = typeof res.body === 'string' ? res.body : JSON.stringify(res.body ?? '');
       throw new HamalError('CONTROL_PLANE', `${method} ${url}: HTTP ${res.status}${hint}: ${text.slice(0, 200)}`, {
         subject: url,
-        retryable: res.status === 408 || res.status === 429 || res.status >= 500,
+        // 401/403 are this proxy's configuration (auth_key, proxy id), not the report's
+        // fault: kept and retried until an operator fixes it, never dropped.
+        retryable: res.status === 401 || res.status === 403 || res.status === 408 || res.status === 429 || res.status >= 500,
       });
     }
     return res.body;

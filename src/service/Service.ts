@@ -34,6 +34,7 @@ import { MemoryOutbox, type Outbox } from './Outbox.ts';
 import { TaskAnswered, TaskRejected, type AcceptedTask, type PolledTask } from './SignedTask.ts';
 import { TaskProgress } from './TaskProgress.ts';
 import { Metrics } from './Metrics.ts';
+import type { LastSuccess } from './LastSuccess.ts';
 
 export interface ServiceOptions {
   /** Between two polls for tasks (seed: [period] interval). Polls never overlap. */
@@ -63,6 +64,8 @@ export interface ServiceDeps {
   outbox?: Outbox;
   scheduler?: SchedulerLike;
   metrics?: Metrics;
+  /** Per-VM time of the last success, kept across restarts (absent: in memory only). */
+  lastSuccess?: LastSuccess;
 }
 
 export interface ServiceHealth {
@@ -95,6 +98,7 @@ export class Service {
   private readonly _outbox: Outbox;
   private readonly _sched: SchedulerLike;
   private _heartbeatFailures = 0;
+  private _pollFailures = 0;
   private _lastPollError?: string;
   private _stopped = false;
   private readonly _log = log.child('service');
@@ -106,6 +110,7 @@ export class Service {
     this._outbox = _deps.outbox ?? new MemoryOutbox();
     this._sched = _deps.scheduler ?? asyncScheduler;
     this.metrics = _deps.metrics ?? new Metrics();
+    for (const [vm, at] of Object.entries(_deps.lastSuccess?.all() ?? {})) this.metrics.set('hamal_vm_last_success_timestamp_seconds', at / 1000, { vm });
   }
 
   /** Tasks running now, as their latest progress. */
@@ -139,11 +144,17 @@ export class Service {
         const askedAt = this._sched.now();
         return defer(() => this._deps.feed.poll()).pipe(
           map((list) => list.filter((t) => !(t instanceof TaskAnswered) || this._answerDue(t, askedAt))),
-          tap(() => (this._lastPollError = undefined)),
+          tap(() => {
+            if (this._pollFailures) this._log.info(`polling for tasks works again after ${this._pollFailures} failure(s)`);
+            this._pollFailures = 0;
+            this._lastPollError = undefined;
+          }),
           catchError((err) => {
             this._lastPollError = describeError(err);
+            this._pollFailures++;
             this.metrics.add('hamal_poll_failures_total');
-            this._log.warn(`polling for tasks failed: ${this._lastPollError}`);
+            // A wrong auth_key fails every poll: the first and every tenth, not each.
+            if (this._pollFailures === 1 || this._pollFailures % 10 === 0) this._log.warn(`polling for tasks failed (${this._pollFailures} in a row): ${this._lastPollError}`);
             return EMPTY;
           }),
         );
@@ -164,6 +175,7 @@ export class Service {
           exhaustMap(() =>
             defer(() => this._deps.reporter!.heartbeat({ ...this._deps.facts(), running: this.running(), at: new Date(this._sched.now()).toISOString() })).pipe(
               tap(() => {
+                this.metrics.set('hamal_heartbeat_last_success_timestamp_seconds', this._sched.now() / 1000);
                 if (this._heartbeatFailures) this._log.info(`control plane reachable again after ${this._heartbeatFailures} failed heartbeat(s)`);
                 this._heartbeatFailures = 0;
               }),
@@ -188,6 +200,7 @@ export class Service {
     const reports$ = defer(() => {
       // Results of an earlier run that never reached the control plane go first. Emitted
       // here, not pushed into the Subject: nothing listens to it yet, they would be lost.
+      this._outboxChanged();
       const earlier = this._outbox.pending().map((r): Report => {
         this._log.info(`result of task ${r.taskId} (${r.state}) from an earlier run is delivered now`);
         this._latest.delete(r.taskId);
@@ -237,6 +250,7 @@ export class Service {
     const r = t.result;
     this._log.info(`task ${r.taskId} is listed again; it ended here at ${r.at} (${r.state}): that result is sent again, the task is not run again`);
     if (this._deps.reporter) this._outbox.save(r);
+    this._outboxChanged();
     this._queue({ kind: 'result', body: r });
     return EMPTY;
   }
@@ -250,6 +264,10 @@ export class Service {
     }
     this._log.info(`task ${t.id} was accepted before this start and never ended here: it runs again and resumes from its journal`);
     return this._run(t);
+  }
+
+  private _outboxChanged(): void {
+    this.metrics.set('hamal_outbox_results', this._outbox.pending().length);
   }
 
   private _pending(taskId: string): ResultReport | undefined {
@@ -343,7 +361,12 @@ export class Service {
     if (r.state === 'succeeded') this._log.info(line, { ms: r.durationMs });
     else if (r.state !== 'rejected') this._log.error(line);
     this.metrics.add('hamal_tasks_total', 1, { outcome: r.state });
-    if (r.durationMs !== undefined) this.metrics.add('hamal_task_duration_seconds_sum', r.durationMs / 1000, { outcome: r.state });
+    if (r.durationMs !== undefined) this.metrics.observe('hamal_task_duration_seconds', r.durationMs / 1000, { outcome: r.state });
+    if (r.state === 'succeeded' && r.vm) {
+      const at = Date.parse(r.at) || this._sched.now();
+      this.metrics.set('hamal_vm_last_success_timestamp_seconds', at / 1000, { vm: r.vm });
+      this._deps.lastSuccess?.record(r.vm, at).catch((err) => this._log.warn(`time of the last success of VM ${r.vm} not saved: ${describeError(err)}`));
+    }
     for (const v of r.versions ?? []) {
       this.metrics.add('hamal_read_bytes_total', v.readBytes, { vm: r.vm ?? '' });
       this.metrics.add('hamal_stored_bytes_total', v.storedBytes, { vm: r.vm ?? '' });
@@ -367,6 +390,7 @@ export class Service {
         // A rejection (say, expired) of a task whose real result waits is not a second result.
         if (r.state === 'rejected' && waiting && waiting.state !== 'rejected') return EMPTY;
         if (this._deps.reporter) this._outbox.save(r);
+        this._outboxChanged();
         this._queue({ kind: 'result', body: r });
         return EMPTY;
       }),
@@ -398,6 +422,7 @@ export class Service {
       tap(() => {
         if (r.kind !== 'result') return;
         this._outbox.remove(r.body.taskId);
+        this._outboxChanged();
         this._taken.set(r.body.taskId, this._sched.now());
         if (this._taken.size > 10_000) this._taken.delete(this._taken.keys().next().value!);
       }),
@@ -405,6 +430,7 @@ export class Service {
       catchError((err) => {
         this._log.error(`${r.kind} report of task ${r.body.taskId} refused by the control plane, dropped: ${describeError(err)}`);
         if (r.kind === 'result') this._outbox.remove(r.body.taskId);
+        this._outboxChanged();
         return EMPTY;
       }),
     );
