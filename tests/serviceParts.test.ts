@@ -7,6 +7,7 @@ import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { AUTH_KEY, ControlPlaneStandIn } from './helpers/ControlPlaneStandIn.ts';
 import { HttpControlPlane } from '../src/service/HttpControlPlane.ts';
+import { HamalError } from '../src/errors.ts';
 import { TaskAnswered, TaskElsewhere, TaskRejected, acceptTask, type AcceptedTask } from '../src/service/SignedTask.ts';
 import { TaskLedger } from '../src/service/TaskLedger.ts';
 import { TaskFiles } from '../src/service/TaskFiles.ts';
@@ -141,6 +142,24 @@ test("mass_endpoint with or without the seed's trailing /v1: the same paths, nev
     assert.equal(cp.unauthorized, []);
   } finally {
     await cp.stop();
+  }
+});
+
+test('401 from the control plane (a wrong auth_key): a result is kept for retry, not dropped; the error says what to check', async () => {
+  const cp = new ControlPlaneStandIn();
+  await cp.start();
+  const dir = await tempDir();
+  try {
+    const plane = new HttpControlPlane({ endpoint: cp.url, authKey: 'not-the-key-0123', proxyId: 'p', timeoutMs: 5000, publicKey: createPublicKey(cp.publicKeyPem), ledger: new TaskLedger(join(dir, 'tasks')) });
+    const err = await plane.report({ kind: 'result', body: { taskId: 't-1', state: 'succeeded', at: '' } }).then(() => undefined, (e: unknown) => e);
+    assert.instance(err, HamalError);
+    assert.ok((err as HamalError).retryable, 'retried, so the outbox keeps it');
+    assert.match((err as HamalError).message, 'HTTP 401 (check [mass] auth_key and hyper_exporter_id)');
+    assert.not.match((err as HamalError).message, 'not-the-key-0123');
+    assert.equal(cp.results, []);
+  } finally {
+    await cp.stop();
+    await fsp.rm(dir, { recursive: true, force: true });
   }
 });
 
