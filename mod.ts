@@ -27,19 +27,32 @@ export { restoreDisk, type RestoreOptions, type RestoreResult } from './src/stre
 export type { SyncEvent } from './src/streams/SyncEvent.ts';
 
 // Sources
-export type { Source, Snapshot, DiskInfo } from './src/sources/Source.ts';
+export type { Source, Snapshot, SnapshotOptions, DiskInfo } from './src/sources/Source.ts';
 export type { ChangeId } from './src/sources/ChangeId.ts';
 export { LocalSource, type LocalSourceOptions } from './src/sources/local/LocalSource.ts';
 export { parseLocalDisk, type LocalDisk } from './src/sources/local/LocalDisk.ts';
+export { VmwareSource, type VmwareSourceOptions } from './src/sources/vmware/VmwareSource.ts';
+export type { VsphereOptions } from './src/sources/vmware/VsphereClient.ts';
+export { OpenStackSource, type OpenStackSourceOptions } from './src/sources/openstack/OpenStackSource.ts';
+export type { KeystoneOptions, KeystoneCredentials } from './src/sources/openstack/Keystone.ts';
+export type { CephAccess } from './src/sources/ceph/Rbd.ts';
+export { FusionComputeSource, type FusionComputeSourceOptions } from './src/sources/fusion_compute/FusionComputeSource.ts';
+export type { FcClientOptions } from './src/sources/fusion_compute/FcClient.ts';
 
 // Sinks and the repository
-export type { ObjectStore } from './src/sinks/ObjectStore.ts';
+export type { ObjectStore, PutOptions, GetOptions } from './src/sinks/ObjectStore.ts';
 export { FsStore, type FsStoreOptions } from './src/sinks/fs/FsStore.ts';
-export { openStore } from './src/sinks/openStore.ts';
+export { openStore, type OpenStoreOptions } from './src/sinks/openStore.ts';
+export { S3Store, type S3StoreOptions } from './src/sinks/s3/S3Store.ts';
+export { parseS3Target, type S3Target, type S3Config } from './src/sinks/s3/S3Target.ts';
 export { RawImage, type RawImageOptions } from './src/sinks/raw/RawImage.ts';
 export { Repository, DEFAULT_BLOCK_SIZE, type RepositoryOptions, type RepositoryConfig } from './src/repo/Repository.ts';
+export type { Encryption, Compression } from './src/repo/ChunkCodec.ts';
+export type { RepositorySecret, KeyRecord } from './src/repo/MasterKey.ts';
+export { RepositoryLock, type LockOptions } from './src/repo/RepositoryLock.ts';
 export { LeaseFence, type Lease } from './src/repo/Lease.ts';
 export { pruneRepository, type PruneOptions, type PruneReport } from './src/repo/pruneRepository.ts';
+export { verifyRepository, type VerifyOptions, type VerifyProblem, type VerifyReport } from './src/repo/verifyRepository.ts';
 export type { Manifest, VersionStats } from './src/repo/Manifest.ts';
 export { chunkIdOf, type ChunkId } from './src/repo/ChunkId.ts';
 export type { VersionId } from './src/repo/VersionId.ts';

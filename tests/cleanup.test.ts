@@ -4,8 +4,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { join } from 'node:path';
 import { lastValueFrom, of, type Observable } from 'rxjs';
-import { FsStore, HamalError, releasesSettled, Repository, runVmSync, syncVm, type DiskInfo, type Extent, type Snapshot, type Source } from '../mod.ts';
-import { RepositoryLock } from '../src/repo/RepositoryLock.ts';
+import { FsStore, HamalError, releasesSettled, Repository, RepositoryLock, runVmSync, syncVm, type DiskInfo, type Extent, type Snapshot, type Source } from '../mod.ts';
 import { MiB, pattern, tempDir } from './helpers/disks.ts';
 
 const BLOCK = 64 * 1024;

@@ -104,7 +104,8 @@ export function syncSummary(result: VmSyncResult) {
 }
 
 export function syncTable(result: VmSyncResult): string {
-  const rows = [['disk', 'version', 'capacity', 'read', 'changed', 'stored', 'dedup', 'zero', 'time', 'rate']];
+  // stored: the blocks' own size; written: what they took on the target (compressed, sealed).
+  const rows = [['disk', 'version', 'capacity', 'read', 'changed', 'stored', 'written', 'dedup', 'zero', 'time', 'rate']];
   for (const m of result.versions) {
     const s = m.stats;
     rows.push([
@@ -114,6 +115,7 @@ export function syncTable(result: VmSyncResult): string {
       formatBytes(s.readBytes),
       formatBytes(s.changedBytes),
       formatBytes(s.storedBytes),
+      s.writtenBytes === undefined ? '-' : formatBytes(s.writtenBytes),
       formatBytes(s.dedupBytes),
       formatBytes(s.zeroBytes),
       `${s.durationMs} ms`,

@@ -17,8 +17,13 @@ export interface VersionStats {
   readBytes: number;
   /** Bytes of blocks whose content differs from the parent (all non-zero data without one). */
   changedBytes: number;
-  /** Bytes of chunks this sync wrote. */
+  /** Bytes of the blocks whose chunks this sync wrote (logical: before compression). */
   storedBytes: number;
+  /**
+   * Bytes this sync wrote to the store for those chunks: after compression and encryption,
+   * what they take on the target. Absent in manifests written before it existed.
+   */
+  writtenBytes?: number;
   /** Bytes of non-zero blocks read whose chunk the repository already had. */
   dedupBytes: number;
   /** Bytes of zero blocks in this version (holes and zero blocks read). */

@@ -253,22 +253,27 @@ export class Repository {
     return missing;
   }
 
-  /** Stores `data` as chunk `id` unless the repository has it. Precondition: id = chunkIdOf(data). */
-  async storeChunk(id: ChunkId, data: Uint8Array): Promise<'stored' | 'existing'> {
+  /**
+   * Stores `data` as chunk `id` unless the repository has it. Precondition: id = chunkIdOf(data).
+   * `writtenBytes`: what went to the store (after compression and encryption); 0 when it had the chunk.
+   */
+  async storeChunk(id: ChunkId, data: Uint8Array): Promise<{ outcome: 'stored' | 'existing'; writtenBytes: number }> {
+    const existing = { outcome: 'existing', writtenBytes: 0 } as const;
     const pending = this._writing.get(id);
     if (pending) {
       await pending;
-      return 'existing';
+      return existing;
     }
-    if (await this.hasChunk(id)) return 'existing';
+    if (await this.hasChunk(id)) return existing;
     // hasChunk awaited: another caller may have started the same write meanwhile.
     const again = this._writing.get(id);
     if (again) {
       await again;
-      return 'existing';
+      return existing;
     }
     const out = this._codec ? (this._encoded.pop() ?? Buffer.allocUnsafeSlow(this.blockSize + ChunkCodec.OVERHEAD)) : undefined;
     const body = this._codec ? this._codec.encode(id, data, out) : data;
+    const writtenBytes = body.length;
     const write = this.store.put(chunkKey(id), body, this._codec ? {} : { sha256: id }).then(() => {
       this._known.add(id);
       this._written.add(id);
@@ -280,7 +285,7 @@ export class Repository {
       this._writing.delete(id);
       if (out) this._encoded.push(out);
     }
-    return 'stored';
+    return { outcome: 'stored', writtenBytes };
   }
 
   /**

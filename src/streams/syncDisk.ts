@@ -127,7 +127,7 @@ export function syncDisk(
       const n = blockCount(disk.capacity, blockSize);
       // Incremental: blocks no extent touches keep the parent's entry. Full: they are holes.
       const blocks: Array<ChunkId | null> = since !== null ? parent!.blocks.slice() : new Array(n).fill(null);
-      const stats: VersionStats = { readBytes: 0, changedBytes: 0, storedBytes: 0, dedupBytes: 0, zeroBytes: 0, resumedBytes: 0, durationMs: 0 };
+      const stats: VersionStats = { readBytes: 0, changedBytes: 0, storedBytes: 0, writtenBytes: 0, dedupBytes: 0, zeroBytes: 0, resumedBytes: 0, durationMs: 0 };
       for (const [index, id] of resumed) {
         blocks[index] = id;
         stats.resumedBytes! += Math.min(blockSize, disk.capacity - index * blockSize);
@@ -159,10 +159,12 @@ export function syncDisk(
           const id = repo.chunkIdOf(data);
           // A block equal to the parent's is in the repository (format invariant 3).
           const same = parentBlocks !== null && parentBlocks[ref.index] === id;
-          const stored = !same && (await writers.use(() => repo.storeChunk(id, data))) === 'stored';
+          const write = same ? null : await writers.use(() => repo.storeChunk(id, data));
+          const stored = write?.outcome === 'stored';
           if (stored) {
             failpoint('chunk.stored');
             stats.storedBytes += ref.length;
+            stats.writtenBytes! += write.writtenBytes;
           } else stats.dedupBytes += ref.length;
           // Journaled here, not downstream: a block still in flight when the sync is stopped
           // completes and is recorded before the last checkpoint (see finalize below).
