@@ -2,13 +2,13 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { promises as fsp, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { allOutput, hamal, HAMAL, TEST_CONFIG, TEST_LIB_DIR } from './helpers/cli.ts';
+import { allOutput, hamal, HAMAL_ARGV, TEST_CONFIG, TEST_LIB_DIR } from './helpers/cli.ts';
 import { spawn } from 'node:child_process';
 import { MiB, makeImage, pattern, sha256File, tempDir, writeAt } from './helpers/disks.ts';
 import { VERSION } from '../src/version.ts';
+import { REPO_ROOT } from './helpers/repoRoot.ts';
 
-const root = fileURLToPath(new URL('../..', import.meta.url));
+const root = REPO_ROOT;
 let dir: string;
 let repo: string;
 let img: string;
@@ -200,7 +200,7 @@ test('on a terminal, restore and verify show a progress bar that reaches 100%; w
   assert.is((await hamal(['sync', '--vm', 'bar', '--disk', `d=${image}`, '--target', target])).code, 0);
   // script(1) runs the command on a pseudo-terminal and copies what it printed.
   const onTty = (args: string[]) => {
-    const line = [process.execPath, HAMAL, '--config', TEST_CONFIG, ...args].map((a) => `'${a}'`).join(' ');
+    const line = [...HAMAL_ARGV, '--config', TEST_CONFIG, ...args].map((a) => `'${a}'`).join(' ');
     return run('script', ['-qec', line, '/dev/null']);
   };
   const out = join(dir, 'bar.out');

@@ -2,14 +2,14 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { promises as fsp, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { loadConfig, parseConfig, formatConfig } from '../src/config/loadConfig.ts';
 import { renderConfigDoc } from '../src/config/configDoc.ts';
 import { SCHEMA } from '../src/config/schema.ts';
 import { hamal } from './helpers/cli.ts';
 import { tempDir } from './helpers/disks.ts';
+import { REPO_ROOT } from './helpers/repoRoot.ts';
 
-const root = fileURLToPath(new URL('../..', import.meta.url));
+const root = REPO_ROOT;
 const SEED = join(root, 'tests/fixtures/hamal.conf');
 
 test("the seed's hamal.conf loads unchanged with its values", async () => {

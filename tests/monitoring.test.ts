@@ -8,14 +8,13 @@ import { execFile } from 'node:child_process';
 import { existsSync, promises as fsp } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { Metrics } from '../src/service/Metrics.ts';
 import { serveProcess, until } from './helpers/serveProcess.ts';
 import { MiB, pattern, tempDir } from './helpers/disks.ts';
+import { REPO_ROOT } from './helpers/repoRoot.ts';
 
-// Compiled to dist/tests/: the repository is two folders up.
-const deploy = fileURLToPath(new URL('../../deploy', import.meta.url));
+const deploy = join(REPO_ROOT, 'deploy');
 
 function promtool(args: string[], o: { cwd?: string; input?: string } = {}): Promise<{ code: number; out: string }> {
   return new Promise((resolve) => {

@@ -9,15 +9,15 @@ import { promisify } from 'node:util';
 import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { OpenStackStandIn } from './helpers/OpenStackStandIn.ts';
-import { HAMAL, allOutput, hamal } from './helpers/cli.ts';
+import { HAMAL_ARGV, allOutput, hamal } from './helpers/cli.ts';
 import { MiB, sha256File, tempDir } from './helpers/disks.ts';
+import { REPO_ROOT } from './helpers/repoRoot.ts';
 
 const run = promisify(execFile);
 const PASSWORD = 's3cr3t-Pa55word-for-tests';
-const WRITER = fileURLToPath(new URL('../../tests/ceph/rbd-write.py', import.meta.url));
+const WRITER = join(REPO_ROOT, 'tests/ceph/rbd-write.py');
 const CONF = process.env.CEPH_CONF!;
 const KEYRING = process.env.HAMAL_TEST_CEPH_KEYRING!;
 const os = new OpenStackStandIn({ hamal: PASSWORD });
@@ -150,7 +150,7 @@ test(`a sync stopped with ${signal} mid-stream keeps its snapshot and resumes fr
   await fsp.writeFile(slow, (await fsp.readFile(conf, 'utf8')) + '[period]\nopenstack_release_cpu_time = 150\n');
   const file = join(dir, 'kill-task.json');
   await fsp.writeFile(file, JSON.stringify(task()), { mode: 0o600 });
-  const child = spawn(process.execPath, [HAMAL, 'sync', '--task', file, '--config', slow, '--debug'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(HAMAL_ARGV[0]!, [...HAMAL_ARGV.slice(1), 'sync', '--task', file, '--config', slow, '--debug'], { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   for await (const line of createInterface({ input: child.stderr! })) {
     log += line + '\n';

@@ -2,13 +2,13 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { promises as fsp, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseTask } from '../src/tasks/loadTask.ts';
 import { TASK_SCHEMA } from '../src/tasks/taskSchema.ts';
 import { hamal } from './helpers/cli.ts';
 import { MiB, makeImage, pattern, sha256File, tempDir } from './helpers/disks.ts';
+import { REPO_ROOT } from './helpers/repoRoot.ts';
 
-const root = fileURLToPath(new URL('../..', import.meta.url));
+const root = REPO_ROOT;
 const local = (extra: object = {}) => ({ version: 1, source: { platform: 'local', vm: 'web', disks: [{ path: '/x.img' }] }, ...extra });
 const fails = (task: unknown, field: RegExp) => {
   try {

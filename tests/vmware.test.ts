@@ -18,7 +18,7 @@ import { VmwareSource } from '../src/sources/vmware/VmwareSource.ts';
 import { mkdir, rm } from 'node:fs/promises';
 
 const run = (cmd: string, args: string[]) => new Promise<number | null>((r) => spawn(cmd, args, { stdio: 'ignore' }).on('close', r).on('error', () => r(-1)));
-import { hamal, HAMAL, TEST_LIB_DIR } from './helpers/cli.ts';
+import { hamal, HAMAL_ARGV, TEST_LIB_DIR } from './helpers/cli.ts';
 import { join } from 'node:path';
 import { pattern } from './helpers/disks.ts';
 import { VimAdmin } from './helpers/vimAdmin.ts';
@@ -339,7 +339,7 @@ test('SIGTERM mid-sync: the snapshot is removed, no version is committed, exit 1
   // Slow reads (200 ms per MB) so the signal arrives mid-read.
   await writeFile(conf, `[DEFAULT]\nhamal_lib_dir = ${TEST_LIB_DIR}\n[vmware]\nskip_disk_flag = True\n[period]\nvmware_release_cpu_time = 200\n`);
   await writeFile(join(dir, 't.json'), JSON.stringify({ version: 1, source: { platform: 'vmware', vm: 'DC0_H0_VM0', connection: { host: u.hostname, port: Number(u.port), username: 'hamal', passwordEnv: 'VC_PASSWORD', thumbprint } }, target: join(dir, 'repo') }));
-  const child = spawn(process.execPath, [HAMAL, '--config', conf, 'sync', '--task', join(dir, 't.json'), '--verbose'], { env: { ...process.env, VC_PASSWORD: PASSWORD }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(HAMAL_ARGV[0]!, [...HAMAL_ARGV.slice(1), '--config', conf, 'sync', '--task', join(dir, 't.json'), '--verbose'], { env: { ...process.env, VC_PASSWORD: PASSWORD }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   await new Promise<void>((resolve) => {
     child.stderr!.on('data', (d) => {
@@ -380,7 +380,7 @@ async function stopMidRead(seed: number, signal: 'SIGKILL' | 'SIGTERM') {
   await writeFile(fast, `[DEFAULT]\nhamal_lib_dir = ${lib}\n[vmware]\nskip_disk_flag = True\n`);
   const taskFile = join(dir, 't.json');
   await writeFile(taskFile, JSON.stringify({ version: 1, source: { platform: 'vmware', vm: 'DC0_H0_VM1', connection: { host: u.hostname, port: Number(u.port), username: 'hamal', passwordEnv: 'VC_PASSWORD', thumbprint } }, target: join(dir, 'repo') }));
-  const child = spawn(process.execPath, [HAMAL, '--config', slow, 'sync', '--task', taskFile, '--debug'], { env: { ...process.env, VC_PASSWORD: PASSWORD }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(HAMAL_ARGV[0]!, [...HAMAL_ARGV.slice(1), '--config', slow, 'sync', '--task', taskFile, '--debug'], { env: { ...process.env, VC_PASSWORD: PASSWORD }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   await new Promise<void>((resolve) => {
     child.stderr!.on('data', (d) => {

@@ -6,8 +6,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+/** Under Deno the tests run from source (tests/*.ts) and so does the CLI they start. */
+export const UNDER_DENO = 'Deno' in globalThis;
 // HAMAL_TEST_CLI runs the tests against another build (e.g. an older main, to see a new test fail there).
-export const HAMAL = process.env.HAMAL_TEST_CLI || fileURLToPath(new URL('../../src/cli/hamal.js', import.meta.url));
+export const HAMAL = process.env.HAMAL_TEST_CLI || fileURLToPath(new URL(`../../src/cli/hamal.${UNDER_DENO ? 'ts' : 'js'}`, import.meta.url));
+/** The command line that runs the CLI: `node hamal.js`, or `deno run -A hamal.ts`. */
+export const HAMAL_ARGV: readonly string[] = UNDER_DENO ? [process.execPath, 'run', '--allow-all', HAMAL] : [process.execPath, HAMAL];
 export const allOutput: string[] = [];
 
 /** A hamal.conf whose hamal_lib_dir is a temporary directory, so tests never touch /var/lib/hamal. */
@@ -26,7 +30,7 @@ export interface Run {
 /** Runs `hamal ARGS`; `via` runs it under another command (e.g. setpriv to drop privileges). */
 export function hamal(args: string[], env: Record<string, string> = {}, via: string[] = []): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const argv = [...via, process.execPath, HAMAL, ...args];
+    const argv = [...via, ...HAMAL_ARGV, ...args];
     const child = spawn(argv[0]!, argv.slice(1), {
       env: { ...process.env, HAMAL_CONFIG: TEST_CONFIG, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
