@@ -80,6 +80,19 @@ test('syncVm with a signal errors only after the release', async () => {
   await exclusiveLockFree(repo);
 });
 
+test('after an abort nobody awaits (serve stopping a task), releasesSettled() covers the release', async () => {
+  const repo = await freshRepo();
+  const source = new SlowReleaseSource();
+  const abort = new AbortController();
+  const sync = runVmSync(source, 'vm1', repo, { readers: 1, writers: 1 }, undefined, abort.signal).catch(() => {});
+  await whenRead(source, 2);
+  abort.abort();
+  await releasesSettled();
+  assert.ok(source.releaseEnded, 'the snapshot release had ended');
+  await exclusiveLockFree(repo);
+  await sync;
+});
+
 test('an abort before the sync starts takes no snapshot and no lock', async () => {
   const repo = await freshRepo();
   const source = new SlowReleaseSource();

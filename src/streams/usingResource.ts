@@ -9,7 +9,8 @@ export const releasing = new Set<Promise<void>>();
 /** Adds `p` to `releasing` until it settles. */
 export function trackRelease(p: Promise<void>): void {
   releasing.add(p);
-  void p.then(() => releasing.delete(p));
+  const done = () => void releasing.delete(p);
+  p.then(done, done);
 }
 
 /**
@@ -44,13 +45,16 @@ export function usingResource<R, T>(
     let releaseOnce: () => Promise<void> = async () => {};
     const acquired = Promise.resolve().then(acquire);
     // Called as the body stops: its teardown runs synchronously after, so a microtask later
-    // the releases it started are in `releasing`.
+    // the releases it started are in `releasing`. Tracked too: a subscriber that unsubscribed
+    // meanwhile (serve's stop) no longer waits for this stream, a process exit must.
     const releaseAfterBody = (then: (err?: unknown) => void) => {
       const before = new Set(releasing);
-      void Promise.resolve()
+      const p = Promise.resolve()
         .then(() => Promise.allSettled(startedSince(before)))
         .then(() => releaseOnce())
-        .then(() => then(), then);
+        .then(() => then(), (err: unknown) => then(err));
+      before.add(p); // not waiting for itself
+      trackRelease(p);
     };
     acquired.then(
       (resource) => {
