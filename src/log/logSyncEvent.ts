@@ -22,6 +22,7 @@ export function logSyncEvent(e: SyncEvent): void {
       read: s.readBytes,
       changed: s.changedBytes,
       stored: s.storedBytes,
+      written: s.writtenBytes,
       ms: s.durationMs,
       changeId: e.manifest.source.changeId ?? undefined,
       parent: e.manifest.parent ?? undefined,
