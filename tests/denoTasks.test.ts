@@ -5,10 +5,10 @@ import * as assert from 'uvu/assert';
 import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { REPO_ROOT } from './helpers/repoRoot.ts';
 import { VERSION } from '../src/version.ts';
 
-const root = fileURLToPath(new URL('../..', import.meta.url));
+const root = REPO_ROOT;
 
 interface Run {
   code: number;

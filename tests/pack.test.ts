@@ -8,10 +8,11 @@ import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { REPO_ROOT } from './helpers/repoRoot.ts';
 
 // This file runs from <build>/tests/: <build> is what `dist/` holds in the package.
 const built = fileURLToPath(new URL('..', import.meta.url));
-const root = fileURLToPath(new URL('../..', import.meta.url));
+const root = REPO_ROOT;
 const tsc = join(root, 'node_modules/typescript/bin/tsc');
 const deno = join(root, 'node_modules/.bin/deno');
 
