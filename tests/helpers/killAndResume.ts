@@ -8,8 +8,9 @@ import { createInterface } from 'node:readline';
 import { LocalSource, Repository, restoreDisk, runVmSync, type Snapshot, type Source } from '../../mod.ts';
 import { Journal, JOURNAL_FORMAT, type JournalHeader } from '../../src/repo/Journal.ts';
 import { makeImage, pattern, sha256File, tempDir } from './disks.ts';
+import { UNDER_DENO } from './cli.ts';
 
-const CHILD = fileURLToPath(new URL('./slowSyncChild.js', import.meta.url));
+const CHILD = fileURLToPath(new URL(`./slowSyncChild.${UNDER_DENO ? 'ts' : 'js'}`, import.meta.url));
 const BS = 64 * 1024;
 
 /** Wraps a source so a test can count which offsets were read. */
@@ -38,7 +39,7 @@ export async function killAndResume(target: string, openRepo: () => Promise<Repo
   const image = join(dir, 'd.img');
   await makeImage(image, 64 * BS, [[0, pattern(64 * BS, 5)]]);
   const libDir = join(dir, 'lib');
-  const child = spawn(process.execPath, [CHILD, image, target, libDir, String(BS), '25'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [...(UNDER_DENO ? ['run', '--allow-all'] : []), CHILD, image, target, libDir, String(BS), '25'], { stdio: ['ignore', 'pipe', 'inherit'] });
   let killedAt = 0;
   for await (const line of createInterface({ input: child.stdout! })) {
     const e = JSON.parse(line);
