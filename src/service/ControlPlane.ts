@@ -22,7 +22,7 @@ export interface ResultReport {
   /** The lease epoch the task ran under, when it had one: a result of an older epoch is stale. */
   epoch?: number;
   error?: string;
-  versions?: Array<{ disk: string; version: string; parent: string | null; readBytes: number; storedBytes: number; resumedBytes: number }>;
+  versions?: Array<{ disk: string; version: string; parent: string | null; readBytes: number; storedBytes: number; writtenBytes: number; resumedBytes: number }>;
   failedDisks?: Array<{ disk: string; error: string }>;
   startedAt?: string;
   durationMs?: number;

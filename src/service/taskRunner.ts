@@ -51,7 +51,7 @@ export function taskRunner(config: LoadedConfig, logDir: string, rotation: Rotat
               ...base,
               state: r.failed.length ? 'failed' : 'succeeded',
               error: r.failed.length ? `${r.failed.length} disk(s) failed: ${r.failed.map((f) => `${f.disk}: ${describeError(f.error)}`).join('; ')}` : undefined,
-              versions: r.versions.map((m) => ({ disk: m.disk, version: m.version, parent: m.parent, readBytes: m.stats.readBytes, storedBytes: m.stats.storedBytes, resumedBytes: m.stats.resumedBytes ?? 0 })),
+              versions: r.versions.map((m) => ({ disk: m.disk, version: m.version, parent: m.parent, readBytes: m.stats.readBytes, storedBytes: m.stats.storedBytes, writtenBytes: m.stats.writtenBytes ?? m.stats.storedBytes, resumedBytes: m.stats.resumedBytes ?? 0 })),
               failedDisks: r.failed.map((f) => ({ disk: f.disk, error: describeError(f.error) })),
               at: new Date().toISOString(),
             };
