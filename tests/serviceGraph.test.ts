@@ -3,10 +3,10 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { TestScheduler } from 'rxjs/testing';
-import { map, of, throwError, timer, defer, Observable } from 'rxjs';
+import { map, of, throwError, timer, defer, NEVER, Observable } from 'rxjs';
 import { Service, type ServiceDeps } from '../src/service/Service.ts';
 import type { Report, ResultReport } from '../src/service/ControlPlane.ts';
-import { TaskRejected, type AcceptedTask } from '../src/service/SignedTask.ts';
+import { TaskAnswered, TaskRejected, type AcceptedTask } from '../src/service/SignedTask.ts';
 import { MemoryOutbox } from '../src/service/Outbox.ts';
 import { log } from '../src/log/Logger.ts';
 
@@ -176,6 +176,41 @@ test('a leased task is renewed every ttl/3 and stopped once renewals failed for 
     assert.is(results[0]!.state, 'interrupted');
     assert.is(results[0]!.epoch, 3);
     assert.match(results[0]!.error!, /lease lost: no renewal for 30 s/);
+  });
+  log.configure({ sink: (l) => process.stderr.write(l + '\n') });
+  void lines;
+});
+
+test('with every task slot busy, an ended task listed again is answered at once and once; a task queued when the stop comes is reported interrupted, not run', () => {
+  const lines = quiet();
+  scheduler().run(({ flush }) => {
+    const delivered: Report[] = [];
+    const started: string[] = [];
+    const ended: ResultReport = { taskId: 'done-1', vm: 'vm-done', state: 'succeeded', at: '2026-12-01T00:00:00.000Z' };
+    let polls = 0;
+    const deps: ServiceDeps = {
+      // The first poll hands two tasks to a proxy with one slot; every poll after lists an
+      // ended task again (the control plane lost its result).
+      feed: { poll: () => defer(() => of(polls++ === 0 ? [task('long'), task('queued')] : [new TaskAnswered(ended)])) },
+      reporter: { heartbeat: () => of(undefined), report: (r) => defer(() => (delivered.push(r), of(undefined))) },
+      runTask: (t) => defer(() => (started.push(t.id), NEVER)),
+      facts,
+      outbox: new MemoryOutbox(),
+    };
+    const svc = new Service(deps, { pollMs: 1000, heartbeatMs: 0, progressMs: 60_000, maxTasks: 1 });
+    const sub = svc.run().subscribe();
+    timer(10_500).subscribe(() => svc.stop());
+    flush();
+    sub.unsubscribe();
+    const results = delivered.filter((r) => r.kind === 'result').map((r) => r.body as ResultReport);
+    const answers = results.filter((r) => r.taskId === 'done-1');
+    assert.ok(answers.length >= 1, 'answered while the slot was busy');
+    // Listed by every poll, but each poll came after the control plane took the previous
+    // answer: one answer per poll, never a pile-up released at once.
+    assert.ok(answers.length <= 11, `${answers.length} answers for 11 polls`);
+    assert.ok(answers.every((a) => a === ended || JSON.stringify(a) === JSON.stringify(ended)), 'identical');
+    assert.equal(started, ['long'], 'the queued task never started');
+    assert.equal(results.filter((r) => r.taskId !== 'done-1').map((r) => [r.taskId, r.state]).sort(), [['long', 'interrupted'], ['queued', 'interrupted']]);
   });
   log.configure({ sink: (l) => process.stderr.write(l + '\n') });
   void lines;

@@ -1,8 +1,8 @@
 // Parts of service mode on their own: signed-task checks, task-file schedules, log rotation.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { createPublicKey } from 'node:crypto';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash, createPublicKey } from 'node:crypto';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { AUTH_KEY, ControlPlaneStandIn } from './helpers/ControlPlaneStandIn.ts';
@@ -105,6 +105,38 @@ test('a task listed again: answered with its stored result after it ended (even 
 
   for (const f of await fsp.readdir(tasks)) assert.is(((await fsp.stat(join(tasks, f))).mode & 0o777).toString(8), '600', f);
   assert.is(((await fsp.stat(tasks)).mode & 0o777).toString(8), '700');
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+test('ledger: a task killed past its expiry still runs again; two takeovers of one dead entry give one run; a FIFO or link in the folder never hangs a poll', async () => {
+  const dir = await tempDir();
+  const tasks = join(dir, 'tasks');
+  const killed = cp.signed('t-late', 'p', task, { expiresInMs: 3600_000 });
+  await claimInChild(tasks, killed.envelope.nonce, 't-late', false);
+  const later = Date.now() + 3 * 3600_000; // the sync ran longer than the task's hour
+  assert.is(((await acceptTask(killed, key, 'p', new TaskLedger(tasks), later)) as AcceptedTask).again, true, 'not "rejected: expired"');
+
+  // Two processes find the same dead owner at once: exactly one takes the task over.
+  const dead = cp.signed('t-dead', 'p', task);
+  await claimInChild(tasks, dead.envelope.nonce, 't-dead', false);
+  const racers = await Promise.all([0, 1, 2].map(() => new TaskLedger(tasks).claim(dead.envelope.nonce, { id: 't-dead', expiresAtMs: Date.now() + 3600_000 }, Date.now())));
+  const kinds = racers.map((r) => r.kind).sort();
+  // In one test process the losers see the winner alive as themselves ("mine"); across
+  // processes they would see "elsewhere". Either way one run.
+  assert.is(kinds.filter((k) => k === 'unfinished' || k === 'new').length, 1, kinds.join());
+
+  // Hostile files: a FIFO and a link to /dev/zero among the entries, a FIFO at a nonce's name.
+  execFileSync('mkfifo', [join(tasks, 'fifo.json')]);
+  await fsp.symlink('/dev/zero', join(tasks, 'zero.json'));
+  const sweeping = new TaskLedger(tasks);
+  const t0 = Date.now();
+  await sweeping.claim('sweep-nonce-0123456789', { id: 't-sweep', expiresAtMs: Date.now() + 3600_000 }, Date.now() + 2 * 24 * 3600_000);
+  assert.ok(Date.now() - t0 < 5000, 'the sweep did not block');
+  const trap = cp.signed('t-trap', 'p', task);
+  execFileSync('mkfifo', [join(tasks, `${createHash('sha256').update(trap.envelope.nonce).digest('hex').slice(0, 40)}.json`)]);
+  const err = await acceptTask(trap, key, 'p', new TaskLedger(tasks)).then(() => undefined, (e: unknown) => e);
+  assert.instance(err, HamalError);
+  assert.match((err as Error).message, /task ledger .*\.json: not a regular file/);
   await fsp.rm(dir, { recursive: true, force: true });
 });
 

@@ -28,6 +28,8 @@ export interface HttpControlPlaneOptions {
 export class HttpControlPlane implements TaskFeed, Reporter {
   private readonly _base: string;
   private readonly _http: HttpJson;
+  /** Tasks already said to run in another process (said once each). */
+  private readonly _elsewhere = new Set<string>();
 
   constructor(private readonly _o: HttpControlPlaneOptions) {
     // The seed's endpoint ends in /v1 (`.../hypermotion/v1`) and every path starts with it:
@@ -48,7 +50,10 @@ export class HttpControlPlane implements TaskFeed, Reporter {
       try {
         const t = await acceptTask(signed, this._o.publicKey, this._o.proxyId, this._o.ledger);
         if (!(t instanceof TaskElsewhere)) out.push(t);
-        else log.child('service').warn(`task ${t.taskId} runs in another hamal process (pid ${t.pid}) on this lib dir; left to it`);
+        else if (!this._elsewhere.has(t.taskId)) {
+          this._elsewhere.add(t.taskId);
+          log.child('service').warn(`task ${t.taskId} runs in another hamal process (pid ${t.pid}) on this lib dir; left to it`);
+        }
       } catch (err) {
         if (err instanceof TaskRejected) out.push(err);
         else throw err;
@@ -89,7 +94,7 @@ export class HttpControlPlane implements TaskFeed, Reporter {
     if (res.status >= 300) {
       const hint = res.status === 401 || res.status === 403 ? ' (check [mass] auth_key and hyper_exporter_id)' : '';
       const text = typeof res.body === 'string' ? res.body : JSON.stringify(res.body ?? '');
-      throw new HamalError('CONTROL_PLANE', `${method} ${url}: HTTP ${res.status}${hint}: ${text.slice(0, 200)}`, {
+      throw new HamalError(hint ? 'CONTROL_PLANE_AUTH' : 'CONTROL_PLANE', `${method} ${url}: HTTP ${res.status}${hint}: ${text.slice(0, 200)}`, {
         subject: url,
         // 401/403 are this proxy's configuration (auth_key, proxy id), not the report's
         // fault: kept and retried until an operator fixes it, never dropped.

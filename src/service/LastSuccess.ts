@@ -1,10 +1,12 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, renameSync } from 'node:fs';
+import { log } from '../log/Logger.ts';
 import { replaceFile } from './replaceFile.ts';
 
 /**
  * When each VM last synced successfully (Unix ms), in a small state file
  * (`hamal_lib_dir/service/last_success.json`), so the metric an operator alerts on
  * (hamal_vm_last_success_timestamp_seconds) survives a restart instead of vanishing with it.
+ * A VM no longer synced here is forgotten by removing its key from the file (serve stopped).
  */
 export class LastSuccess {
   private readonly _at: Record<string, number>;
@@ -14,9 +16,19 @@ export class LastSuccess {
     let at: Record<string, number> = {};
     try {
       const parsed = JSON.parse(readFileSync(_file, 'utf8')) as unknown;
-      if (parsed && typeof parsed === 'object') at = Object.fromEntries(Object.entries(parsed).filter(([, v]) => Number.isFinite(v)));
-    } catch {
-      // Missing or damaged: the metric starts empty and fills at the next successes.
+      if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not a JSON object');
+      at = Object.fromEntries(Object.entries(parsed).filter(([, v]) => Number.isFinite(v)));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+        // Kept aside, not overwritten: the times in it can be put back by hand.
+        const aside = `${_file}.damaged-${Date.now()}`;
+        try {
+          renameSync(_file, aside);
+        } catch {
+          // unreadable and immovable: the next record replaces it
+        }
+        log.child('service').warn(`${_file} is damaged (${(err as Error).message}); moved to ${aside}, the last-success times start afresh`);
+      }
     }
     this._at = at;
   }

@@ -18,11 +18,13 @@ export class Metrics {
     this.declare('hamal_stored_bytes_total', 'counter', 'Bytes of new chunks stored into repositories, by VM.');
     this.declare('hamal_outbox_results', 'gauge', 'Results waiting for delivery to the control plane.');
     this.declare('hamal_report_retries_total', 'counter', 'Reports to the control plane sent again after a failure.');
-    this.declare('hamal_heartbeat_last_success_timestamp_seconds', 'gauge', 'When the control plane last took a heartbeat (Unix time); 0: none yet.');
+    this.declare('hamal_heartbeat_last_success_timestamp_seconds', 'gauge', 'When the control plane last took a heartbeat (Unix time); 0: none yet; absent: heartbeats off.', { labelled: true });
     this.declare('hamal_heartbeat_failures_total', 'counter', 'Heartbeats the control plane did not take.');
     this.declare('hamal_poll_failures_total', 'counter', 'Task polls that failed.');
     this.declare('hamal_leases_lost_total', 'counter', 'Task leases lost to another proxy (refused renewal, or none for a whole ttl); the task stopped here.');
     this.declare('hamal_errors_total', 'counter', 'Errors, by code.');
+    // Each outcome from 0, so the first failure after a start is an increase alerts see.
+    for (const outcome of ['succeeded', 'failed', 'interrupted', 'rejected']) this.add('hamal_tasks_total', 0, { outcome });
   }
 
   /**

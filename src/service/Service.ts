@@ -1,6 +1,7 @@
 import {
   EMPTY,
   Observable,
+  ReplaySubject,
   Subject,
   asyncScheduler,
   catchError,
@@ -94,7 +95,8 @@ export class Service {
   /** Results recorded in the ledger, not yet in the outbox. */
   private readonly _finishing = new Set<string>();
   private readonly _reports = new Subject<Report>();
-  private readonly _stopping = new Subject<void>();
+  /** Replayed: a task that leaves the queue after the stop sees it too (a plain Subject, completed, never fires for late subscribers). */
+  private readonly _stopping = new ReplaySubject<void>(1);
   private readonly _outbox: Outbox;
   private readonly _sched: SchedulerLike;
   private _heartbeatFailures = 0;
@@ -165,11 +167,15 @@ export class Service {
       takeUntil(this._stopping),
       mergeMap((list) => from(list)),
       filter((t) => this._firstSight(t)),
-      mergeMap((t) => (t instanceof TaskAnswered ? this._answer(t) : t instanceof TaskRejected ? of(this._rejected(t)) : this._runOnce(t)), o.maxTasks),
+      // Answers and rejections at once, not queued behind the maxTasks cap of running tasks.
+      mergeMap((t) => (t instanceof TaskAnswered ? this._answer(t) : t instanceof TaskRejected ? of(this._rejected(t)) : of(t))),
+      mergeMap((t) => (isReport(t) ? of(t) : this._runOnce(t)), o.maxTasks),
       concatMap((r) => this._finish(r)),
       finalize(() => this._reports.complete()),
     );
 
+    // Exported only where heartbeats are sent (alerts tell "none yet" from "off" by it).
+    if (this._deps.reporter && o.heartbeatMs > 0) this.metrics.set('hamal_heartbeat_last_success_timestamp_seconds', 0);
     const heartbeats$ = this._deps.reporter && o.heartbeatMs > 0
       ? timer(0, o.heartbeatMs, this._sched).pipe(
           exhaustMap(() =>
@@ -414,6 +420,9 @@ export class Service {
       retry({
         delay: (err, n) => {
           if (err instanceof HamalError && !err.retryable) throw err;
+          // Refused for this proxy's credentials: a result stays in the outbox for the next
+          // start rather than hold up every later report behind it.
+          if (r.kind === 'result' && err instanceof HamalError && err.code === 'CONTROL_PLANE_AUTH' && n > AUTH_RETRIES) throw err;
           this.metrics.add('hamal_report_retries_total');
           if (n === 1) this._log.warn(`${r.kind} report of task ${r.body.taskId} not delivered, retrying: ${describeError(err)}`);
           return timer(Math.min(1000 * 2 ** (n - 1), max), this._sched);
@@ -428,11 +437,26 @@ export class Service {
       }),
       ignoreElements(),
       catchError((err) => {
+        if (r.kind === 'result' && err instanceof HamalError && err.code === 'CONTROL_PLANE_AUTH') {
+          this._log.error(`result of task ${r.body.taskId} not taken (${describeError(err)}); kept in the outbox for the next start`);
+          return EMPTY;
+        }
         this._log.error(`${r.kind} report of task ${r.body.taskId} refused by the control plane, dropped: ${describeError(err)}`);
-        if (r.kind === 'result') this._outbox.remove(r.body.taskId);
+        if (r.kind === 'result') {
+          this._outbox.remove(r.body.taskId);
+          // Refused for good: not answered again each time a poll lists the task.
+          this._taken.set(r.body.taskId, this._sched.now());
+        }
         this._outboxChanged();
         return EMPTY;
       }),
     );
   }
+}
+
+/** Tries of a result refused with 401/403 before it waits in the outbox for the next start (about 17 min at the default backoff). */
+const AUTH_RETRIES = 20;
+
+function isReport(t: AcceptedTask | ResultReport): t is ResultReport {
+  return 'state' in t;
 }

@@ -119,8 +119,11 @@ export async function acceptTask(signed: unknown, key: KeyObject, proxyId: strin
   const issued = Date.parse(String(e.issuedAt));
   const expires = Date.parse(String(e.expiresAt));
   if (!Number.isFinite(issued) || !Number.isFinite(expires)) throw new TaskRejected(id, 'issuedAt and expiresAt must be ISO 8601 times');
-  if (issued > now + SKEW_MS) throw new TaskRejected(id, `issued in the future (${e.issuedAt})`);
-  if (expires < now - SKEW_MS) throw new TaskRejected(id, `expired at ${e.expiresAt}`);
+  // A task accepted before (while valid) and never ended runs again whatever the time now.
+  if (before.kind === 'new') {
+    if (issued > now + SKEW_MS) throw new TaskRejected(id, `issued in the future (${e.issuedAt})`);
+    if (expires < now - SKEW_MS) throw new TaskRejected(id, `expired at ${e.expiresAt}`);
+  }
   let task: Task;
   try {
     task = parseTask(JSON.stringify(e.task), `task ${id}`);

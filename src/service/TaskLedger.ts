@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
 import { HamalError } from '../errors.ts';
 import type { ResultReport } from './ControlPlane.ts';
@@ -15,6 +15,8 @@ export interface LedgerEntry {
   owner?: ProcessIdentity;
   /** Set once the task ended: what the control plane is told, again if it asks again. */
   result?: ResultReport;
+  /** Kept until then (a day past the later of its expiry and its end). */
+  keepUntilMs?: number;
 }
 
 /**
@@ -28,12 +30,13 @@ export type Claim =
   | { kind: 'finished'; result: ResultReport };
 
 export interface TaskLedgerOptions {
-  /** An entry (and the result in it) is kept this long past its task's expiresAt. @default 24 h */
+  /** An entry (and the result in it) is kept this long past the later of its task's expiresAt and its end. @default 24 h */
   keepMs?: number;
   /** The nonce list of 0.1.0 (`service/nonces.json`): taken over at first use, then removed. */
   legacyNonces?: string;
 }
 
+const DAY_MS = 24 * 3600_000;
 /** Old entries are swept at most this often (a sweep reads every entry). */
 const SWEEP_EVERY_MS = 10 * 60_000;
 
@@ -47,7 +50,7 @@ const SWEEP_EVERY_MS = 10 * 60_000;
  * past the task's expiry, so even an expired task listed again gets its own result.
  */
 export class TaskLedger {
-  private readonly _claimed = new Map<string, string>();
+  private readonly _claimed = new Map<string, { file: string; entry: LedgerEntry }>();
   private _ready?: Promise<void>;
   private _swept = 0;
 
@@ -74,30 +77,42 @@ export class TaskLedger {
     await this._sweep(now);
     const file = this._file(nonce);
     const mine: LedgerEntry = { ...entry, owner: thisProcess() };
-    // Written whole under a temporary name, then linked: the name appears complete or not
-    // at all, and only one process's link succeeds.
-    if (await this._write(file, mine, 'link')) {
-      this._claimed.set(key(entry.id, entry.epoch), file);
-      return { kind: 'new' };
+    for (let attempt = 0; attempt < 5; attempt++) {
+      // Written whole under a temporary name, then linked: the name appears complete or
+      // not at all, and only one process's link succeeds.
+      if (await this._write(file, mine, 'link')) {
+        this._claimed.set(key(entry.id, entry.epoch), { file, entry: mine });
+        return { kind: attempt ? 'unfinished' : 'new' };
+      }
+      const seen = await this._read(file);
+      if (seen === null) continue;
+      if (seen?.result) return { kind: 'finished', result: seen.result };
+      if (seen?.owner && processGone(seen.owner) === false) {
+        return seen.owner.pid === process.pid ? { kind: 'mine' } : { kind: 'elsewhere', owner: seen.owner };
+      }
+      // Its process is gone (or unknown, or the entry is damaged): taken over by moving it
+      // aside first, so of two processes doing this at once one wins the rename and the
+      // other finds the winner's entry at its next try.
+      const aside = `${file}.${randomBytes(4).toString('hex')}.stale`;
+      const moved = await fsp.rename(file, aside).then(
+        () => true,
+        (err: NodeJS.ErrnoException) => {
+          if (err.code === 'ENOENT') return false;
+          throw this._error(file, err);
+        },
+      );
+      if (moved) await fsp.rm(aside, { force: true });
     }
-    const seen = await this._read(file);
-    if (seen?.result) return { kind: 'finished', result: seen.result };
-    if (seen?.owner) {
-      const gone = processGone(seen.owner);
-      if (gone === false) return seen.owner.pid === process.pid ? { kind: 'mine' } : { kind: 'elsewhere', owner: seen.owner };
-    }
-    await this._write(file, mine, 'rename');
-    this._claimed.set(key(entry.id, entry.epoch), file);
-    return { kind: 'unfinished' };
+    throw this._error(file, new Error('claimed by other processes again and again'));
   }
 
   /** Records the result of a task claimed by this process; other results are not its to keep. */
-  async finish(result: ResultReport): Promise<void> {
-    const file = this._claimed.get(key(result.taskId, result.epoch));
-    if (!file) return;
-    const entry = await this._read(file);
-    if (!entry) return;
-    await this._write(file, { ...entry, result }, 'rename');
+  async finish(result: ResultReport, now = Date.now()): Promise<void> {
+    const claimed = this._claimed.get(key(result.taskId, result.epoch));
+    if (!claimed) return;
+    const keepUntilMs = Math.max(claimed.entry.expiresAtMs, now) + (this._o.keepMs ?? DAY_MS);
+    // Written even when the entry went meanwhile (a sweep, an operator): the result is what counts.
+    await this._write(claimed.file, { ...claimed.entry, result, keepUntilMs }, 'rename');
     this._claimed.delete(key(result.taskId, result.epoch));
   }
 
@@ -106,11 +121,20 @@ export class TaskLedger {
     return join(this._dir, `${createHash('sha256').update(nonce).digest('hex').slice(0, 40)}.json`);
   }
 
-  /** The entry in `file`; null when there is none; undefined when it is unreadable (a crash mid-write). */
+  /**
+   * The entry in `file`; null when there is none; undefined when it is damaged (not JSON).
+   * Never through a link, never blocking on a FIFO: anything but a regular file is an error.
+   */
   private async _read(file: string): Promise<LedgerEntry | null | undefined> {
     let text: string;
     try {
-      text = await fsp.readFile(file, 'utf8');
+      const fh = await fsp.open(file, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+      try {
+        if (!(await fh.stat()).isFile()) throw new Error('not a regular file');
+        text = await fh.readFile('utf8');
+      } finally {
+        await fh.close();
+      }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw this._error(file, err);
@@ -149,7 +173,10 @@ export class TaskLedger {
     this._ready ??= (async () => {
       await fsp.mkdir(this._dir, { recursive: true, mode: 0o700 });
       if (this._o.legacyNonces) await this._takeOver(this._o.legacyNonces);
-    })();
+    })().catch((err) => {
+      this._ready = undefined; // tried again at the next poll
+      throw err;
+    });
     return this._ready;
   }
 
@@ -173,12 +200,15 @@ export class TaskLedger {
   private async _sweep(now: number): Promise<void> {
     if (now - this._swept < SWEEP_EVERY_MS) return;
     this._swept = now;
-    const keep = this._o.keepMs ?? 24 * 3600_000;
+    const keep = this._o.keepMs ?? DAY_MS;
+    const mine = new Set([...this._claimed.values()].map((c) => c.file));
     for (const name of await fsp.readdir(this._dir)) {
       const file = join(this._dir, name);
-      const e = name.endsWith('.json') ? await this._read(file) : undefined;
-      const stale = e ? e.expiresAtMs + keep < now : (await fsp.stat(file).catch(() => null))?.mtimeMs! + keep < now;
-      if (stale && ![...this._claimed.values()].includes(file)) await fsp.rm(file, { force: true });
+      if (mine.has(file)) continue;
+      // One odd file (a link, a FIFO, a folder) is skipped, not a reason to stop polling.
+      const e = name.endsWith('.json') ? await this._read(file).catch(() => undefined) : undefined;
+      const until = e ? (e.keepUntilMs ?? e.expiresAtMs + keep) : ((await fsp.lstat(file).catch(() => null))?.mtimeMs ?? Infinity) + keep;
+      if (until < now) await fsp.rm(file, { force: true }).catch(() => {});
     }
   }
 

@@ -96,6 +96,8 @@ export class NbdServerProcess {
     } catch (err) {
       child.kill('SIGKILL');
       await fsp.rm(dir, { recursive: true, force: true });
+      // A server that exited meanwhile says why on stderr (qemu-nbd: "Failed to open ...").
+      if (exited !== undefined && stderr) throw new HamalError('NBD_SERVER_FAILED', `${name} for ${what} exited: ${stderr.trim().split('\n').pop()}`, { subject: what, cause: err });
       throw err;
     }
   }
