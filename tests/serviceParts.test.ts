@@ -121,9 +121,28 @@ test('ledger: a task killed past its expiry still runs again; two takeovers of o
   await claimInChild(tasks, dead.envelope.nonce, 't-dead', false);
   const racers = await Promise.all([0, 1, 2].map(() => new TaskLedger(tasks).claim(dead.envelope.nonce, { id: 't-dead', expiresAtMs: Date.now() + 3600_000 }, Date.now())));
   const kinds = racers.map((r) => r.kind).sort();
-  // In one test process the losers see the winner alive as themselves ("mine"); across
-  // processes they would see "elsewhere". Either way one run.
+  // In one test process the losers see the winner alive as themselves ("mine").
   assert.is(kinds.filter((k) => k === 'unfinished' || k === 'new').length, 1, kinds.join());
+  // Across processes: three children take over one dead entry at once; one wins, the
+  // others see it running elsewhere.
+  const orphan = cp.signed('t-orphan', 'p', task);
+  await claimInChild(tasks, orphan.envelope.nonce, 't-orphan', false);
+  const ledgerUrl = new URL('../src/service/TaskLedger.js', import.meta.url).href;
+  const racer = `const { TaskLedger } = await import(${JSON.stringify(ledgerUrl)});
+const c = await new TaskLedger(${JSON.stringify(tasks)}).claim(${JSON.stringify(orphan.envelope.nonce)}, { id: 't-orphan', expiresAtMs: Date.now() + 3600000 }, Date.now());
+console.log(c.kind); setTimeout(() => {}, 1500);`;
+  const across = await Promise.all(
+    [0, 1, 2].map(
+      () =>
+        new Promise<string>((resolve) => {
+          const child = spawn(process.execPath, ['--input-type=module', '-e', racer], { stdio: ['ignore', 'pipe', 'inherit'] });
+          let out = '';
+          child.stdout!.on('data', (d) => (out += d));
+          child.on('close', () => resolve(out.trim()));
+        }),
+    ),
+  );
+  assert.equal(across.sort(), ['elsewhere', 'elsewhere', 'unfinished'], across.join());
 
   // Hostile files: a FIFO and a link to /dev/zero among the entries, a FIFO at a nonce's name.
   execFileSync('mkfifo', [join(tasks, 'fifo.json')]);

@@ -77,33 +77,57 @@ export class TaskLedger {
     await this._sweep(now);
     const file = this._file(nonce);
     const mine: LedgerEntry = { ...entry, owner: thisProcess() };
-    for (let attempt = 0; attempt < 5; attempt++) {
+    for (let attempt = 0; attempt < 50; attempt++) {
       // Written whole under a temporary name, then linked: the name appears complete or
       // not at all, and only one process's link succeeds.
       if (await this._write(file, mine, 'link')) {
         this._claimed.set(key(entry.id, entry.epoch), { file, entry: mine });
-        return { kind: attempt ? 'unfinished' : 'new' };
+        return { kind: 'new' };
       }
-      const seen = await this._read(file);
-      if (seen === null) continue;
-      if (seen?.result) return { kind: 'finished', result: seen.result };
-      if (seen?.owner && processGone(seen.owner) === false) {
-        return seen.owner.pid === process.pid ? { kind: 'mine' } : { kind: 'elsewhere', owner: seen.owner };
+      const seen = await this._judge(file);
+      if (seen.kind === 'new') continue; // gone meanwhile: link again
+      if (seen.kind !== 'unfinished') return seen;
+      // Its process is gone (or unknown, or the entry is damaged): taken over under a
+      // lock folder, judged again there, so of two processes doing this at once one wins.
+      const lock = `${file}.lock`;
+      if (!(await this._lock(lock))) continue;
+      try {
+        const again = await this._judge(file);
+        if (again.kind === 'new') continue;
+        if (again.kind !== 'unfinished') return again;
+        await this._write(file, mine, 'rename');
+        this._claimed.set(key(entry.id, entry.epoch), { file, entry: mine });
+        return { kind: 'unfinished' };
+      } finally {
+        await fsp.rmdir(lock).catch(() => {});
       }
-      // Its process is gone (or unknown, or the entry is damaged): taken over by moving it
-      // aside first, so of two processes doing this at once one wins the rename and the
-      // other finds the winner's entry at its next try.
-      const aside = `${file}.${randomBytes(4).toString('hex')}.stale`;
-      const moved = await fsp.rename(file, aside).then(
-        () => true,
-        (err: NodeJS.ErrnoException) => {
-          if (err.code === 'ENOENT') return false;
-          throw this._error(file, err);
-        },
-      );
-      if (moved) await fsp.rm(aside, { force: true });
     }
-    throw this._error(file, new Error('claimed by other processes again and again'));
+    throw this._error(file, new Error('its takeover lock stayed held'));
+  }
+
+  /** What the entry at `file` says, as a claim would see it (`unfinished`: ours to take over; `new`: none). */
+  private async _judge(file: string): Promise<Claim> {
+    const seen = await this._read(file);
+    if (seen === null) return { kind: 'new' };
+    if (seen?.result) return { kind: 'finished', result: seen.result };
+    if (seen?.owner && processGone(seen.owner) === false) {
+      return seen.owner.pid === process.pid ? { kind: 'mine' } : { kind: 'elsewhere', owner: seen.owner };
+    }
+    return { kind: 'unfinished' };
+  }
+
+  /** Takes the lock folder, or waits a little and says no (a lock older than 30 s is a dead holder's: removed). */
+  private async _lock(lock: string): Promise<boolean> {
+    try {
+      await fsp.mkdir(lock, { mode: 0o700 });
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw this._error(lock, err);
+      const st = await fsp.lstat(lock).catch(() => null);
+      if (st && Date.now() - st.mtimeMs > 30_000) await fsp.rmdir(lock).catch(() => {});
+      await new Promise((r) => setTimeout(r, 50));
+      return false;
+    }
   }
 
   /** Records the result of a task claimed by this process; other results are not its to keep. */
