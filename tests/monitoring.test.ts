@@ -6,11 +6,10 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { execFile } from 'node:child_process';
 import { existsSync, promises as fsp } from 'node:fs';
-import net from 'node:net';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { Metrics } from '../src/service/Metrics.ts';
-import { serveProcess, until } from './helpers/serveProcess.ts';
+import { freePort, serveProcess, until } from './helpers/serveProcess.ts';
 import { MiB, pattern, tempDir } from './helpers/disks.ts';
 import { REPO_ROOT } from './helpers/repoRoot.ts';
 
@@ -68,14 +67,6 @@ test('every hamal_* series the rules and the dashboard use is one hamal declares
     await fsp.rm(dir, { recursive: true, force: true });
   }
 });
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 test('a live /metrics passes promtool check metrics; the last success of a VM and the task histogram are there, and the last success survives a restart', async () => {
   const dir = await tempDir('hamal-monitoring-');

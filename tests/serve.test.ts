@@ -9,7 +9,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
 import { ControlPlaneStandIn, AUTH_KEY } from './helpers/ControlPlaneStandIn.ts';
-import { serveProcess, until } from './helpers/serveProcess.ts';
+import { freePort, serveProcess, until } from './helpers/serveProcess.ts';
 import { hamal } from './helpers/cli.ts';
 import { MiB, pattern, sha256File, tempDir, writeAt } from './helpers/disks.ts';
 
@@ -17,14 +17,6 @@ const cp = new ControlPlaneStandIn();
 let dir: string;
 let ipServer: http.Server;
 let healthPort: number;
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 const serve = () => serveProcess(join(dir, 'hamal.conf'));
 

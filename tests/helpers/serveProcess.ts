@@ -1,5 +1,6 @@
 // `hamal serve` as a real child process, and polling for what a test waits on.
 import { spawn, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
 import { HAMAL_ARGV, UNDER_DENO, allOutput } from './cli.ts';
 
 export interface ServeProcess {
@@ -55,4 +56,13 @@ export async function until<T>(what: string, fn: () => T | undefined | false | P
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** A TCP port free on 127.0.0.1 now (for a health_listen of a serve a test starts). */
+export async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
 }
