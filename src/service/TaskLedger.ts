@@ -213,11 +213,8 @@ export class TaskLedger {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
       throw this._error(legacy, err);
     }
-    for (const [nonce, expiresAtMs] of Object.entries(old)) {
-      await fsp.writeFile(this._file(nonce), JSON.stringify({ id: '', expiresAtMs }), { mode: 0o600, flag: 'wx' }).catch((err: NodeJS.ErrnoException) => {
-        if (err.code !== 'EEXIST') throw this._error(legacy, err);
-      });
-    }
+    // Linked like any claim: an entry already there (a takeover cut short) is kept.
+    for (const [nonce, expiresAtMs] of Object.entries(old)) await this._write(this._file(nonce), { id: '', expiresAtMs }, 'link');
     await fsp.rm(legacy, { force: true });
   }
 
