@@ -86,6 +86,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option('--writers <n>', `chunk writes per disk at once ([hamal] writers_per_disk; ${WRITERS.join('..')})`, intInRange('--writers', WRITERS))
     .option('--parallel-disks <n>', `disks synced at once (parallel_sync_disks_count; ${PARALLEL_DISKS.join('..')}, at most max_parallel_sync_disks_count)`, intInRange('--parallel-disks', PARALLEL_DISKS))
     .option('--block-size <bytes>', `block size of a repository created now: a multiple of 4096 up to ${BLOCK_SIZE_MB[1]} MiB`, blockSizeBytes)
+    .option('--full', 'read every disk in full instead of the changes since its last version (as after a change tracking reset)')
     .option('--json', 'print a JSON summary instead of a table')
     .action(withConfig(async (o: Parameters<typeof import('./sync.ts').syncCommand>[0], c) => (await import('./sync.ts')).syncCommand(o, c)));
 

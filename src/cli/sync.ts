@@ -24,6 +24,7 @@ export interface SyncCommandOptions {
   writers?: number;
   parallelDisks?: number;
   blockSize?: number;
+  full?: boolean;
   json?: boolean;
 }
 
@@ -65,7 +66,7 @@ export async function syncCommand(opts: SyncCommandOptions, config: LoadedConfig
     result = await withVmLog(() =>
       executeTask(runnable, config, {
         label: opts.task ? `task ${opts.task}` : `VM ${vm}`,
-        overrides: { target: opts.target, readers: opts.readers, writers: opts.writers, parallelDisks: opts.parallelDisks, blockSize: opts.blockSize },
+        overrides: { target: opts.target, readers: opts.readers, writers: opts.writers, parallelDisks: opts.parallelDisks, blockSize: opts.blockSize, full: opts.full },
         onEvent: (e) => {
           if (e.type === 'snapshot') vmLog?.identify(e.vmInfo.name, e.vmInfo.id);
           onEvent(e);

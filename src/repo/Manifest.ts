@@ -30,6 +30,12 @@ export interface VersionStats {
   zeroBytes: number;
   /** Bytes taken from the journal of an interrupted run of this sync, not read again. */
   resumedBytes?: number;
+  /**
+   * Why a version with a parent was read in full rather than as changes since it (a full
+   * sync asked for, change tracking reset or refused, the capacity changed). Absent for an
+   * incremental version, a first version, and in manifests written before it existed.
+   */
+  fullReason?: string;
   durationMs: number;
 }
 

@@ -61,6 +61,13 @@ export interface DiskSyncOptions {
   inflight?: Set<Promise<unknown>>;
   /** Called with the bytes held by blocks in flight each time it changes (instrumentation). */
   onInFlight?: (bytes: number) => void;
+  /**
+   * Read the disk in full even when changes since its last version could be asked for
+   * (`hamal sync --full`, a task's `full`): after a change tracking fault the platform did
+   * not report, or when its vendor asks for one. Costs a read of every allocated area.
+   * @default false
+   */
+  full?: boolean;
 }
 
 interface BlockOutcome {
@@ -93,13 +100,7 @@ export function syncDisk(
     const latest = await repo.latestVersion(vm, disk.id);
     const parent = latest ? await repo.readManifest(vm, disk.id, latest) : null;
     const sameSize = parent !== null && parent.capacity === disk.capacity;
-    let since = sameSize && parent.source.changeId && disk.changeId ? parent.source.changeId : null;
-    let sinceNote: string | undefined;
-    const why = since !== null && snapshot.checkSince ? await snapshot.checkSince(disk, since) : null;
-    if (why) {
-      sinceNote = `${why}: full sync`;
-      since = null;
-    }
+    const { since, sinceNote } = await chooseSince(snapshot, disk, parent, sameSize, options.full === true);
     const fence = options.lease ? repo.fence(vm, disk.id, options.lease) : undefined;
     await fence?.claim();
     if (!options.journalDir) return { parent, sameSize, since, sinceNote, fence, journal: null, resumed: new Map<number, ChunkId | null>(), journalNotes: [], partial: false };
@@ -128,6 +129,7 @@ export function syncDisk(
       // Incremental: blocks no extent touches keep the parent's entry. Full: they are holes.
       const blocks: Array<ChunkId | null> = since !== null ? parent!.blocks.slice() : new Array(n).fill(null);
       const stats: VersionStats = { readBytes: 0, changedBytes: 0, storedBytes: 0, writtenBytes: 0, dedupBytes: 0, zeroBytes: 0, resumedBytes: 0, durationMs: 0 };
+      if (parent && since === null) stats.fullReason = sinceNote ?? 'the parent has no changeId to diff against';
       for (const [index, id] of resumed) {
         blocks[index] = id;
         stats.resumedBytes! += Math.min(blockSize, disk.capacity - index * blockSize);
@@ -196,7 +198,6 @@ export function syncDisk(
         incremental: since !== null,
         resumedBlocks: resumed.size,
         notes: [
-          ...(parent && !sameSize ? [`capacity changed from ${parent.capacity} to ${disk.capacity} bytes since version ${parent.version}: full sync`] : []),
           ...(sinceNote ? [sinceNote] : []),
           ...journalNotes,
           ...(resumed.size ? [`resuming an interrupted sync: ${resumed.size} blocks already stored`] : []),
@@ -291,6 +292,21 @@ export function syncDisk(
       );
     }),
   );
+}
+
+/**
+ * Whether the disk is read incrementally: `since` is the parent's changeId when changes
+ * since it can be asked for; otherwise null, and `sinceNote` says why (for the log and
+ * the version's stats) when a parent exists.
+ */
+async function chooseSince(snapshot: Snapshot, disk: DiskInfo, parent: Manifest | null, sameSize: boolean, full: boolean): Promise<{ since: string | null; sinceNote?: string }> {
+  if (!parent) return { since: null };
+  if (full) return { since: null, sinceNote: 'a full sync was requested (--full, or the task\'s "full")' };
+  if (!sameSize) return { since: null, sinceNote: `capacity changed from ${parent.capacity} to ${disk.capacity} bytes since version ${parent.version}: full sync` };
+  const since = parent.source.changeId && disk.changeId ? parent.source.changeId : null;
+  if (since === null) return { since: null, sinceNote: parent.source.changeId ? 'the disk has no changeId in this snapshot: full sync' : undefined };
+  const why = snapshot.checkSince ? await snapshot.checkSince(disk, since) : null;
+  return why ? { since: null, sinceNote: `${why}: full sync` } : { since };
 }
 
 /** Bytes of blocks whose content differs from the parent's; all data bytes without a comparable parent. */

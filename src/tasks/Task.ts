@@ -9,6 +9,8 @@ export interface Task {
     connection?: Record<string, unknown>;
   };
   target?: string;
+  /** Read every disk in full this time (and every time, in a scheduled task). */
+  full?: boolean;
   schedule?: { every: number } | { cron: string };
   options?: { readers?: number; writers?: number; parallelDisks?: number; blockSizeMb?: number };
 }

@@ -23,6 +23,8 @@ export interface TaskOverrides {
   writers?: number;
   parallelDisks?: number;
   blockSize?: number;
+  /** Read every disk in full (`hamal sync --full`), whatever the task says. */
+  full?: boolean;
 }
 
 export interface ExecuteOptions {
@@ -85,6 +87,7 @@ export async function executeTask(task: Task, config: LoadedConfig, options: Exe
         readers,
         writers,
         parallelDisks,
+        full: o.full === true || task.full === true,
         journalDir: c.DEFAULT.hamal_lib_dir,
         checkpointSeconds: c.data_sync_v2.fsync_period_frequency,
         partialIndexSeconds: c.hamal.partial_index_interval,

@@ -105,6 +105,11 @@ export const TASK_SCHEMA = {
       ],
     },
     target: { type: 'string', minLength: 1, description: 'Repository URL; [hamal] target when absent.' },
+    full: {
+      type: 'boolean',
+      description:
+        'Read every disk in full instead of the changes since its last version (as after a change tracking reset; VMware asks for one after some CBT fixes). In a scheduled task, every run is full. Default false.',
+    },
     schedule: {
       description: 'Service mode, task files in tasks.d: when the task runs. Without it the file runs once. `hamal sync` ignores it.',
       oneOf: [

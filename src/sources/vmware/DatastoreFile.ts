@@ -8,21 +8,40 @@ import type { VsphereClient } from './VsphereClient.ts';
  */
 export class DatastoreFile {
   readonly name: string;
-  private readonly _client: VsphereClient;
   private readonly _path: string;
 
-  constructor(client: VsphereClient, datacenter: string, name: string) {
+  constructor(
+    readonly client: VsphereClient,
+    readonly datacenter: string,
+    name: string,
+  ) {
     const m = /^\[([^\]]+)\]\s*(.+)$/.exec(name);
     if (!m) throw new HamalError('BAD_DATASTORE_PATH', `${name} is not a datastore path ([datastore] path)`, { subject: name });
     this.name = name;
-    this._client = client;
     const file = m[2]!.split('/').map(encodeURIComponent).join('/');
     this._path = `/folder/${file}?dcPath=${encodeURIComponent(datacenter)}&dsName=${encodeURIComponent(m[1]!)}`;
   }
 
+  /** The file's first bytes, at most `max` (a descriptor: text of a few hundred bytes). */
+  async head(max: number): Promise<Buffer> {
+    const { status, body } = await this.client.get(this._path, [0, max + 1]);
+    // 416: the Range starts past the end, i.e. the file is empty.
+    if (status === 416) return Buffer.alloc(0);
+    if (status !== 206 && status !== 200) {
+      throw new HamalError('DATASTORE_READ_FAILED', `read of ${this.name} failed: HTTP ${status}`, { subject: this.name, retryable: status >= 500 });
+    }
+    return body;
+  }
+
+  /** The datastore path of `file`, relative to this file's folder. */
+  sibling(file: string): string {
+    const m = /^(\[[^\]]+\]\s*)(.*?)([^/]*)$/.exec(this.name)!;
+    return `${m[1]}${m[2]}${file}`;
+  }
+
   /** Exactly `length` bytes at `offset`, into `into` when given. */
   async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
-    const { status, body } = await this._client.get(this._path, [offset, length], into);
+    const { status, body } = await this.client.get(this._path, [offset, length], into);
     if (status !== 206 && status !== 200) {
       throw new HamalError('DATASTORE_READ_FAILED', `read of ${this.name} at ${offset} failed: HTTP ${status}`, { subject: this.name, retryable: status >= 500 });
     }

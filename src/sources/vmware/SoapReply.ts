@@ -9,12 +9,23 @@ const parser = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '@'
 export interface SoapReply {
   returnval: unknown[];
   /** A SOAP fault (or an HTTP error status with an envelope): `kind` names the vim25 fault hamal acts on. */
-  fault?: { kind: 'NotAuthenticated' | 'InvalidLogin' | ''; message: string };
+  fault?: { kind: 'NotAuthenticated' | 'InvalidLogin' | ''; type?: string; message: string };
 }
 
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 const child = (o: Obj, suffix: string): unknown => o[Object.keys(o).find((k) => k === suffix || k.endsWith(`:${suffix}`)) ?? ''];
+
+/** The vim25 fault a detail carries (`<InvalidArgumentFault xsi:type="InvalidArgument">` -> InvalidArgument). */
+function faultType(detail: unknown): string | undefined {
+  if (!isObj(detail)) return undefined;
+  const key = Object.keys(detail).find((k) => !k.startsWith('@') && k !== '#text');
+  if (!key) return undefined;
+  const el = detail[key];
+  const typed = isObj(el) ? Object.keys(el).find((k) => k.startsWith('@') && k.endsWith(':type')) : undefined;
+  const name = typed ? String((el as Obj)[typed]) : key.replace(/^.*:/, '').replace(/Fault$/, '');
+  return name.replace(/^.*:/, '').slice(0, 80) || undefined;
+}
 
 /**
  * Reads the raw XML of a reply from a vSphere server. The server is not trusted to send a
@@ -38,7 +49,8 @@ export function parseSoapReply(text: string, method: string, host: string, statu
     const detail = JSON.stringify(f.detail ?? {});
     const kind = /NotAuthenticated/.test(detail) ? 'NotAuthenticated' : /InvalidLogin/.test(detail) ? 'InvalidLogin' : '';
     const faultstring = typeof f.faultstring === 'string' ? f.faultstring.slice(0, 500) : '';
-    return { returnval: [], fault: { kind, message: kind || faultstring || `HTTP ${status}` } };
+    const type = faultType(f.detail);
+    return { returnval: [], fault: { kind, type, message: kind || [type, faultstring].filter(Boolean).join(': ') || `HTTP ${status}` } };
   }
   const response = child(body, `${method}Response`);
   if (response === undefined || response === '') return { returnval: [] };

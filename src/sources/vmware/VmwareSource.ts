@@ -1,4 +1,4 @@
-import type { Observable } from 'rxjs';
+import { defer, from, mergeMap, type Observable } from 'rxjs';
 import { tmpdir } from 'node:os';
 import type { DiskInfo, Snapshot, SnapshotOptions, Source } from '../Source.ts';
 import type { ChangeId } from '../ChangeId.ts';
@@ -8,8 +8,9 @@ import { log } from '../../log/Logger.ts';
 import { VsphereClient, type Mor, type VsphereOptions } from './VsphereClient.ts';
 import { findVm, listObjects, objectProps, vmDisks, type VmDisk } from './inventory.ts';
 import { SNAPSHOT_PREFIX, createSnapshot, ensureChangeTracking, listSnapshots, removeSnapshot } from './snapshots.ts';
-import { changedAreas, changeIdEpoch } from './changedAreas.ts';
-import { DatastoreFile } from './DatastoreFile.ts';
+import { changedAreas, changeIdEpoch, queryChangedAreas, type CbtDisk } from './changedAreas.ts';
+import { FlatDisk } from './FlatDisk.ts';
+import { VsphereFault } from './VsphereClient.ts';
 import { NbdkitExport, VDDK_TEMPLATE } from './NbdkitExport.ts';
 import type { NbdServerProcess } from '../nbd/NbdServerProcess.ts';
 import { PerDisk } from '../PerDisk.ts';
@@ -138,9 +139,13 @@ class VmwareSnapshot implements Snapshot {
   readonly id: string;
   readonly disks: readonly DiskInfo[];
   readonly info: Record<string, unknown>;
-  private readonly _files = new Map<string, { disk: VmDisk; file: DatastoreFile }>();
+  private readonly _vmDisks = new Map<string, VmDisk>();
+  private readonly _flat = new PerDisk<FlatDisk>();
   private readonly _exports = new PerDisk<NbdServerProcess>();
+  /** First pages of QueryChangedDiskAreas asked by checkSince, by disk id and changeId. */
+  private readonly _probed = new Map<string, unknown>();
   private _released = false;
+  private readonly _datacenter: string;
 
   constructor(
     private readonly _client: VsphereClient,
@@ -157,26 +162,54 @@ class VmwareSnapshot implements Snapshot {
     this.vm = { id: _vm.instanceUuid ?? _vm.mor.value, name: _vm.name };
     this.id = `${_snap.value}:${name}`;
     this.disks = disks.map((d) => ({ id: `disk-${d.key}`, label: d.label, capacity: d.capacity, changeId: d.changeId }));
-    for (const d of disks) this._files.set(`disk-${d.key}`, { disk: d, file: new DatastoreFile(_client, datacenter, d.fileName) });
+    for (const d of disks) this._vmDisks.set(`disk-${d.key}`, d);
+    this._datacenter = datacenter;
     this.info = { moref: _vm.mor.value, host: _client.url.host, datacenter, notSynced: skipped, nics };
   }
 
-  private _disk(disk: DiskInfo) {
-    const d = this._files.get(disk.id);
+  private _disk(disk: DiskInfo): VmDisk {
+    const d = this._vmDisks.get(disk.id);
     if (!d || this._released) throw new HamalError('DISK_CLOSED', `disk ${disk.id} is not in snapshot ${this.id}`);
     return d;
   }
 
-  /** A changeId of an earlier tracking epoch cannot be diffed against: a full sync. */
+  private _cbt(d: VmDisk): CbtDisk {
+    return { vm: this._vm.mor, snapshot: this._snap, deviceKey: d.key, capacity: d.capacity };
+  }
+
+  /**
+   * A changeId of an earlier tracking epoch cannot be diffed against; one the host
+   * refuses (InvalidArgument, FileFault: it lost or reset its change tracking although
+   * the epoch looks the same) neither. Both make a full sync, as backup tools do after a
+   * CBT reset. The first page asked here is kept for `changes`.
+   */
   async checkSince(disk: DiskInfo, since: ChangeId): Promise<string | null> {
     if (!disk.changeId) return 'the disk has no changeId in this snapshot';
     if (changeIdEpoch(disk.changeId) !== changeIdEpoch(since)) return `change tracking was reset (changeId ${since} -> ${disk.changeId})`;
+    try {
+      this._probed.set(`${disk.id}\0${since}`, await queryChangedAreas(this._client, this._cbt(this._disk(disk)), 0, since));
+    } catch (err) {
+      const fault = (err as HamalError).cause;
+      if (!(fault instanceof VsphereFault)) throw err;
+      return `QueryChangedDiskAreas refused changeId ${since} (${fault.faultType ?? 'fault'}: change tracking lost or reset on the host)`;
+    }
     return null;
   }
 
   changes(disk: DiskInfo, since: ChangeId | null): Observable<Extent> {
-    const { disk: d } = this._disk(disk);
-    return changedAreas(this._client, this._vm.mor, this._snap, d.key, d.capacity, since ?? '*');
+    const d = this._disk(disk);
+    const key = `${disk.id}\0${since ?? '*'}`;
+    const first = this._probed.get(key);
+    this._probed.delete(key);
+    const areas = changedAreas(this._client, this._cbt(d), since ?? '*', first);
+    // https: the disk's layout is checked before its first area is asked for, so a disk
+    // that cannot be read byte-exact fails before anything of it is stored.
+    if (this._options.transport === 'nbd') return areas;
+    return defer(() => from(this._flatDisk(disk, d))).pipe(mergeMap(() => areas));
+  }
+
+  private _flatDisk(disk: DiskInfo, d: VmDisk): Promise<FlatDisk> {
+    return this._flat.get(disk.id, () => FlatDisk.open(this._client, this._datacenter, d));
   }
 
   private _export(disk: DiskInfo, d: VmDisk): Promise<NbdServerProcess> {
@@ -203,15 +236,10 @@ class VmwareSnapshot implements Snapshot {
   }
 
   async read(disk: DiskInfo, offset: number, length: number, into?: Buffer): Promise<Buffer> {
-    const { file, disk: d } = this._disk(disk);
+    const d = this._disk(disk);
     if (this._options.transport === 'nbd') return (await this._export(disk, d)).client.read(offset, length, into);
-    const max = this._options.maxReadBytes ?? 512 * 1024;
-    const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length);
-    for (let at = 0; at < length; at += max) {
-      const n = Math.min(max, length - at);
-      await file.read(offset + at, n, buf.subarray(at, at + n));
-    }
-    return buf;
+    const buf = into && into.length >= length ? into : Buffer.allocUnsafe(length);
+    return (await this._flatDisk(disk, d)).read(offset, length, buf, this._options.maxReadBytes ?? 512 * 1024);
   }
 
   async release(): Promise<void> {

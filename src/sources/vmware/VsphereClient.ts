@@ -1,7 +1,8 @@
+import type http from 'node:http';
 import https from 'node:https';
 import tls from 'node:tls';
+import type { Duplex } from 'node:stream';
 import { readFileSync } from 'node:fs';
-import { isIP } from 'node:net';
 import * as soap from 'soap';
 import { VIM25_WSDL } from './vim25Wsdl.ts';
 import { parseSoapReply } from './SoapReply.ts';
@@ -27,6 +28,17 @@ export interface VsphereOptions {
   timeoutMs?: number;
 }
 
+
+/** A SOAP fault the server answered: `faultType` is the vim25 fault (InvalidArgument, FileFault, ...). */
+export class VsphereFault extends HamalError {
+  constructor(
+    message: string,
+    readonly faultType: string | undefined,
+    subject: string,
+  ) {
+    super('VSPHERE_FAULT', message, { subject });
+  }
+}
 
 /** Arguments of a vim25 call as `soap` takes them; a reference is `ref(mor)`. */
 export type Args = Record<string, unknown>;
@@ -71,7 +83,7 @@ export class VsphereClient {
   static async connect(options: VsphereOptions): Promise<VsphereClient> {
     log.addSecret(options.password);
     const url = new URL(options.url);
-    const agent = await tlsAgent(url, options);
+    const agent = tlsAgent(url, options);
     const client = new VsphereClient(options, agent, await soap.createClientAsync(VIM25_WSDL, {}, url.href));
     const [content] = await client.call('RetrieveServiceContent', { type: 'ServiceInstance', value: 'ServiceInstance' });
     client.content = content as Record<string, unknown>;
@@ -121,13 +133,14 @@ export class VsphereClient {
       }
       [, text] = await fn.call(this._soap, { _this: ref(target), ...args }, { httpsAgent: this._agent, timeout: this._options.timeoutMs ?? 600_000, maxContentLength: MAX_REPLY_BYTES });
     } catch (err) {
-      const e = err as { body?: string; response?: { status?: number; data?: unknown }; message: string };
+      const e = err as { body?: string; response?: { status?: number; data?: unknown }; message?: string };
       const body = e.body ?? (typeof e.response?.data === 'string' ? e.response.data : undefined);
-      if (!body || !body.includes('Envelope')) {
-        throw new HamalError('VSPHERE_UNREACHABLE', `cannot reach ${this.url.host}: ${e.message}`, { subject: this.url.host, cause: err, retryable: true });
-      }
+      status = e.response?.status ?? 0;
+      const ours = ownError(err);
+      if (ours) throw ours;
+      if (!body || !body.includes('Envelope')) throw httpError(this.url.host, method, status, body, err);
       text = body;
-      status = e.response?.status ?? 500;
+      status ||= 500;
     }
     const set = (this._soap.lastResponseHeaders?.['set-cookie'] as string[] | undefined)?.find((c) => c.startsWith('vmware_soap_session'));
     if (set) {
@@ -140,9 +153,7 @@ export class VsphereClient {
         await this._login();
         return this.call(method, target, args, false);
       }
-      throw new HamalError('VSPHERE_FAULT', `${method} on ${this.url.host} failed: ${reply.fault.message}`, {
-        subject: `${target.type}:${target.value}`,
-      });
+      throw new VsphereFault(`${method} on ${this.url.host} failed: ${reply.fault.message}`, reply.fault.type, `${target.type}:${target.value}`);
     }
     return reply.returnval;
   }
@@ -174,7 +185,7 @@ export class VsphereClient {
         },
       );
       req.on('timeout', () => req.destroy(new Error('timed out')));
-      req.on('error', (err) => reject(new HamalError('VSPHERE_UNREACHABLE', `cannot reach ${this.url.host}: ${err.message}`, { subject: this.url.host, cause: err, retryable: true })));
+      req.on('error', (err) => reject(ownError(err) ?? new HamalError('VSPHERE_UNREACHABLE', `cannot reach ${this.url.host}: ${err.message}`, { subject: this.url.host, cause: err, retryable: true })));
       req.end();
     });
   }
@@ -186,30 +197,77 @@ export class VsphereClient {
   }
 }
 
+/** A HamalError raised under an HTTP client (the pin check), however deep it sits. */
+function ownError(err: unknown): HamalError | undefined {
+  for (let e = err, i = 0; e && i < 4; e = (e as { cause?: unknown }).cause, i++) if (e instanceof HamalError) return e;
+  return undefined;
+}
+
 /**
- * TLS is always verified: by the pinned thumbprint (the certificate whose fingerprint
- * matches becomes the only trusted one), by a CA file, or by the system CAs.
+ * A call that got no SOAP reply: an HTTP error page (a proxy's 502/503, a login portal)
+ * is reported with its status and the start of its text, a failed connection with its
+ * cause; never "undefined".
  */
-async function tlsAgent(url: URL, options: VsphereOptions): Promise<https.Agent> {
-  const port = Number(url.port || 443);
-  if (options.thumbprint) {
-    const want = options.thumbprint.toUpperCase();
-    const cert = await new Promise<tls.PeerCertificate>((resolve, reject) => {
-      const servername = isIP(url.hostname) ? undefined : url.hostname;
-      const socket = tls.connect({ host: url.hostname, port, servername, rejectUnauthorized: false }, () => {
-        resolve(socket.getPeerCertificate());
-        socket.end();
-      });
-      socket.on('error', (err) => reject(new HamalError('VSPHERE_UNREACHABLE', `cannot reach ${url.host}: ${err.message}`, { subject: url.host, cause: err, retryable: true })));
+function httpError(host: string, method: string, status: number, body: string | undefined, cause: unknown): HamalError {
+  if (status) {
+    const text = (body ?? '').replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 160);
+    return new HamalError('VSPHERE_HTTP_ERROR', `${method} on ${host}: HTTP ${status}, not a SOAP reply${text ? `: ${JSON.stringify(text)}` : ' (empty body)'}`, {
+      subject: host,
+      cause,
+      retryable: status >= 500 || status === 429,
     });
-    if (cert.fingerprint256 !== want && cert.fingerprint !== want) {
-      throw new HamalError('TLS_THUMBPRINT_MISMATCH', `the certificate of ${url.host} (SHA-256 ${cert.fingerprint256}) does not match the pinned thumbprint`, {
-        subject: url.host,
-      });
-    }
-    const pem = `-----BEGIN CERTIFICATE-----\n${cert.raw.toString('base64').replace(/.{64}/g, '$&\n')}\n-----END CERTIFICATE-----\n`;
-    // Trust exactly that certificate; its host name is whatever the operator pinned.
-    return new https.Agent({ keepAlive: true, ca: pem, checkServerIdentity: () => undefined });
   }
+  const e = cause as { message?: string; code?: string; cause?: { message?: string } };
+  const why = e.message || e.code || e.cause?.message || String(cause);
+  return new HamalError('VSPHERE_UNREACHABLE', `cannot reach ${host}: ${why}`, { subject: host, cause, retryable: true });
+}
+
+/**
+ * TLS is always verified: by the pinned thumbprint, by a CA file, or by the system CAs.
+ * A pin is checked against the leaf certificate the server presents, whoever signed it
+ * (vCenter and ESXi certificates are signed by VMCA, vCenter's own CA, by default), and
+ * then only that certificate is trusted: no CA, no host name.
+ */
+function tlsAgent(url: URL, options: VsphereOptions): https.Agent {
+  if (options.thumbprint) return new PinnedAgent(url.host, options.thumbprint);
   return new https.Agent({ keepAlive: true, ca: options.caFile ? readFileSync(options.caFile) : undefined });
+}
+
+/**
+ * An agent whose connections are handed to a request only once the server's leaf
+ * certificate matched the pin (SHA-256, or SHA-1 as vSphere shows it), so nothing (no
+ * password, no cookie) is written to a server that is not the pinned one.
+ */
+class PinnedAgent extends https.Agent {
+  private readonly _want: string;
+
+  constructor(
+    private readonly _host: string,
+    thumbprint: string,
+  ) {
+    super({ keepAlive: true });
+    this._want = thumbprint.toUpperCase();
+  }
+
+  override createConnection(options: http.RequestOptions, done?: (err: Error | null, socket: Duplex) => void): Duplex | undefined {
+    const socket = tls.connect({ ...(options as tls.ConnectionOptions), rejectUnauthorized: false, checkServerIdentity: () => undefined });
+    const fail = (err: Error) => done?.(err, socket);
+    socket.once('error', fail);
+    socket.once('secureConnect', () => {
+      socket.off('error', fail);
+      const cert = socket.getPeerCertificate();
+      if (cert.fingerprint256 === this._want || cert.fingerprint === this._want) {
+        done?.(null, socket);
+        return;
+      }
+      socket.destroy();
+      done?.(
+        new HamalError('TLS_THUMBPRINT_MISMATCH', `the certificate of ${this._host} does not match the pinned thumbprint: expected ${this._want}, the server presented SHA-256 ${cert.fingerprint256} (SHA-1 ${cert.fingerprint})`, {
+          subject: this._host,
+        }),
+        socket,
+      );
+    });
+    return undefined;
+  }
 }

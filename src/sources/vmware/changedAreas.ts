@@ -5,28 +5,47 @@ import { ref, type Mor, type VsphereClient } from './VsphereClient.ts';
 
 type Obj = Record<string, unknown>;
 
+/** Where a disk's changed areas are asked for: the VM, the snapshot, the disk's device key. */
+export interface CbtDisk {
+  vm: Mor;
+  snapshot: Mor;
+  deviceKey: number;
+  capacity: number;
+}
+
+/**
+ * One QueryChangedDiskAreas call, the page starting at `start`. A fault the server
+ * answered (InvalidArgument, FileFault: it does not know `changeId`) stays a VsphereFault
+ * as `cause`, so a caller can tell it from a lost connection.
+ */
+export async function queryChangedAreas(client: VsphereClient, d: CbtDisk, start: number, changeId: string): Promise<unknown> {
+  try {
+    const [info] = await client.call('QueryChangedDiskAreas', d.vm, { snapshot: ref(d.snapshot), deviceKey: d.deviceKey, startOffset: start, changeId });
+    return info;
+  } catch (err) {
+    throw new HamalError('CBT_QUERY_FAILED', `changed areas of disk ${d.deviceKey} of ${d.vm.value} since ${changeId} are not available: ${(err as Error).message}`, {
+      subject: `${d.vm.value}:${d.deviceKey}`,
+      cause: err,
+      retryable: (err as HamalError).retryable === true,
+    });
+  }
+}
+
 /**
  * QueryChangedDiskAreas over the whole disk, as extents in ascending order: `changeId`
  * `*` gives the allocated areas (a first sync), a changeId of an earlier snapshot the
  * areas written since. Each reply covers [startOffset, startOffset + length); the next
  * call starts where it ended, until the capacity. Cold and lazy: one call per page, the
- * next only after the consumer took the page.
+ * next only after the consumer took the page. `first`: the reply for offset 0, when a
+ * probe already asked for it.
  */
-export function changedAreas(client: VsphereClient, vm: Mor, snapshot: Mor, deviceKey: number, capacity: number, changeId: string): Observable<Extent> {
+export function changedAreas(client: VsphereClient, d: CbtDisk, changeId: string, first?: unknown): Observable<Extent> {
   return new Observable<Extent>((subscriber) => {
     let stopped = false;
     (async () => {
-      for (let start = 0; start < capacity && !stopped; ) {
-        let info: Obj;
-        try {
-          [info] = (await client.call('QueryChangedDiskAreas', vm, { snapshot: ref(snapshot), deviceKey, startOffset: start, changeId })) as Obj[];
-        } catch (err) {
-          throw new HamalError('CBT_QUERY_FAILED', `changed areas of disk ${deviceKey} of ${vm.value} since ${changeId} are not available: ${(err as Error).message}`, {
-            subject: `${vm.value}:${deviceKey}`,
-            cause: err,
-          });
-        }
-        const page = changedAreasPage(info, start, capacity, `disk ${deviceKey} of ${vm.value}`);
+      for (let start = 0; start < d.capacity && !stopped; ) {
+        const info = start === 0 && first !== undefined ? first : await queryChangedAreas(client, d, start, changeId);
+        const page = changedAreasPage(info, start, d.capacity, `disk ${d.deviceKey} of ${d.vm.value}`);
         for (const e of page.extents) subscriber.next(e);
         if (page.next === null) break;
         start = page.next;

@@ -122,6 +122,10 @@ export interface VmDisk {
   datastore?: string;
   changeId: string | null;
   controllerKey?: number;
+  /** The backing's xsi:type: VirtualDiskFlatVer2BackingInfo, VirtualDiskSeSparseBackingInfo, ... */
+  backingType?: string;
+  /** The file of `backing.parent`: set when this backing is a delta (the VM had snapshots, a linked clone). */
+  parentFileName?: string;
   /** Why the disk cannot be snapshotted (independent, physical RDM); undefined when it can. */
   notSyncable?: string;
 }
@@ -147,6 +151,8 @@ export async function vmDisks(client: VsphereClient, vm: Mor): Promise<VmDisk[]>
         datastore: ds ? String(ds['#text']) : undefined,
         changeId: backing.changeId ? String(backing.changeId) : null,
         controllerKey: d.controllerKey !== undefined ? Number(d.controllerKey) : undefined,
+        backingType: xsiType(backing),
+        parentFileName: (backing.parent as Obj | undefined)?.fileName !== undefined ? String((backing.parent as Obj).fileName) : undefined,
         notSyncable: rdm ? 'physical RDM' : mode.startsWith('independent') ? `independent disk (${mode})` : undefined,
       };
     });
