@@ -11,7 +11,7 @@ import { DatastoreFile } from '../src/sources/vmware/DatastoreFile.ts';
 import { readdir, readFile, writeFile, truncate } from 'node:fs/promises';
 import { Journal } from '../src/repo/Journal.ts';
 import { lastValueFrom, toArray } from 'rxjs';
-import { changedAreas, changeIdEpoch } from '../src/sources/vmware/changedAreas.ts';
+import { changedAreas as changedAreasOf, changeIdEpoch } from '../src/sources/vmware/changedAreas.ts';
 import { MiB, writeAt, sha256File, tempDir } from './helpers/disks.ts';
 import { FsStore, Repository, restoreDisk, runVmSync, type SyncEvent } from '../mod.ts';
 import { VmwareSource } from '../src/sources/vmware/VmwareSource.ts';
@@ -225,7 +225,7 @@ test('CBT (emulated by tests/vcsim/cbt.go): allocated areas, changes since a sna
   const [d1] = await vmDisks(c, s1);
   assert.ok(d1!.changeId, 'the snapshot\'s disk has a changeId');
   assert.is(d1!.capacity, 24 * MiB);
-  const all = await lastValueFrom(changedAreas(c, vm.mor, s1, d1!.key, d1!.capacity, '*').pipe(toArray()));
+  const all = await lastValueFrom(changedAreasOf(c, { vm: vm.mor, snapshot: s1, deviceKey: d1!.key, capacity: d1!.capacity }, '*').pipe(toArray()));
   const covers = (areas: Array<{ offset: number; length: number }>, o: number) => areas.some((a) => a.offset <= o && o < a.offset + a.length);
   for (const o of [3 * MiB + 100, 4 * MiB, 17 * MiB]) assert.ok(covers(all, o), `allocated at ${o}`);
   assert.not.ok(covers(all, 10 * MiB));
@@ -236,7 +236,7 @@ test('CBT (emulated by tests/vcsim/cbt.go): allocated areas, changes since a sna
   assert.ok((await frozen.read(3 * MiB + 100, 16)).equals(pattern(MiB, 1).subarray(0, 16)));
   const s2 = await createSnapshot(c, vm.mor, `${SNAPSHOT_PREFIX}b`);
   const [d2] = await vmDisks(c, s2);
-  const since = await lastValueFrom(changedAreas(c, vm.mor, s2, d2!.key, d2!.capacity, d1!.changeId!).pipe(toArray()));
+  const since = await lastValueFrom(changedAreasOf(c, { vm: vm.mor, snapshot: s2, deviceKey: d2!.key, capacity: d2!.capacity }, d1!.changeId!).pipe(toArray()));
   assert.equal(since, [
     { offset: 3 * MiB, length: 64 * 1024 },
     { offset: 20 * MiB - 64 * 1024, length: 128 * 1024 },
@@ -247,7 +247,7 @@ test('CBT (emulated by tests/vcsim/cbt.go): allocated areas, changes since a sna
   const s3 = await createSnapshot(c, vm.mor, `${SNAPSHOT_PREFIX}c`);
   const [d3] = await vmDisks(c, s3);
   assert.is.not(changeIdEpoch(d3!.changeId!), changeIdEpoch(d2!.changeId!));
-  await lastValueFrom(changedAreas(c, vm.mor, s3, d3!.key, d3!.capacity, d2!.changeId!)).then(
+  await lastValueFrom(changedAreasOf(c, { vm: vm.mor, snapshot: s3, deviceKey: d3!.key, capacity: d3!.capacity }, d2!.changeId!)).then(
     () => assert.unreachable(),
     (e) => assert.match(e.message, /changed areas of disk .* since .* are not available/),
   );
