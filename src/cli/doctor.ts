@@ -12,6 +12,8 @@ import { TaskRejected } from '../service/SignedTask.ts';
 import { openStore } from '../sinks/openStore.ts';
 import { formatTable } from './format.ts';
 import { childEnv } from '../childEnv.ts';
+import { VDDK_TEMPLATE } from '../sources/vmware/NbdkitExport.ts';
+import { serverReason } from '../sources/nbd/NbdServerProcess.ts';
 
 const run = promisify(execFile);
 const GB = 1e9;
@@ -47,6 +49,7 @@ export async function doctorCommand(opts: { config?: string; json?: boolean }): 
     checks.push(...(await reachChecks(config)));
   }
   checks.push(...(await toolChecks()));
+  checks.push(...(await vddkChecks(config?.values.hamal.vmware_nbdkit_command || VDDK_TEMPLATE)));
 
   if (opts.json) process.stdout.write(JSON.stringify(checks, null, 2) + '\n');
   else process.stdout.write(formatTable([['status', 'check', 'detail', 'fix'], ...checks.map((k) => [k.status, k.what, k.detail, k.fix ?? ''])]) + '\n');
@@ -203,7 +206,47 @@ async function toolChecks(): Promise<Check[]> {
     detail: qemuNbd ? `${qemuNbd}${rbdDriver ? ', rbd driver present' : ', no rbd driver'}` : 'missing',
     fix: qemuNbd && rbdDriver ? undefined : 'OpenStack/Ceph tasks read snapshots through qemu-nbd: apt-get install qemu-utils qemu-block-extra',
   });
-  const vddk = await fsp.stat('/opt/vmware-vix-disklib-distrib/lib64').then(() => true, () => false);
-  out.push({ status: vddk ? 'ok' : 'warn', what: 'VDDK', detail: vddk ? '/opt/vmware-vix-disklib-distrib' : 'not installed', fix: vddk ? undefined : 'VMware tasks with transport nbd need VMware VDDK in /opt/vmware-vix-disklib-distrib; https needs nothing' });
   return out;
+}
+
+/**
+ * The VMware `nbd` transport's two parts Debian's bookworm does not ship (docs/vddk.md):
+ * nbdkit's vddk plugin, and VMware's VDDK where the command template's `libdir=` says.
+ * `nbdkit vddk --dump-plugin libdir=DIR` answers both: it fails without the plugin, and
+ * prints `vddk_library_version=` only when it loaded VDDK from DIR (nbdkit-vddk-plugin(1),
+ * "DEBUGGING VIXDISKLIB"). Checked only when the configured command uses the vddk plugin.
+ */
+export async function vddkChecks(template: string): Promise<Check[]> {
+  const words = template.trim().split(/\s+/);
+  // The plugin by name, or by the path of its .so (a plugin built outside nbdkit's dir).
+  const vddk = words.find((w) => w === 'vddk' || w.endsWith('/nbdkit-vddk-plugin.so'));
+  if (!vddk) return [{ status: 'ok', what: 'nbdkit vddk', detail: '[hamal] vmware_nbdkit_command does not use the vddk plugin: not checked' }];
+  const nbdkit = words[0]!;
+  const libdir = words.map((w) => /^libdir=(.+)$/.exec(w)?.[1]).find((d) => d);
+  const doc = 'see docs/vddk.md (a derived image, or the host paths mounted); https needs neither';
+  const plain = await dumpPlugin(nbdkit, vddk, []);
+  if (typeof plain !== 'string') return [{ status: 'warn', what: 'nbdkit vddk', detail: plain.reason, fix: `VMware tasks with transport nbd need nbdkit's vddk plugin: ${doc}` }];
+  const field = (dump: string, name: string) => new RegExp(`^${name}=(.*)$`, 'm').exec(dump)?.[1];
+  const plugin: Check = { status: 'ok', what: 'nbdkit vddk', detail: `${nbdkit} has the vddk plugin (${field(plain, 'version') ?? 'version unknown'})` };
+  const where = libdir ?? field(plain, 'vddk_default_libdir') ?? 'its default libdir';
+  // With libdir= the plugin loads VDDK, or fails saying why (a libdir that does not exist).
+  const loaded = libdir ? await dumpPlugin(nbdkit, vddk, [`libdir=${libdir}`]) : plain;
+  const version = typeof loaded === 'string' ? field(loaded, 'vddk_library_version') : undefined;
+  const why = typeof loaded === 'string' ? `the vddk plugin could not load VDDK from ${where}` : loaded.reason;
+  return [
+    plugin,
+    version
+      ? { status: 'ok', what: 'VDDK', detail: `VDDK ${version} loaded from ${field(loaded as string, 'vddk_dll') ?? where}` }
+      : { status: 'warn', what: 'VDDK', detail: `${why} (libdir= of [hamal] vmware_nbdkit_command)`, fix: `VMware tasks with transport nbd need VMware's VDDK there: ${doc}` },
+  ];
+}
+
+/** `nbdkit PLUGIN --dump-plugin ARGS`: its output, or nbdkit's own reason for failing. */
+async function dumpPlugin(nbdkit: string, plugin: string, args: string[]): Promise<string | { reason: string }> {
+  try {
+    return (await run(nbdkit, [plugin, '--dump-plugin', ...args], { timeout: 10_000, env: childEnv({ pass: ['LD_LIBRARY_PATH'] }) })).stdout;
+  } catch (err) {
+    const e = err as { stderr?: string; code?: string; message: string };
+    return { reason: e.code === 'ENOENT' ? `${nbdkit}: not installed` : serverReason(e.stderr ?? '', 'nbdkit') || e.message };
+  }
 }

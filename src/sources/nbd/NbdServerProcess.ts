@@ -31,6 +31,20 @@ function setpriv(): string | null {
 const SERVER_ENV: Record<string, readonly string[]> = { nbdkit: ['LD_LIBRARY_PATH'] };
 
 /**
+ * The line of a server's stderr that says why it failed. nbdkit prints its reason and
+ * then a pointer to its manual ("nbdkit: error: cannot open plugin 'vddk': ..." then
+ * "Use 'nbdkit --help' ..."), or a usage block after "unrecognized option"; qemu-nbd
+ * prints "qemu-nbd: Try `qemu-nbd --help'" after its reason. So: the last "error:" line,
+ * else the first "name: ..." line that is not a hint, else the last line.
+ */
+export function serverReason(stderr: string, name: string): string {
+  const hint = /--help|manual page|^\s*[[-]|^usage:/i;
+  const lines = stderr.split('\n').map((l) => l.trim()).filter((l) => l && !hint.test(l));
+  const reason = lines.filter((l) => /\berror:/i.test(l)).pop() ?? lines.find((l) => l.startsWith(`${name}:`)) ?? lines.pop() ?? '';
+  return reason.length > 400 ? `${reason.slice(0, 400)}...` : reason;
+}
+
+/**
  * Connects, retrying while the server is up but not yet listening: the socket's file
  * appears at bind(), before listen(), and a connect in between is refused (seen in CI
  * with qemu-nbd: ECONNREFUSED on a fresh socket). Up to 5 s, never past the server's exit.
@@ -89,7 +103,8 @@ export class NbdServerProcess {
     if (!existsSync(socket)) {
       child.kill('SIGKILL');
       await fsp.rm(dir, { recursive: true, force: true });
-      throw new HamalError('NBD_SERVER_FAILED', `${name} for ${what} did not start${stderr ? `: ${stderr.trim().split('\n').pop()}` : ''}`, { subject: what });
+      const reason = serverReason(stderr, name);
+      throw new HamalError('NBD_SERVER_FAILED', `${name} for ${what} did not start${reason ? `: ${reason}` : ''}`, { subject: what });
     }
     try {
       return new NbdServerProcess(await connectWhenListening(socket, maxRequestBytes, () => exited !== undefined), child, dir);
@@ -97,7 +112,7 @@ export class NbdServerProcess {
       child.kill('SIGKILL');
       await fsp.rm(dir, { recursive: true, force: true });
       // A server that exited meanwhile says why on stderr (qemu-nbd: "Failed to open ...").
-      if (exited !== undefined && stderr) throw new HamalError('NBD_SERVER_FAILED', `${name} for ${what} exited: ${stderr.trim().split('\n').pop()}`, { subject: what, cause: err });
+      if (exited !== undefined && stderr) throw new HamalError('NBD_SERVER_FAILED', `${name} for ${what} exited: ${serverReason(stderr, name)}`, { subject: what, cause: err });
       throw err;
     }
   }
