@@ -17,6 +17,8 @@ export interface VersionRow {
   storedBytes: number;
   snapshotId: string;
   changeId: string | null;
+  /** Why a version with a parent was read in full (a change tracking reset, --full); absent otherwise. */
+  fullReason?: string;
 }
 
 /**
@@ -48,6 +50,7 @@ export async function listVersionRows(repo: Repository, vm?: string): Promise<{ 
           storedBytes: m.stats.storedBytes,
           snapshotId: m.source.snapshotId,
           changeId: m.source.changeId,
+          ...(m.stats.fullReason ? { fullReason: m.stats.fullReason } : {}),
         });
       }
     }
@@ -73,9 +76,9 @@ export async function versionsCommand(opts: { target: string; vm?: string; metad
     if (opts.json) {
       process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
     } else {
-      const table = [['vm', 'disk', 'version', 'parent', 'created', 'capacity', 'changed', 'stored']];
+      const table = [['vm', 'disk', 'version', 'parent', 'created', 'capacity', 'changed', 'stored', 'full because']];
       for (const r of rows) {
-        table.push([r.vm, r.disk, r.version, r.parent ?? '-', r.createdAt, formatBytes(r.capacity), formatBytes(r.changedBytes), formatBytes(r.storedBytes)]);
+        table.push([r.vm, r.disk, r.version, r.parent ?? '-', r.createdAt, formatBytes(r.capacity), formatBytes(r.changedBytes), formatBytes(r.storedBytes), r.fullReason ?? '']);
       }
       process.stdout.write(formatTable(table) + '\n');
     }
