@@ -1,46 +1,108 @@
 package main
 
-// Changed Block Tracking emulation, because this vcsim (govmomi 0.24.2) has none: it
-// answers QueryChangedDiskAreas with 404s of its own making. TESTS ONLY, NOT VMWARE'S
-// BEHAVIOUR IN DETAIL:
-//   - each snapshot freezes a copy of every disk file (<file>.hamal-<n>), publishes that
-//     copy as the snapshot's backing file (so /folder and nbdkit read the frozen data) and
-//     gives it a changeId "<epoch uuid>/<n>";
-//   - QueryChangedDiskAreas compares the frozen copies in 64 KiB units ("*": the allocated
-//     areas, from SEEK_DATA/SEEK_HOLE), answering at most 8 MiB of the disk per call so
-//     clients must page; an unknown changeId is a fault (a CBT reset);
-//   - POST /hamal/reset-cbt?vm=vm-42 starts a new epoch for that VM (a CBT reset).
+// Changed Block Tracking, which vcsim 0.24.2 lacks (it has no QueryChangedDiskAreas).
+// vSphere API: VirtualMachine.QueryChangedDiskAreas(snapshot, deviceKey, startOffset,
+// changeId) -> DiskChangeInfo{startOffset, length, changedArea[]}; changeId "*" asks for
+// the allocated areas; a changeId from before a CBT reset, or unknown, is refused with
+// InvalidArgument (invalidProperty changeId); the disk's changeId is reported in the
+// snapshot config's VirtualDiskFlatVer2BackingInfo.changeId.
+// Model (TESTS ONLY, not ESXi's ctk file): at each CreateSnapshot, the guest-visible
+// content of each disk (the flattened chain) is copied into a private temp directory
+// outside every datastore, sparsely (only non-zero 64 KiB units are written) and keyed by
+// a changeId "<epoch>/<n>"; the epoch ("52 <nanos>") changes on /hamal/reset-cbt.
+// Answers cover at most 8 MiB of the disk from startOffset per call, so clients must page;
+// areas are whole 64 KiB units. "*" = the non-zero units of the snapshot's copy; otherwise
+// the units whose bytes differ between the two copies. Copies are kept until exit.
+// Not modelled: areas allocated but zero count as unallocated; ESXi reports writes even
+// when they rewrite identical bytes, we report only differing content.
 
 import (
 	"bytes"
 	"encoding/xml"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
-	"path"
-	"regexp"
+	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
 const unit = 64 * 1024
 const window = 8 * 1024 * 1024
 
-type cbt struct {
-	mu     sync.Mutex
-	seq    int
-	epoch  map[string]string // vm -> uuid part of its changeIds
-	frozen map[string]string // changeId -> frozen file
+type frozenCopy struct {
+	path  string
+	size  int64
+	units []bool // non-zero 64 KiB units
 }
 
-func newCBT() *cbt {
-	return &cbt{epoch: map[string]string{}, frozen: map[string]string{}}
+type cbtStore struct {
+	dir    string
+	seq    int
+	epoch  map[string]string // vm -> epoch part of its changeIds
+	copies map[string]*frozenCopy
+}
+
+func newCBTStore(dir string) *cbtStore {
+	return &cbtStore{dir: dir, epoch: map[string]string{}, copies: map[string]*frozenCopy{}}
+}
+
+func (s *cbtStore) reset(vm string) {
+	s.epoch[vm] = fmt.Sprintf("52 %d", time.Now().UnixNano())
+}
+
+func (s *cbtStore) epochOf(vm string) string {
+	if s.epoch[vm] == "" {
+		s.reset(vm)
+	}
+	return s.epoch[vm]
+}
+
+// freeze copies the disk's current guest-visible content; returns its changeId.
+func (s *cbtStore) freeze(vm string, b *types.VirtualDiskFlatVer2BackingInfo) (string, error) {
+	c, err := openDisk(b)
+	if err != nil {
+		return "", err
+	}
+	defer c.close()
+	s.seq++
+	fc := &frozenCopy{path: filepath.Join(s.dir, fmt.Sprintf("copy-%d", s.seq)), size: c.capacity}
+	f, err := os.Create(fc.path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	buf := make([]byte, unit)
+	for off := int64(0); off < c.capacity; off += unit {
+		n := min64(unit, c.capacity-off)
+		if _, err := c.ReadAt(buf[:n], off); err != nil {
+			return "", err
+		}
+		nz := !allZero(buf[:n])
+		fc.units = append(fc.units, nz)
+		if nz {
+			if _, err := f.WriteAt(buf[:n], off); err != nil {
+				return "", err
+			}
+		}
+	}
+	if err := f.Truncate(c.capacity); err != nil {
+		return "", err
+	}
+	id := fmt.Sprintf("%s/%d", s.epochOf(vm), s.seq)
+	s.copies[id] = fc
+	return id, nil
+}
+
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 type ref struct {
@@ -56,286 +118,117 @@ type qcda struct {
 	ChangeID    string `xml:"Body>QueryChangedDiskAreas>changeId"`
 }
 
-type createSnap struct {
-	This ref `xml:"Body>CreateSnapshot_Task>_this"`
-}
-
-// The operation's element, whatever namespace prefix the client gave it.
-var bodyIs = regexp.MustCompile(`<(?:[\w-]+:)?Body[^>]*>\s*<(?:[\w-]+:)?(\w+)[\s>/]`)
-
-func (c *cbt) wrap(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/hamal/reset-cbt" {
-			c.mu.Lock()
-			c.epoch[r.URL.Query().Get("vm")] = fmt.Sprintf("52 %d", time.Now().UnixNano())
-			c.mu.Unlock()
-			return
-		}
-		if r.Method != http.MethodPost || !strings.HasSuffix(r.URL.Path, "/sdk") {
-			next.ServeHTTP(w, r)
-			return
-		}
-		body, _ := io.ReadAll(r.Body)
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		switch {
-		case op(body) == "QueryChangedDiskAreas":
-			var q qcda
-			if err := xml.Unmarshal(body, &q); err != nil {
-				fault(w, "bad request: "+err.Error())
-				return
-			}
-			c.query(w, q)
-		case op(body) == "CreateSnapshot_Task":
-			var q createSnap
-			_ = xml.Unmarshal(body, &q)
-			rec := httptest.NewRecorder()
-			next.ServeHTTP(rec, r)
-			c.freeze(q.This.Value)
-			for k, v := range rec.Header() {
-				w.Header()[k] = v
-			}
-			w.WriteHeader(rec.Code)
-			_, _ = w.Write(rec.Body.Bytes())
-		default:
-			next.ServeHTTP(w, r)
-		}
-	})
-}
-
-func datastoreFile(name string) (string, string) {
-	// "[LocalDS_0] dir/file.vmdk" -> local path, datastore name
-	end := strings.Index(name, "]")
-	dsName := name[1:end]
-	rel := strings.TrimSpace(name[end+1:])
-	for _, e := range simulator.Map.All("Datastore") {
-		ds := e.(*simulator.Datastore)
-		if ds.Name == dsName {
-			return path.Join(ds.Info.GetDatastoreInfo().Url, rel), dsName
-		}
-	}
-	return "", dsName
-}
-
-func (c *cbt) freeze(vmID string) {
-	vm, ok := simulator.Map.Get(types.ManagedObjectReference{Type: "VirtualMachine", Value: vmID}).(*simulator.VirtualMachine)
-	if !ok {
+func (p *peer) queryChangedDiskAreas(w http.ResponseWriter, body []byte) {
+	var q qcda
+	if err := xml.Unmarshal(body, &q); err != nil {
+		invalidArgument(w, "snapshot", "bad request: "+err.Error())
 		return
 	}
-	var snap *simulator.VirtualMachineSnapshot
-	for i := 0; i < 100 && snap == nil; i++ {
-		simulator.Map.WithLock(vm, func() {
-			if vm.Snapshot != nil && vm.Snapshot.CurrentSnapshot != nil {
-				s := simulator.Map.Get(*vm.Snapshot.CurrentSnapshot).(*simulator.VirtualMachineSnapshot)
-				if !strings.Contains(fmt.Sprint(s.Config.Hardware.Device), ".hamal-") {
-					snap = s
-				}
-			}
-		})
-		if snap == nil {
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	if snap == nil {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	snap, ok := getSnapshot(q.Snapshot.Value)
+	if !ok || snap.Vm.Value != q.This.Value {
+		invalidArgument(w, "snapshot", "snapshot "+q.Snapshot.Value+" not found on "+q.This.Value)
 		return
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.epoch[vmID] == "" {
-		c.epoch[vmID] = fmt.Sprintf("52 %d", time.Now().UnixNano())
-	}
-	simulator.Map.WithLock(snap, func() {
-		devices := make([]types.BaseVirtualDevice, len(snap.Config.Hardware.Device))
-		copy(devices, snap.Config.Hardware.Device)
-		for i, d := range devices {
-			disk, ok := d.(*types.VirtualDisk)
-			if !ok {
-				continue
-			}
-			backing, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
-			if !ok {
-				continue
-			}
-			src, _ := datastoreFile(backing.FileName)
-			c.seq++
-			frozen := fmt.Sprintf("%s.hamal-%d", src, c.seq)
-			if err := copyFile(src, frozen); err != nil {
-				continue
-			}
-			nd := *disk
-			nb := *backing
-			nb.FileName = fmt.Sprintf("%s.hamal-%d", backing.FileName, c.seq)
-			nb.ChangeId = fmt.Sprintf("%s/%d", c.epoch[vmID], c.seq)
-			if st, err := os.Stat(src); err == nil {
-				nd.CapacityInBytes = st.Size()
-				nd.CapacityInKB = st.Size() / 1024
-			}
-			nd.Backing = &nb
-			devices[i] = &nd
-			c.frozen[nb.ChangeId] = frozen
-		}
-		snap.Config.Hardware.Device = devices
-	})
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	defer out.Close()
-	st, _ := in.Stat()
-	// Copy only data areas so sparse disks stay sparse.
-	for _, a := range allocated(in, 0, st.Size()) {
-		buf := make([]byte, a[1])
-		if _, err := in.ReadAt(buf, a[0]); err != nil && err != io.EOF {
-			return err
-		}
-		if _, err := out.WriteAt(buf, a[0]); err != nil {
-			return err
-		}
-	}
-	return out.Truncate(st.Size())
-}
-
-func (c *cbt) query(w http.ResponseWriter, q qcda) {
-	snap, ok := simulator.Map.Get(types.ManagedObjectReference{Type: "VirtualMachineSnapshot", Value: q.Snapshot.Value}).(*simulator.VirtualMachineSnapshot)
-	if !ok {
-		fault(w, "snapshot "+q.Snapshot.Value+" not found")
+	disk := findDisk(snap.Config.Hardware.Device, q.DeviceKey)
+	if disk == nil {
+		invalidArgument(w, "deviceKey", fmt.Sprintf("no disk %d in snapshot %s", q.DeviceKey, q.Snapshot.Value))
 		return
 	}
-	var cur string
-	var size int64
-	for _, d := range snap.Config.Hardware.Device {
-		if disk, ok := d.(*types.VirtualDisk); ok && disk.Key == q.DeviceKey {
-			if b, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
-				c.mu.Lock()
-				cur = c.frozen[b.ChangeId]
-				c.mu.Unlock()
-				size = disk.CapacityInBytes
-			}
-		}
-	}
-	if cur == "" {
-		fault(w, fmt.Sprintf("disk %d of snapshot %s has no change tracking", q.DeviceKey, q.Snapshot.Value))
+	b := backingOf(disk)
+	cur := p.cbt.copies[b.ChangeId]
+	if cur == nil {
+		fileFault(w, ctkName(b.FileName), "change tracking is not active for this disk")
 		return
 	}
-	end := q.StartOffset + window
-	if end > size {
-		end = size
+	if q.StartOffset < 0 || q.StartOffset >= cur.size {
+		invalidArgument(w, "startOffset", fmt.Sprintf("startOffset %d is outside the disk", q.StartOffset))
+		return
 	}
+	end := min64(q.StartOffset+window, cur.size)
 	var areas [][2]int64
 	if q.ChangeID == "*" {
-		f, err := os.Open(cur)
-		if err != nil {
-			fault(w, err.Error())
-			return
-		}
-		areas = allocated(f, q.StartOffset, end)
-		f.Close()
+		areas = unitsWhere(q.StartOffset, end, func(u int) bool { return cur.units[u] })
 	} else {
-		c.mu.Lock()
-		old := c.frozen[q.ChangeID]
-		epochOK := strings.HasPrefix(q.ChangeID, c.epoch[q.This.Value]+"/")
-		c.mu.Unlock()
-		if old == "" || !epochOK {
-			fault(w, "changeId "+q.ChangeID+" is not valid (change tracking was reset)")
+		if p.injectedFault(w, q.This.Value, ctkName(b.FileName)) {
 			return
 		}
-		areas = differing(old, cur, q.StartOffset, end)
+		old := p.cbt.copies[q.ChangeID]
+		if old == nil || !strings.HasPrefix(q.ChangeID, p.cbt.epochOf(q.This.Value)+"/") {
+			invalidArgument(w, "changeId", "changeId "+q.ChangeID+" is not valid (change tracking was reset)")
+			return
+		}
+		areas = unitsWhere(q.StartOffset, end, func(u int) bool { return differs(old, cur, u) })
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, `<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><QueryChangedDiskAreasResponse xmlns="urn:vim25"><returnval><startOffset>%d</startOffset><length>%d</length>`, q.StartOffset, end-q.StartOffset)
+	var x strings.Builder
+	fmt.Fprintf(&x, `<QueryChangedDiskAreasResponse xmlns="urn:vim25"><returnval><startOffset>%d</startOffset><length>%d</length>`, q.StartOffset, end-q.StartOffset)
 	for _, a := range areas {
-		fmt.Fprintf(&b, "<changedArea><start>%d</start><length>%d</length></changedArea>", a[0], a[1])
+		fmt.Fprintf(&x, "<changedArea><start>%d</start><length>%d</length></changedArea>", a[0], a[1])
 	}
-	b.WriteString("</returnval></QueryChangedDiskAreasResponse></soapenv:Body></soapenv:Envelope>")
-	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
-	_, _ = w.Write([]byte(b.String()))
+	x.WriteString("</returnval></QueryChangedDiskAreasResponse>")
+	soapResponse(w, x.String())
 }
 
-func fault(w http.ResponseWriter, msg string) {
-	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
-	w.WriteHeader(http.StatusInternalServerError)
-	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>%s</faultstring><detail><InvalidArgumentFault xmlns="urn:vim25" xsi:type="InvalidArgument"><invalidProperty>changeId</invalidProperty></InvalidArgumentFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>`, xmlEscape(msg))
+// ctkName: the change-tracking file ESXi keeps beside a disk (x-ctk.vmdk), named in faults.
+func ctkName(fileName string) string {
+	return strings.TrimSuffix(fileName, ".vmdk") + "-ctk.vmdk"
 }
 
-func xmlEscape(s string) string {
-	var b bytes.Buffer
-	_ = xml.EscapeText(&b, []byte(s))
-	return b.String()
-}
-
-// allocated: data areas of f in [start, end), by SEEK_DATA/SEEK_HOLE, in 64 KiB units.
-func allocated(f *os.File, start, end int64) [][2]int64 {
+// unitsWhere: the 64 KiB units of [start, end) where pick holds, merged into areas.
+func unitsWhere(start, end int64, pick func(int) bool) [][2]int64 {
 	var out [][2]int64
-	for off := start; off < end; {
-		data, err := f.Seek(off, 3) // SEEK_DATA
-		if err != nil || data >= end {
-			break
+	for off := start / unit * unit; off < end; off += unit {
+		if !pick(int(off / unit)) {
+			continue
 		}
-		hole, err := f.Seek(data, 4) // SEEK_HOLE
-		if err != nil || hole > end {
-			hole = end
+		a, b := off, min64(off+unit, end)
+		if a < start {
+			a = start
 		}
-		a := data / unit * unit
-		b := (hole + unit - 1) / unit * unit
-		if b > end {
-			b = end
-		}
-		if n := len(out); n > 0 && out[n-1][0]+out[n-1][1] >= a {
-			out[n-1][1] = b - out[n-1][0]
+		if n := len(out); n > 0 && out[n-1][0]+out[n-1][1] == a {
+			out[n-1][1] += b - a
 		} else {
 			out = append(out, [2]int64{a, b - a})
 		}
-		off = hole
 	}
 	return out
 }
 
-// differing: 64 KiB units of [start, end) whose bytes differ between two files.
-func differing(oldPath, curPath string, start, end int64) [][2]int64 {
-	var out [][2]int64
-	a, err1 := os.Open(oldPath)
-	b, err2 := os.Open(curPath)
-	if err1 != nil || err2 != nil {
-		return [][2]int64{{start, end - start}}
+// differs: whether unit u holds different bytes in the two copies (a disk grown since
+// the old copy reads as zeros beyond it).
+func differs(old, cur *frozenCopy, u int) bool {
+	oldNZ := u < len(old.units) && old.units[u]
+	if !oldNZ && !cur.units[u] {
+		return false
 	}
-	defer a.Close()
-	defer b.Close()
-	x := make([]byte, unit)
-	y := make([]byte, unit)
-	for off := start; off < end; off += unit {
-		n := int64(unit)
-		if off+n > end {
-			n = end - off
-		}
-		na, _ := a.ReadAt(x[:n], off)
-		nb, _ := b.ReadAt(y[:n], off)
-		for i := na; i < int(n); i++ {
-			x[i] = 0
-		}
-		for i := nb; i < int(n); i++ {
-			y[i] = 0
-		}
-		if !bytes.Equal(x[:n], y[:n]) {
-			if k := len(out); k > 0 && out[k-1][0]+out[k-1][1] == off {
-				out[k-1][1] += n
-			} else {
-				out = append(out, [2]int64{off, n})
-			}
-		}
+	if oldNZ != cur.units[u] {
+		return true
 	}
-	return out
+	return !bytes.Equal(readUnit(old, u), readUnit(cur, u))
 }
 
-func op(body []byte) string {
-	if m := bodyIs.FindSubmatch(body); m != nil {
-		return string(m[1])
+func readUnit(c *frozenCopy, u int) []byte {
+	buf := make([]byte, unit)
+	f, err := os.Open(c.path)
+	if err != nil {
+		return nil
 	}
-	return ""
+	defer f.Close()
+	n, _ := f.ReadAt(buf, int64(u)*unit)
+	return buf[:n]
+}
+
+// injectedFault answers the fault set by /hamal/cbt-fault for this VM, once.
+func (p *peer) injectedFault(w http.ResponseWriter, vm, ctk string) bool {
+	switch p.cbtFault[vm] {
+	case "FileFault":
+		fileFault(w, ctk, "Error caused by file "+ctk)
+	case "InvalidArgument":
+		invalidArgument(w, "changeId", "A specified parameter was not correct: changeId")
+	default:
+		return false
+	}
+	delete(p.cbtFault, vm)
+	return true
 }
