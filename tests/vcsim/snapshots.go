@@ -120,7 +120,9 @@ func (p *peer) removeSnapshot(w http.ResponseWriter, r *http.Request, next http.
 	if rs.RemoveChildren {
 		victims = append(victims, descendants(snap)...)
 	}
+	restore := p.protectDisks(vm)
 	rec := record(next, r)
+	restore()
 	if _, still := getSnapshot(snap.Self.Value); !still {
 		p.mu.Lock()
 		// Newest first: each victim's delta then still has the victim's backing as parent.
@@ -240,7 +242,9 @@ func (p *peer) removeAllSnapshots(w http.ResponseWriter, r *http.Request, next h
 		next.ServeHTTP(w, r)
 		return
 	}
+	restore := p.protectDisks(vm)
 	rec := record(next, r)
+	restore()
 	if len(snapshotsOf(vm)) == 0 {
 		p.mu.Lock()
 		for _, d := range flatDisks(vm.Config.Hardware.Device) {
