@@ -142,7 +142,7 @@ func (p *peer) layOut() error {
 				return err
 			}
 		}
-		if err := p.normaliseDisks(vm); err != nil {
+		if err := p.normaliseDisks(vm, nil); err != nil {
 			return err
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"net/http"
 
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -46,16 +47,54 @@ func (p *peer) reconfig(w http.ResponseWriter, r *http.Request, next http.Handle
 			InvalidDeviceSpec: types.InvalidDeviceSpec{DeviceIndex: 0}}, refuse)
 		return
 	}
+	tops := keepFiles(vm, &rc.Spec)
+	if len(tops) > 0 {
+		if err := setBody(r, &methods.ReconfigVM_TaskBody{Req: rc}); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+	}
 	rec := record(next, r)
 	for _, g := range grows {
 		if err := growDisk(vm, g); err != nil {
 			log.Printf("extend disk %d of %s: %v", g.key, vm.Self.Value, err)
 		}
 	}
-	if err := p.normaliseDisks(vm); err != nil {
+	if err := p.normaliseDisks(vm, tops); err != nil {
 		log.Printf("reconfigure %s: %v", vm.Self.Value, err)
 	}
 	replay(w, rec)
+}
+
+// keepFiles: ESXi leaves a disk's files alone when a device edit changes its settings
+// (whatever fileOperation the client sent; govmomi's EditDevice sends "replace"). vcsim
+// 0.24.2 would truncate the descriptor ("replace") or want an x-00000N-flat.vmdk a delta
+// does not have (""), so we hand vcsim the edit against the base disk with no file
+// operation and restore the real running file afterwards. Returns key -> running file.
+func keepFiles(vm *simulator.VirtualMachine, spec *types.VirtualMachineConfigSpec) map[int32]string {
+	tops := map[int32]string{}
+	for _, ch := range spec.DeviceChange {
+		ds := ch.GetVirtualDeviceConfigSpec()
+		nd, ok := ds.Device.(*types.VirtualDisk)
+		if !ok || ds.Operation != types.VirtualDeviceConfigSpecOperationEdit {
+			continue
+		}
+		cur := findDisk(vm.Config.Hardware.Device, nd.Key)
+		nb, ok := nd.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+		if cur == nil || !ok {
+			continue
+		}
+		base := backingOf(cur)
+		for base.Parent != nil {
+			base = base.Parent
+		}
+		tops[nd.Key] = backingOf(cur).FileName
+		copied := *nb
+		copied.FileName, copied.Parent = base.FileName, nil
+		nd.Backing = &copied
+		ds.FileOperation = ""
+	}
+	return tops
 }
 
 // resizes: the disk edits that change capacity, or the reason to refuse the whole spec.
@@ -102,7 +141,8 @@ func growDisk(vm *simulator.VirtualMachine, g growth) error {
 }
 
 // normaliseDisks: ESXi files for new disks, and backings re-read from the descriptors.
-func (p *peer) normaliseDisks(vm *simulator.VirtualMachine) error {
+// tops: disks whose running file is to be restored (see keepFiles).
+func (p *peer) normaliseDisks(vm *simulator.VirtualMachine, tops map[int32]string) error {
 	devices := vm.Config.Hardware.Device
 	for _, d := range flatDisks(devices) {
 		b := backingOf(d)
@@ -123,7 +163,11 @@ func (p *peer) normaliseDisks(vm *simulator.VirtualMachine) error {
 				return err
 			}
 		}
-		nb, err := buildBacking(b.FileName, b.ChangeId, b)
+		top := b.FileName
+		if t, ok := tops[d.Key]; ok {
+			top = t
+		}
+		nb, err := buildBacking(top, b.ChangeId, b)
 		if err != nil {
 			return err
 		}

@@ -308,3 +308,51 @@ func (f *fixture) grow(capacity int64) error {
 	}
 	return task.Wait(f.ctx)
 }
+
+// A disk added by ReconfigVM (fileOperation create) gets the ESXi layout; a diskMode edit
+// keeps the files and the chain.
+func TestReconfigDisks(t *testing.T) {
+	f, done := setup(t)
+	defer done()
+	devices, err := f.vm.Device(f.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scsi, err := devices.FindSCSIController("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := devices.CreateDisk(scsi, types.ManagedObjectReference{}, "")
+	disk.CapacityInKB = 2048
+	if err := f.vm.AddDevice(f.ctx, disk); err != nil {
+		t.Fatal(err)
+	}
+	var added *types.VirtualDisk
+	for _, d := range flatDisks(f.sim.Config.Hardware.Device) {
+		if d.Key != f.key {
+			added = d
+		}
+	}
+	if added == nil || added.CapacityInBytes != 2<<20 {
+		t.Fatalf("added disk: %+v", added)
+	}
+	local, _ := localPath(backingOf(added).FileName)
+	if out, err := exec.Command("qemu-img", "info", local).CombinedOutput(); err != nil || !strings.Contains(string(out), "2 MiB") {
+		t.Fatalf("qemu-img info %s: %v %s", local, err, out)
+	}
+
+	f.write(5000, pattern(9, 3000))
+	f.snapshot("s1")
+	d := *findDisk(f.sim.Config.Hardware.Device, f.key)
+	nb := *backingOf(&d)
+	nb.DiskMode = string(types.VirtualDiskModeIndependent_persistent)
+	d.Backing = &nb
+	if err := f.vm.EditDevice(f.ctx, &d); err != nil {
+		t.Fatal(err)
+	}
+	b := backingOf(findDisk(f.sim.Config.Hardware.Device, f.key))
+	if b.DiskMode != nb.DiskMode || b.Parent == nil || !strings.HasSuffix(b.FileName, "-000001.vmdk") {
+		t.Fatalf("after the diskMode edit: %+v", b)
+	}
+	f.verify("diskMode edited")
+}

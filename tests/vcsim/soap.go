@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"encoding/xml"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -15,7 +16,9 @@ import (
 	"strings"
 
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
+	vimxml "github.com/vmware/govmomi/vim25/xml"
 )
 
 // The operation's element, whatever namespace prefix the client gave it.
@@ -91,6 +94,18 @@ func lcFirst(s string) string {
 		return s
 	}
 	return strings.ToLower(s[:1]) + s[1:]
+}
+
+// setBody replaces the request's SOAP body (the session cookie stays in the HTTP header).
+func setBody(r *http.Request, body interface{}) error {
+	b, err := vimxml.Marshal(soap.Envelope{Body: body})
+	if err != nil {
+		return err
+	}
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	r.ContentLength = int64(len(b))
+	r.Header.Set("Content-Length", fmt.Sprint(len(b)))
+	return nil
 }
 
 func xmlEscape(s string) string {
