@@ -22,7 +22,10 @@
 //	    delta; RemoveSnapshot consolidates the snapshot's delta into its parent;
 //	    RemoveAllSnapshots folds every delta into the base. [API] (consolidation as ESXi)
 //	reconfig.go: growing a disk is refused while it has snapshots, otherwise extends the
-//	    flat extent; disks created by ReconfigVM get the ESXi layout. [API][VMDK]
+//	    flat extent; disks created by ReconfigVM get the ESXi layout; device edits (e.g.
+//	    diskMode) keep the files whatever fileOperation the client sent. [API][VMDK]
+//	guard.go: vcsim 0.24.2 may delete a disk descriptor when removing a snapshot (its
+//	    layoutEx keys get renumbered); ESXi never does, so we put such files back. [vcsim]
 //	cbt.go: QueryChangedDiskAreas with changeIds "<epoch>/<n>" from content copies kept
 //	    outside the datastores, 8 MiB per answer, 64 KiB units. [API] (vcsim has none)
 //	control.go: /hamal/ endpoints to write/read as the guest, reset CBT, inject CBT
