@@ -501,6 +501,38 @@ test('https reads a disk of several extents as its descriptor lays them out (FLA
   await c.logout();
 });
 
+test('a disk grown between syncs (ReconfigVM): the next sync reads it in full at its new size, saying why; the restore has the new size', async () => {
+  const c = await connect();
+  const name = 'DC0_C0_RP0_VM11';
+  const { vm, disk } = await vmAndDisk(c, name);
+  await ctl.write(vm.value, disk.key, 0, pattern(MiB, 91));
+  const dir = await tempDir();
+  const repo = await Repository.open(await FsStore.open(join(dir, 'repo'), { create: true }), { create: true });
+  const source = sourceFor(dir);
+  const v1 = await syncOnce(c, source, repo, name, dir);
+  const admin = await VimAdmin.login(url, 'hamal', PASSWORD);
+  const grown = (DISK_MB + 16) * MiB;
+  await admin.call(
+    'ReconfigVM_Task',
+    'VirtualMachine',
+    vm.value,
+    `<spec><deviceChange><operation>edit</operation><device xsi:type="VirtualDisk"><key>${disk.key}</key>` +
+      `<deviceInfo><label>${disk.label}</label><summary>grown</summary></deviceInfo><controllerKey>${disk.controllerKey}</controllerKey>` +
+      `<unitNumber>0</unitNumber><capacityInKB>${grown / 1024}</capacityInKB><backing xsi:type="VirtualDiskFlatVer2BackingInfo">` +
+      `<fileName>${disk.fileName}</fileName><diskMode>persistent</diskMode></backing></device></deviceChange></spec>`,
+  );
+  assert.is((await vmAndDisk(c, name)).disk.capacity, grown);
+  await ctl.write(vm.value, disk.key, grown - 5, pattern(5, 92));
+  const v2 = await syncOnce(c, source, repo, name, dir);
+  assert.equal(v2.r.failed, []);
+  assert.is(v2.start!.incremental, false);
+  assert.match(v2.m!.stats.fullReason ?? '', /capacity changed from 67108864 to 83886080 bytes/);
+  assert.is(v2.m!.capacity, grown);
+  await assertRestores(repo, dir, [v1, v2]);
+  await rm(dir, { recursive: true, force: true });
+  await c.logout();
+});
+
 test('hamal sync --task with a vmware task; a wrong password exits 1 saying login failed, the password nowhere', async () => {
   const dir = await tempDir();
   const u = new URL(url);
