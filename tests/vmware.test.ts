@@ -497,7 +497,26 @@ test('https reads a disk of several extents as its descriptor lays them out (FLA
     () => assert.unreachable(),
     (e) => assert.match(e.message, /disk Hard disk 9 .* cannot be read over https: .*extents/),
   );
-  for (const f of ['multi.vmdk', 'multi-s001.vmdk', 'multi-s002.vmdk']) await rm(join(dsDir, f));
+  // Hostile descriptors: an extent naming the descriptor itself, a folder, a way out, a
+  // lower-case extent line that would shift the next ones, sizes past the capacity.
+  const open = (lines: string[], size = MiB) =>
+    writeFile(join(dsDir, 'hostile.vmdk'), ['# Disk DescriptorFile', 'version=1', 'parentCID=ffffffff', 'createType="vmfs"', ...lines].join('\n')).then(() =>
+      FlatDisk.open(c, 'DC0', { key: 2001, label: 'Hard disk 8', capacity: size, fileName: '[LocalDS_0] hostile.vmdk', changeId: null }),
+    );
+  for (const [lines, why] of [
+    [[`RW ${sectors(MiB)} VMFS "hostile.vmdk"`], /is not a file beside the descriptor/],
+    [[`RW ${sectors(MiB)} VMFS "sub/"`], /is not a file beside the descriptor/],
+    [[`RW ${sectors(MiB)} VMFS "..\\etc\\passwd"`], /is not a file beside the descriptor/],
+    [[`RW ${sectors(MiB)} VMFS "./multi-s002.vmdk"`], /is not a file beside the descriptor/],
+    [[`rw ${sectors(4096)} VMFS "multi-s001.vmdk"`, `RW ${sectors(MiB)} VMFS "multi-s002.vmdk"`], /malformed/],
+    [[`RW ${sectors(2 * MiB)} VMFS "multi-s002.vmdk"`], /extents cover 2097152 bytes, not its capacity of 1048576/],
+  ] as const) {
+    await open([...lines]).then(
+      () => assert.unreachable(lines.join()),
+      (e) => assert.match(e.message, why, lines.join()),
+    );
+  }
+  for (const f of ['multi.vmdk', 'multi-s001.vmdk', 'multi-s002.vmdk', 'hostile.vmdk']) await rm(join(dsDir, f));
   await c.logout();
 });
 

@@ -34,13 +34,14 @@ const SERVER_ENV: Record<string, readonly string[]> = { nbdkit: ['LD_LIBRARY_PAT
  * The line of a server's stderr that says why it failed. nbdkit prints its reason and
  * then a pointer to its manual ("nbdkit: error: cannot open plugin 'vddk': ..." then
  * "Use 'nbdkit --help' ..."), or a usage block after "unrecognized option"; qemu-nbd
- * prints "qemu-nbd: Try `qemu-nbd --help'" after its reason. So: the last "error:" line,
- * else the first "name: ..." line that is not a hint, else the last line.
+ * prints "qemu-nbd: Try `qemu-nbd --help'" after its reason; VDDK's root cause comes
+ * before the plugin's generic failure. So: the first "error:" line, else the first
+ * "name: ..." line that is not a hint, else the last line.
  */
 export function serverReason(stderr: string, name: string): string {
   const hint = /--help|manual page|^\s*[[-]|^usage:/i;
   const lines = stderr.split('\n').map((l) => l.trim()).filter((l) => l && !hint.test(l));
-  const reason = lines.filter((l) => /\berror:/i.test(l)).pop() ?? lines.find((l) => l.startsWith(`${name}:`)) ?? lines.pop() ?? '';
+  const reason = lines.find((l) => /\berror:/i.test(l)) ?? lines.find((l) => l.startsWith(`${name}:`)) ?? lines.pop() ?? '';
   return reason.length > 400 ? `${reason.slice(0, 400)}...` : reason;
 }
 

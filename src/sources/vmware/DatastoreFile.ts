@@ -24,7 +24,7 @@ export class DatastoreFile {
 
   /** The file's first bytes, at most `max` (a descriptor: text of a few hundred bytes). */
   async head(max: number): Promise<Buffer> {
-    const { status, body } = await this.client.get(this._path, [0, max + 1]);
+    const { status, body } = await this.client.get(this._path, { range: [0, max + 1], limit: max + 1 });
     // 416: the Range starts past the end, i.e. the file is empty.
     if (status === 416) return Buffer.alloc(0);
     if (status !== 206 && status !== 200) {
@@ -41,15 +41,15 @@ export class DatastoreFile {
 
   /** Exactly `length` bytes at `offset`, into `into` when given. */
   async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
-    const { status, body } = await this.client.get(this._path, [offset, length], into);
-    if (status !== 206 && status !== 200) {
-      throw new HamalError('DATASTORE_READ_FAILED', `read of ${this.name} at ${offset} failed: HTTP ${status}`, { subject: this.name, retryable: status >= 500 });
-    }
-    // A server that ignores Range answers 200 with the whole file: take the part asked for.
-    const part = status === 200 ? body.subarray(offset, offset + length) : body;
-    if (part.length !== length) {
-      throw new HamalError('DATASTORE_READ_FAILED', `read of ${this.name} at ${offset} returned ${part.length} of ${length} bytes`, { subject: this.name, retryable: true });
-    }
-    return part;
+    const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length);
+    const { status, body, contentRange } = await this.client.get(this._path, { range: [offset, length], into: buf });
+    const fail = (why: string, retryable: boolean) => new HamalError('DATASTORE_READ_FAILED', `read of ${this.name} at ${offset} ${why}`, { subject: this.name, retryable });
+    if (status === 200) throw fail('got the whole file (HTTP 200): the server or a proxy ignores Range requests', false);
+    if (status !== 206) throw fail(`failed: HTTP ${status}`, status >= 500);
+    // The part sent must be the part asked for, or the disk would be stored shifted.
+    const start = /^bytes (\d+)-/.exec(contentRange ?? '')?.[1];
+    if (start !== undefined && Number(start) !== offset) throw fail(`was answered with the part at ${start} (Content-Range ${contentRange})`, false);
+    if (body.length !== length) throw fail(`returned ${body.length} of ${length} bytes`, true);
+    return body;
   }
 }

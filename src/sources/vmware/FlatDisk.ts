@@ -52,6 +52,10 @@ export class FlatDisk {
 
   /** Exactly `length` bytes at `offset`, into `into` when given; `max` bytes per request at most. */
   async read(offset: number, length: number, into: Buffer, max: number): Promise<Buffer> {
+    const last = this._segments[this._segments.length - 1];
+    if (offset < 0 || !last || offset + length > last.start + last.length) {
+      throw new HamalError('DATASTORE_READ_FAILED', `read of ${this.name}: ${length} bytes at ${offset} lie past its extents`, { subject: this.name });
+    }
     const out = into.subarray(0, length);
     for (const s of this._segments) {
       const from = Math.max(offset, s.start);
@@ -79,11 +83,22 @@ function segmentsOf(d: VmdkDescriptor, descriptor: DatastoreFile, capacity: numb
   for (const e of d.extents) {
     if (e.type !== 'ZERO' && !FLAT_EXTENTS.has(e.type)) throw refuse(`extent ${e.file ?? ''} is of type ${e.type} (createType ${d.createType})`);
     if (e.access === 'NOACCESS') throw refuse(`extent ${e.file ?? ''} is marked NOACCESS`);
-    if (e.file !== undefined && (e.file.startsWith('/') || e.file.split('/').includes('..'))) throw refuse(`extent "${e.file}" lies outside the disk's folder`);
+    if (e.file !== undefined && !isExtentName(e.file, descriptor.name)) throw refuse(`extent "${e.file}" is not a file beside the descriptor`);
     const length = e.sectors * SECTOR;
     segments.push({ start, length, file: e.file === undefined || e.type === 'ZERO' ? null : new DatastoreFile(descriptor.client, descriptor.datacenter, descriptor.sibling(e.file)), fileOffset: e.offset * SECTOR });
     start += length;
   }
-  if (start < capacity) throw refuse(`its extents cover ${start} bytes, less than its capacity of ${capacity}`);
+  // Less would leave part of the disk unread; more is not the disk vSphere describes.
+  if (start < capacity || start - capacity >= 1024) throw refuse(`its extents cover ${start} bytes, not its capacity of ${capacity}`);
   return segments;
+}
+
+/**
+ * An extent file ESXi would write: a plain name in the descriptor's folder (or below it),
+ * not a folder, not a way out of it, not the descriptor itself (whose text is no data).
+ */
+function isExtentName(file: string, descriptor: string): boolean {
+  const parts = file.split('/');
+  const last = parts[parts.length - 1]!;
+  return !file.startsWith('/') && !file.includes('\\') && !parts.some((p) => p === '..' || p === '.' || p === '') && last !== descriptor.replace(/^.*[\]/]\s*/, '');
 }

@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { HamalError } from '../../errors.ts';
 import { NbdServerProcess } from '../nbd/NbdServerProcess.ts';
+import { expandCommand } from '../nbd/commandTemplate.ts';
 
 /**
  * The values a command template may use, as `{name}`. The password is never one of them:
@@ -26,8 +27,8 @@ export const VDDK_TEMPLATE =
   'password=+{password_file} thumbprint={thumbprint} vm=moref={moref} snapshot={snapshot} file={file} transports=nbdssl:nbd';
 
 /**
- * One nbdkit serving one disk of one snapshot, started from a command template (split on
- * spaces; each word's placeholders are filled in, so a value never becomes two arguments).
+ * One nbdkit serving one disk of one snapshot, started from a command template
+ * (expandCommand: a value never becomes two arguments).
  */
 export class NbdkitExport {
   static async start(template: string, values: NbdkitValues, password: string, workDir: string, maxRequestBytes: number): Promise<NbdServerProcess> {
@@ -38,15 +39,7 @@ export class NbdkitExport {
     const all: Record<string, string> = { ...values, socket, password_file: passwordFile };
     let argv: string[];
     try {
-      argv = template
-        .trim()
-        .split(/\s+/)
-        .map((word) =>
-          word.replace(/\{(\w+)\}/g, (m, name: string) => {
-            if (!(name in all)) throw new HamalError('BAD_NBDKIT_TEMPLATE', `nbdkit command template: unknown placeholder ${m}`, { subject: m });
-            return all[name]!;
-          }),
-        );
+      argv = expandCommand(template, all, '[hamal] vmware_nbdkit_command');
     } catch (err) {
       await fsp.rm(dir, { recursive: true, force: true });
       throw err;

@@ -32,7 +32,7 @@ export const NO_PARENT = 'ffffffff';
 /** Descriptors are a few hundred bytes; anything this long is not one. */
 export const MAX_DESCRIPTOR_BYTES = 64 * 1024;
 
-const EXTENT = /^(RW|RDONLY|NOACCESS)\s+(\d{1,15})\s+([A-Za-z]+)(?:\s+"([^"]*)"(?:\s+(\d{1,15}))?)?\s*$/;
+const EXTENT = /^(RW|RDONLY|NOACCESS)\s+(\d{1,12})\s+([A-Za-z]+)(?:\s+"([^"]*)"(?:\s+(\d{1,12}))?)?\s*$/;
 
 /**
  * Parses a descriptor. `name` (its datastore path) names it in errors. Binary files are
@@ -60,7 +60,8 @@ export function parseVmdkDescriptor(bytes: Buffer, name: string): VmdkDescriptor
     }
     const kv = /^([A-Za-z][\w.]*)\s*=\s*"?([^"]*)"?\s*$/.exec(line);
     if (kv) fields.set(kv[1]!, kv[2]!);
-    else if (/^(RW|RDONLY|NOACCESS)\b/.test(line)) throw bad(`extent line "${line.slice(0, 120)}" is malformed`);
+    // Any casing: a dropped extent line would shift every later one.
+    else if (/^(RW|RDONLY|NOACCESS)\b/i.test(line)) throw bad(`extent line "${line.slice(0, 120)}" is malformed`);
   }
   const createType = fields.get('createType');
   if (!createType) throw bad('it has no createType');

@@ -15,6 +15,9 @@ import { NbdkitExport, VDDK_TEMPLATE } from './NbdkitExport.ts';
 import type { NbdServerProcess } from '../nbd/NbdServerProcess.ts';
 import { PerDisk } from '../PerDisk.ts';
 
+/** Faults of QueryChangedDiskAreas that mean the host no longer knows a changeId (vSphere API reference: FileFault, InvalidArgument). */
+const CBT_LOST = /\b(FileFault|InvalidArgument)\b|changeId/i;
+
 export interface VmwareSourceOptions {
   connection: VsphereOptions;
   /** Datacenter of the VM's datastores; found when the inventory has one. */
@@ -190,7 +193,9 @@ class VmwareSnapshot implements Snapshot {
       this._probed.set(`${disk.id}\0${since}`, await queryChangedAreas(this._client, this._cbt(this._disk(disk)), 0, since));
     } catch (err) {
       const fault = (err as HamalError).cause;
-      if (!(fault instanceof VsphereFault)) throw err;
+      // Only the faults that mean the host lost this changeId; NoPermission, a host not
+      // connected and the like fail the disk as they are, not as a costly full read.
+      if (!(fault instanceof VsphereFault) || !CBT_LOST.test(`${fault.faultType ?? ''} ${fault.message}`)) throw err;
       return `QueryChangedDiskAreas refused changeId ${since} (${fault.faultType ?? 'fault'}: change tracking lost or reset on the host)`;
     }
     return null;

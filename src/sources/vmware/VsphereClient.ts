@@ -159,10 +159,13 @@ export class VsphereClient {
   }
 
   /**
-   * A GET with the session (datastore `/folder` reads): `range` as [offset, length].
-   * Resolves with the status and the body written into `into` when given.
+   * A GET with the session (datastore `/folder` reads): `range` as [offset, length]. The
+   * body goes into `into` when given (more than it holds is an error, never a shifted
+   * copy), else is kept up to `limit` bytes, past which the reply is cut off: a server
+   * that ignores Range never makes hamal buffer a whole disk.
    */
-  get(path: string, range?: [number, number], into?: Buffer): Promise<{ status: number; body: Buffer }> {
+  get(path: string, o: { range?: [number, number]; into?: Buffer; limit?: number } = {}): Promise<{ status: number; body: Buffer; contentRange?: string }> {
+    const { range, limit = 1 << 20 } = o;
     return new Promise((resolve, reject) => {
       const req = https.request(
         new URL(path, this.url),
@@ -175,17 +178,28 @@ export class VsphereClient {
         (res) => {
           const parts: Buffer[] = [];
           let got = 0;
+          // Only a part answered (206) goes into `into`; anything else is an error page or a whole file.
+          const into = res.statusCode === 206 ? o.into : undefined;
+          const done = () => resolve({ status: res.statusCode ?? 0, body: into ? into.subarray(0, got) : Buffer.concat(parts).subarray(0, limit), contentRange: res.headers['content-range'] });
           res.on('data', (d: Buffer) => {
-            if (into && got + d.length <= into.length) d.copy(into, got);
+            if (into && got + d.length > into.length) {
+              res.destroy();
+              return reject(new HamalError('DATASTORE_READ_FAILED', `${path.replace(/\?.*/, '')} on ${this.url.host} sent more than the ${into.length} bytes asked for (HTTP ${res.statusCode})`, { subject: path, retryable: true }));
+            }
+            if (into) d.copy(into, got);
             else parts.push(d);
             got += d.length;
+            if (!into && got > limit) {
+              res.destroy();
+              done();
+            }
           });
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: into && !parts.length ? into.subarray(0, got) : Buffer.concat(parts) }));
-          res.on('error', reject);
+          res.on('end', done);
+          res.on('error', (err) => reject(new HamalError('VSPHERE_UNREACHABLE', `reading ${path.replace(/\?.*/, '')} from ${this.url.host}: ${err.message || (err as NodeJS.ErrnoException).code}`, { subject: this.url.host, retryable: true })));
         },
       );
       req.on('timeout', () => req.destroy(new Error('timed out')));
-      req.on('error', (err) => reject(ownError(err) ?? new HamalError('VSPHERE_UNREACHABLE', `cannot reach ${this.url.host}: ${err.message}`, { subject: this.url.host, cause: err, retryable: true })));
+      req.on('error', (err) => reject(ownError(err) ?? new HamalError('VSPHERE_UNREACHABLE', `cannot reach ${this.url.host}: ${err.message || (err as NodeJS.ErrnoException).code}`, { subject: this.url.host, cause: err, retryable: true })));
       req.end();
     });
   }
@@ -208,17 +222,20 @@ function ownError(err: unknown): HamalError | undefined {
  * is reported with its status and the start of its text, a failed connection with its
  * cause; never "undefined".
  */
-function httpError(host: string, method: string, status: number, body: string | undefined, cause: unknown): HamalError {
+function httpError(host: string, method: string, status: number, body: string | undefined, err: unknown): HamalError {
+  // Only what says why: the client's error object carries the request (Login's body holds
+  // the password, every request the session cookie), which nothing may keep.
+  const e0 = err as { message?: string; code?: string; cause?: { message?: string } };
+  const cause = Object.assign(new Error(e0.message || e0.code || 'request failed'), { code: e0.code });
   if (status) {
-    const text = (body ?? '').replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 160);
+    const text = (body ?? '').replace(/<(script|style)\b[\s\S]*?<\/\1>/gi, ' ').replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 160);
     return new HamalError('VSPHERE_HTTP_ERROR', `${method} on ${host}: HTTP ${status}, not a SOAP reply${text ? `: ${JSON.stringify(text)}` : ' (empty body)'}`, {
       subject: host,
       cause,
       retryable: status >= 500 || status === 429,
     });
   }
-  const e = cause as { message?: string; code?: string; cause?: { message?: string } };
-  const why = e.message || e.code || e.cause?.message || String(cause);
+  const why = e0.message || e0.code || e0.cause?.message || String(err);
   return new HamalError('VSPHERE_UNREACHABLE', `cannot reach ${host}: ${why}`, { subject: host, cause, retryable: true });
 }
 
@@ -244,6 +261,7 @@ class PinnedAgent extends https.Agent {
   constructor(
     private readonly _host: string,
     thumbprint: string,
+    private readonly _handshakeMs = 30_000,
   ) {
     super({ keepAlive: true });
     this._want = thumbprint.toUpperCase();
@@ -253,7 +271,10 @@ class PinnedAgent extends https.Agent {
     const socket = tls.connect({ ...(options as tls.ConnectionOptions), rejectUnauthorized: false, checkServerIdentity: () => undefined });
     const fail = (err: Error) => done?.(err, socket);
     socket.once('error', fail);
+    // No request holds the socket yet, so no request timeout covers a stalled handshake.
+    socket.setTimeout(this._handshakeMs, () => socket.destroy(new HamalError('VSPHERE_UNREACHABLE', `TLS handshake with ${this._host} did not finish within ${this._handshakeMs / 1000} s`, { subject: this._host, retryable: true })));
     socket.once('secureConnect', () => {
+      socket.setTimeout(0);
       socket.off('error', fail);
       const cert = socket.getPeerCertificate();
       if (cert.fingerprint256 === this._want || cert.fingerprint === this._want) {
@@ -262,7 +283,7 @@ class PinnedAgent extends https.Agent {
       }
       socket.destroy();
       done?.(
-        new HamalError('TLS_THUMBPRINT_MISMATCH', `the certificate of ${this._host} does not match the pinned thumbprint: expected ${this._want}, the server presented SHA-256 ${cert.fingerprint256} (SHA-1 ${cert.fingerprint})`, {
+        new HamalError('TLS_THUMBPRINT_MISMATCH', `the certificate of ${this._host} does not match the pinned thumbprint: expected ${this._want}, the server presented ${cert.fingerprint256 ? `SHA-256 ${cert.fingerprint256} (SHA-1 ${cert.fingerprint})` : 'no certificate'}`, {
           subject: this._host,
         }),
         socket,
