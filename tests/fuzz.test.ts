@@ -84,16 +84,20 @@ test('FusionCompute bitmaps: any answer gives extents inside the disk, ascending
   fc.assert(
     fc.property(
       fc.record({
-        startBlock: fc.oneof(fc.constant(0), fc.integer({ min: -8, max: 1 << 20 })),
-        blockCount: fc.oneof(fc.constant(64), fc.integer({ min: -8, max: 4096 })),
-        sectorsPerBlock: fc.oneof(fc.constant(128), fc.integer({ min: -1, max: 4096 }), fc.double()),
-        bitCount: fc.oneof(fc.constant(64), fc.integer(), fc.anything()),
-        bitmap: fc.oneof(fc.uint8Array({ minLength: 8, maxLength: 8 }).map((b) => Buffer.from(b).toString('base64')), fc.string(), fc.anything()),
+        sectorOfBlock: fc.oneof(fc.constant(128), fc.integer({ min: -1, max: 4096 }), fc.double()),
+        bitNum: fc.oneof(fc.constant(64), fc.integer({ min: -8, max: 80 }), fc.anything()),
+        bit1Num: fc.oneof(fc.integer({ min: 0, max: 64 }), fc.anything()),
+        bitMap: fc.oneof(
+          fc.uint8Array({ minLength: 8, maxLength: 8 }).map((b) => Buffer.from(b).toString('hex')),
+          fc.uint8Array({ minLength: 8, maxLength: 8 }).map((b) => Buffer.from(b).toString('base64')),
+          fc.string(),
+          fc.anything(),
+        ),
       }),
       fc.integer({ min: 0, max: 1 << 30 }),
       (page, capacity) => {
         try {
-          const out = bitmapExtents(page as never, { startBlock: 0, blockCount: 64 }, capacity, 'fuzz');
+          const out = bitmapExtents(page as never, { startBlock: 0, blockNum: 64 }, capacity, 'fuzz');
           let end = -1;
           for (const e of out) {
             assert.ok(e.length > 0 && e.offset > end && e.offset + e.length <= capacity, JSON.stringify(e));

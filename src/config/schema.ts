@@ -123,6 +123,13 @@ export const SCHEMA = {
     },
     max_socket_connections_per_host: int(8, 1, 256, 'connections', 'used', 'Connections open to one FusionCompute data-channel host at once, over every disk and task of the proxy.'),
     max_writer_num: int(10, 1, 256, 'threads', 'used', 'Chunk writes per disk of FusionCompute syncs: replaces `[hamal] writers_per_disk` for them (a task\'s own `writers` still wins).'),
+    parallel_volumes: int(1, 1, 64, 'disks', 'used', "Volumes of one FusionCompute VM read at once (hamal's key). The disks of a VM share one data channel port in the public evidence, so one at a time; each volume's channel is released when it is done."),
+    data_channel_command: {
+      type: { kind: 'string' },
+      default: '',
+      status: 'used',
+      doc: "hamal's key. Command that serves one FusionCompute volume snapshot read-only over NBD on {socket} from its data channel, e.g. a program built on Huawei's backup SDK; empty: hamal's built-in HTTP reader (unverified against a real VRM, docs/fusion_compute.md). Placeholders: {socket} {host} {port} {resource_url} {target_file} {transfer} {size} {token_file} (a 0600 file holding the token, never on a command line) {ca_file} (a 0600 file holding the channel's CA, empty for lan).",
+    },
   },
   hamal: {
     log_dir: {

@@ -11,6 +11,14 @@ export class PerDisk<T> {
     return p;
   }
 
+  /** Stops the one of `disk`, if it was made, and forgets it (a later `get` makes a new one). */
+  async stop(disk: string, stop: (resource: T) => unknown): Promise<void> {
+    const p = this._made.get(disk);
+    this._made.delete(disk);
+    const made = p && (await Promise.allSettled([p]))[0]!;
+    if (made?.status === 'fulfilled') await Promise.allSettled([stop(made.value)]);
+  }
+
   /** Waits for those still being made, then stops each one that was; failures are ignored. */
   async stopAll(stop: (resource: T) => unknown): Promise<void> {
     const made = await Promise.allSettled(this._made.values());

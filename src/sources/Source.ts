@@ -48,6 +48,16 @@ export interface Snapshot {
    * then syncs the disk in full and reports the reason. `null`: they can. Optional.
    */
   checkSince?(disk: DiskInfo, since: ChangeId): Promise<string | null>;
+  /**
+   * At most this many disks read at once, whatever the pipeline's parallelDisks: a
+   * platform whose disks share one data channel (FusionCompute) says 1. Optional.
+   */
+  readonly parallelDisks?: number;
+  /**
+   * The pipeline is done reading `disk` (its version committed, or the disk failed):
+   * frees what reading it held (a data channel) before `release`. Optional, never rejects.
+   */
+  diskDone?(disk: DiskInfo): Promise<void>;
 
   /**
    * Removes the platform snapshot and frees handles. Idempotent. `committed`: the disks

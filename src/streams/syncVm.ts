@@ -99,7 +99,14 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
       const perDisk = from(disks).pipe(
         mergeMap(
           (disk) =>
-            withSlot(options.diskSlots, () => syncDisk(vm, snapshot, disk, repo, { ...options, inflight })).pipe(
+            withSlot(options.diskSlots, () =>
+              usingResource(
+                async () => disk,
+                // Every block of the disk settled first: diskDone may close what they read through.
+                () => Promise.allSettled([...inflight]).then(() => snapshot.diskDone?.(disk)),
+                () => syncDisk(vm, snapshot, disk, repo, { ...options, inflight }),
+              ),
+            ).pipe(
               catchError((error: Error) => of<SyncEvent>({ type: 'disk-failed', disk: disk.id, error })),
               tap((e) => {
                 if (e.type === 'disk-done') {
@@ -109,7 +116,7 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
                 else if (e.type === 'disk-failed') failed.push({ disk: e.disk, error: e.error });
               }),
             ),
-          parallelDisks,
+          Math.min(parallelDisks, snapshot.parallelDisks ?? parallelDisks),
         ),
       );
       const metadata = defer(async (): Promise<SyncEvent[]> => {

@@ -1,10 +1,15 @@
 import http from 'node:http';
 import https from 'node:https';
-import { readFileSync } from 'node:fs';
 import { HamalError } from '../../errors.ts';
 import { Slots } from '../../streams/Slots.ts';
 
-/** Where a volume's data is read from, as a backupresources task answers it. */
+/** What reads one volume snapshot from its data channel: the built-in reader, or a command's NBD export. */
+export interface VolumeReader {
+  read(offset: number, length: number, into: Buffer): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+/** Where a volume's data is read from, as a backup resource names it. */
 export interface DataChannelInfo {
   host: string;
   port: number;
@@ -14,13 +19,13 @@ export interface DataChannelInfo {
 }
 
 /**
- * Reads one volume snapshot through its data channel. The wire protocol past the
- * backupresources answer is not public; this implements the most likely reading
- * (docs/fusion_compute.md): HTTP Range GETs of the resource URL on host:port, the token
- * in X-Auth-Token, TLS (verified) for `lanssl`, plain HTTP for `lan`. Kept behind this
- * small class so a different wire protocol replaces one file.
+ * The built-in reader of a volume snapshot's data channel. UNVERIFIED against a VRM: no
+ * public source describes the wire protocol past the backup resource's answer, so this is
+ * the most likely reading (docs/fusion_compute.md): HTTP Range GETs of the resource URL on
+ * host:port, the token in X-Auth-Token, TLS (verified) for `lanssl`, plain HTTP for `lan`.
+ * `[fusion_compute] data_channel_command` replaces it with an operator's own program.
  */
-export class DataChannel {
+export class DataChannel implements VolumeReader {
   private readonly _agent: http.Agent;
   private readonly _slots: Slots;
 
@@ -28,10 +33,11 @@ export class DataChannel {
     readonly info: DataChannelInfo,
     private readonly _transfer: 'lanssl' | 'lan',
     maxConnections: number,
-    caFile: string | undefined,
+    /** PEM the channel's certificate is verified with (the task's CA file, or the resource's caCert); system CAs when absent. */
+    ca: string | undefined,
     private readonly _timeoutMs: number,
   ) {
-    const h = hostConnections(`${_transfer}://${info.host}:${info.port}`, maxConnections, _transfer, caFile);
+    const h = hostConnections(`${_transfer}://${info.host}:${info.port}`, maxConnections, _transfer, ca);
     this._agent = h.agent;
     this._slots = h.slots;
   }
@@ -68,6 +74,8 @@ export class DataChannel {
     );
   }
 
+  /** Sockets belong to the host's shared agent: nothing of this channel's to close. */
+  async close(): Promise<void> {}
 }
 
 /**
@@ -76,12 +84,14 @@ export class DataChannel {
  * included), the slots make readers wait for one.
  */
 const perHost = new Map<string, { slots: Slots; agent: http.Agent }>();
-function hostConnections(key: string, max: number, transfer: 'lanssl' | 'lan', caFile: string | undefined) {
+function hostConnections(host: string, max: number, transfer: 'lanssl' | 'lan', ca: string | undefined) {
+  // A host whose certificate changed (a new caCert) gets an agent, and a cap, of its own.
+  const key = `${host} ${ca ?? ''}`;
   let h = perHost.get(key);
   if (!h || h.slots.size !== max) {
     const o = { keepAlive: true, maxSockets: max, maxTotalSockets: max };
     h?.agent.destroy();
-    h = { slots: new Slots(max, 'max_socket_connections_per_host'), agent: transfer === 'lanssl' ? new https.Agent({ ...o, ca: caFile ? readFileSync(caFile) : undefined }) : new http.Agent(o) };
+    h = { slots: new Slots(max, 'max_socket_connections_per_host'), agent: transfer === 'lanssl' ? new https.Agent({ ...o, ca }) : new http.Agent(o) };
     perHost.set(key, h);
   }
   return h;

@@ -1,6 +1,8 @@
 import { Observable } from 'rxjs';
 import dgram from 'node:dgram';
 import { isIP } from 'node:net';
+import { readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import type { DiskInfo, Snapshot, SnapshotOptions, Source } from '../Source.ts';
 import type { ChangeId } from '../ChangeId.ts';
 import type { Extent } from '../../streams/Extent.ts';
@@ -8,7 +10,10 @@ import { HamalError } from '../../errors.ts';
 import { log } from '../../log/Logger.ts';
 import { FcClient, type FcClientOptions } from './FcClient.ts';
 import { bitmapExtents, type CbtPage } from './cbtBitmap.ts';
-import { DataChannel, type DataChannelInfo } from './DataChannel.ts';
+import { DataChannel, type VolumeReader } from './DataChannel.ts';
+import { DataChannelCommand } from './DataChannelCommand.ts';
+import { BackupResource } from './BackupResource.ts';
+import { findVm, listSnapshots, vmDisks, type FcSnapshotRef, type FcVm } from './fcInventory.ts';
 import { PerDisk } from '../PerDisk.ts';
 
 export interface FusionComputeSourceOptions {
@@ -17,15 +22,27 @@ export interface FusionComputeSourceOptions {
   localHostIp?: string;
   /** `lanssl` (TLS, verified; the default) or `lan` (plain, only when configured). */
   transfer?: 'lanssl' | 'lan';
-  /** CA of the data channels' certificates; the API's caFile when absent. */
+  /** CA of the data channels' certificates; else the caCert each backup resource gives. */
   dataCaFile?: string;
   /** `[fusion_compute] max_socket_connections_per_host`. @default 8 */
   maxConnectionsPerHost?: number;
+  /**
+   * `[fusion_compute] parallel_volumes`: volumes of one VM read at once. The disks of a VM
+   * share one data channel port in the evidence, so one at a time. @default 1
+   */
+  parallelVolumes?: number;
+  /**
+   * `[fusion_compute] data_channel_command`: a program serving one volume over NBD from
+   * the channel's parameters (DataChannelCommand); empty = the built-in HTTP reader.
+   */
+  dataChannelCommand?: string;
+  /** Where data_channel_command's socket and files go (private 0700 directories). @default os.tmpdir() */
+  workDir?: string;
   /** `create_snap_task_timeout`. @default 3600 s */
   createSnapTimeoutMs?: number;
   /** `delete_snap_task_timeout`. @default 3600 s */
   deleteSnapTimeoutMs?: number;
-  /** `task_timeout`: backupresources and other tasks. @default 3600 s */
+  /** `task_timeout`: backup resources and other tasks. @default 3600 s */
   taskTimeoutMs?: number;
   /** Blocks asked per getcbt call (a multiple of 8). @default 65536 */
   pageBlocks?: number;
@@ -39,17 +56,19 @@ interface FcVolume {
   urn: string;
   uri: string;
   name: string;
-  cbtCreateTime: string;
   snapUuid: string;
-  changeId: string;
+  /** The snapshot's CBT identity of the volume (eSDK model Volsnapshots); empty when it has none. */
+  cbtCreateTime: string;
+  chgID: string;
 }
 
 /**
- * Huawei FusionCompute, from its public REST reference (docs/fusion_compute.md): a CBT
- * backup snapshot of the VM, the changed-block bitmap of each volume (getcbt) turned into
- * extents, data through one data channel per volume (backupresources), the snapshot
- * deleted at the end. A disk's changeId is `<cbt creation time>/<change id>`: a different
- * creation time means tracking was reset, and the disk is synced in full.
+ * Huawei FusionCompute, as Huawei's own clients call it (docs/fusion_compute.md): a
+ * CBTbackup snapshot of the VM, the changed-block bitmap of each volume (getcbt) turned
+ * into extents, its data through a backup resource (a leased data channel), released when
+ * the volume is done, the snapshot deleted at the end. A disk's changeId is
+ * `<volCBTCreateTime>/<chgID>` from the snapshot's volsnapshots: another creation time, or
+ * a chgID that went back (tracking restarted after a host reboot), is a full sync.
  */
 export class FusionComputeSource implements Source {
   readonly platform = 'fusion_compute';
@@ -61,66 +80,36 @@ export class FusionComputeSource implements Source {
     try {
       await fc.login();
       const vm = await findVm(fc, selector);
-      const detail = await fc.call('GET', vm.uri, `VM ${vm.name}`);
-      const disks = ((detail.vmConfig as { disks?: Array<{ volumeUrn: string; volumeUri: string; sequenceNum?: number }> } | undefined)?.disks ?? []).slice();
-      const sub = log.child('fusion_compute');
-
-      // Leftovers of ours from a crashed run go, except one an interrupted sync's journal names.
-      const reuse = new Set(options.reuse ?? []);
-      const snaps = ((await fc.call('GET', `${vm.uri}/snapshots`, `snapshots of VM ${vm.name}`)).snapshots ?? []) as Array<{ name: string; uri: string; urn: string }>;
-      let kept: { name: string; uri: string; urn: string } | undefined;
-      for (const s of snaps.filter((x) => x.name.startsWith(FC_SNAPSHOT_PREFIX))) {
-        if (!kept && reuse.has(s.name)) {
-          kept = s;
-          continue;
-        }
-        await deleteSnapshot(fc, s.uri, s.name, o.deleteSnapTimeoutMs ?? 3600_000);
-        sub.warn(`VM ${vm.name}: removed snapshot ${s.name} left by an interrupted sync`);
-      }
-      let snap = kept;
-      if (!snap) {
-        const name = `${FC_SNAPSHOT_PREFIX}${new Date().toISOString().replace(/[-:.]/g, '')}`;
-        const created = await fc.call('POST', `${vm.uri}/snapshots`, `snapshot of VM ${vm.name}`, {
-          name,
-          description: 'hamal sync',
-          needMemoryShot: false,
-          isConsistent: false,
-          type: 'CBTbackup',
-        });
-        try {
-          await fc.waitTask(String(created.taskUri), `snapshot ${name} of VM ${vm.name}`, o.createSnapTimeoutMs ?? 3600_000);
-        } catch (err) {
-          // A snapshot that did not finish in time is deleted now, or swept by the next run.
-          if (created.uri) await deleteSnapshot(fc, String(created.uri), name, o.deleteSnapTimeoutMs ?? 3600_000).catch(() => sub.warn(`snapshot ${name} of VM ${vm.name} left for the next run to sweep`));
-          throw err;
-        }
-        snap = { name, uri: String(created.uri), urn: String(created.urn) };
-      } else sub.info(`VM ${vm.name}: resuming with snapshot ${snap.name} of the interrupted sync`);
+      const disks = await vmDisks(fc, vm);
+      const snap = await this._snapshotOf(fc, vm, options.reuse ?? []);
       try {
         const sdetail = await fc.call('GET', snap.uri, `snapshot ${snap.name}`);
-        const volsnaps = (sdetail.volsnapshots ?? []) as Array<{ volumeUrn: string; snapUuid: string; changeId?: string }>;
+        const volsnaps = (sdetail.volsnapshots ?? []) as Array<{ volumeUrn: string; snapUuid: string; volCBTCreateTime?: unknown; chgID?: unknown }>;
         const volumes: FcVolume[] = [];
         for (const d of disks) {
           const v = await fc.call('GET', d.volumeUri, `volume ${d.volumeUrn}`);
           const vs = volsnaps.find((x) => x.volumeUrn === d.volumeUrn);
-          if (!vs) throw new HamalError('FC_SNAPSHOT', `snapshot ${snap.name} has no volume snapshot of ${d.volumeUrn}`, { subject: d.volumeUrn });
-          const capacity = Math.round(Number(v.quantityGB) * 1024 ** 3);
+          if (!vs?.snapUuid) throw new HamalError('FC_SNAPSHOT', `snapshot ${snap.name} has no volume snapshot of ${d.volumeUrn}`, { subject: d.volumeUrn });
           const id = `volume-${String(v.uuid ?? d.volumeUrn.split(':').pop())}`;
-          const cbtCreateTime = String(v.cbtCreateTime ?? '');
+          const name = String(v.name ?? id);
+          const cbtCreateTime = vs.volCBTCreateTime == null ? '' : String(vs.volCBTCreateTime);
+          const chgID = vs.chgID == null ? '' : String(vs.chgID);
+          const capacity = Math.round(Number(v.quantityGB) * 1024 ** 3);
+          if (!(capacity > 0)) throw new HamalError('FC_BAD_REPLY', `volume ${name}: quantityGB ${String(v.quantityGB)} is not a size`, { subject: d.volumeUrn });
           volumes.push({
-            info: { id, label: `${String(v.name ?? id)} (#${d.sequenceNum ?? volumes.length + 1})`, capacity, changeId: `${cbtCreateTime}/${vs.changeId ?? vs.snapUuid}` },
+            info: { id, label: `${name} (#${d.sequenceNum ?? volumes.length + 1})`, capacity, changeId: cbtCreateTime && chgID ? `${cbtCreateTime}/${chgID}` : null },
             urn: d.volumeUrn,
             uri: d.volumeUri,
-            name: String(v.name ?? id),
-            cbtCreateTime,
+            name,
             snapUuid: vs.snapUuid,
-            changeId: vs.changeId ?? vs.snapUuid,
+            cbtCreateTime,
+            chgID,
           });
         }
         const ip = o.localHostIp || (await localIpTowards(new URL(o.client.url).hostname));
         return new FcSnapshot(fc, vm, snap, volumes, ip, o);
       } catch (err) {
-        await deleteSnapshot(fc, snap.uri, snap.name, o.deleteSnapTimeoutMs ?? 3600_000).catch(() => {});
+        await deleteSnapshot(fc, snap, o.deleteSnapTimeoutMs ?? 3600_000).catch(() => {});
         throw err;
       }
     } catch (err) {
@@ -128,22 +117,46 @@ export class FusionComputeSource implements Source {
       throw err;
     }
   }
+
+  /**
+   * Sweeps leftovers of ours anywhere in the VM's snapshot tree, except one an interrupted
+   * sync's journal names (reused), and takes a new CBTbackup snapshot otherwise.
+   */
+  private async _snapshotOf(fc: FcClient, vm: FcVm, reuse: readonly string[]): Promise<FcSnapshotRef> {
+    const o = this._o;
+    const sub = log.child('fusion_compute');
+    let kept: FcSnapshotRef | undefined;
+    // Children first: deleting a parent moves its children up, the tree stays walkable.
+    for (const s of (await listSnapshots(fc, vm)).filter((x) => x.name.startsWith(FC_SNAPSHOT_PREFIX)).reverse()) {
+      if (!kept && reuse.includes(s.name)) {
+        kept = s;
+        continue;
+      }
+      await deleteSnapshot(fc, s, o.deleteSnapTimeoutMs ?? 3600_000);
+      sub.warn(`VM ${vm.name}: removed snapshot ${s.name} left by an interrupted sync`);
+    }
+    if (kept) {
+      sub.info(`VM ${vm.name}: resuming with snapshot ${kept.name} of the interrupted sync`);
+      return kept;
+    }
+    const name = `${FC_SNAPSHOT_PREFIX}${new Date().toISOString().replace(/[-:.]/g, '')}`;
+    // eSDK CreateVmSnapshotReq; only a CBTbackup snapshot carries volCBTCreateTime and chgID.
+    const created = await fc.call('POST', `${vm.uri}/snapshots`, `snapshot of VM ${vm.name}`, { name, description: 'hamal sync', needMemoryShot: false, isConsistent: false, type: 'CBTbackup' });
+    const snap = { name, uri: String(created.uri ?? ''), urn: String(created.urn ?? '') };
+    try {
+      await fc.waitTask(String(created.taskUri), `snapshot ${name} of VM ${vm.name}`, o.createSnapTimeoutMs ?? 3600_000);
+    } catch (err) {
+      // A snapshot that did not finish in time is deleted now, or swept by the next run.
+      if (snap.uri) await deleteSnapshot(fc, snap, o.deleteSnapTimeoutMs ?? 3600_000).catch(() => sub.warn(`snapshot ${name} of VM ${vm.name} left for the next run to sweep`));
+      throw err;
+    }
+    return snap;
+  }
 }
 
-async function findVm(fc: FcClient, selector: string): Promise<{ urn: string; uri: string; name: string; uuid?: string }> {
-  const sites = ((await fc.call('GET', '/service/sites', 'sites')).sites ?? []) as Array<{ uri: string; name: string }>;
-  const all: Array<{ urn: string; uri: string; name: string; uuid?: string }> = [];
-  for (const site of sites) all.push(...(((await fc.call('GET', `${site.uri}/vms`, `VMs of site ${site.name}`)).vms ?? []) as typeof all));
-  const byId = all.filter((v) => v.urn === selector || v.uuid === selector || v.uri === selector);
-  const found = byId.length ? byId : all.filter((v) => v.name === selector);
-  if (found.length === 1) return found[0]!;
-  if (!found.length) throw new HamalError('VM_NOT_FOUND', `no VM ${selector} on FusionCompute (by URN, UUID or name)`, { subject: selector });
-  throw new HamalError('VM_AMBIGUOUS', `${found.length} VMs are named ${selector}: ${found.map((v) => v.urn).join(', ')}; give the URN`, { subject: selector });
-}
-
-async function deleteSnapshot(fc: FcClient, uri: string, name: string, timeoutMs: number): Promise<void> {
-  const t = await fc.call('DELETE', uri, `snapshot ${name}`);
-  if (t.taskUri) await fc.waitTask(String(t.taskUri), `deletion of snapshot ${name}`, timeoutMs);
+async function deleteSnapshot(fc: FcClient, snap: FcSnapshotRef, timeoutMs: number): Promise<void> {
+  const t = await fc.call('DELETE', snap.uri, `snapshot ${snap.name}`);
+  if (t.taskUri) await fc.waitTask(String(t.taskUri), `deletion of snapshot ${snap.name}`, timeoutMs);
 }
 
 /** The local address the kernel would use to reach `host` (no packet is sent). */
@@ -162,20 +175,27 @@ function localIpTowards(host: string): Promise<string> {
   });
 }
 
+/** A volume's data channel: the lease and what reads through it. */
+interface Channel {
+  resource: BackupResource;
+  reader: VolumeReader;
+}
+
 class FcSnapshot implements Snapshot {
   readonly platform = 'fusion_compute';
   readonly vm: { id: string; name: string };
   readonly id: string;
   readonly disks: readonly DiskInfo[];
   readonly info: Record<string, unknown>;
+  readonly parallelDisks: number;
   private readonly _byId: Map<string, FcVolume>;
-  private readonly _channels = new PerDisk<DataChannel>();
+  private readonly _channels = new PerDisk<Channel>();
   private _released = false;
 
   constructor(
     private readonly _fc: FcClient,
-    vm: { urn: string; name: string; uuid?: string },
-    private readonly _snap: { name: string; uri: string; urn: string },
+    vm: FcVm,
+    private readonly _snap: FcSnapshotRef,
     volumes: FcVolume[],
     private readonly _ip: string,
     private readonly _o: FusionComputeSourceOptions,
@@ -183,6 +203,7 @@ class FcSnapshot implements Snapshot {
     this.vm = { id: vm.uuid ?? vm.urn, name: vm.name };
     this.id = _snap.name;
     this.disks = volumes.map((v) => v.info);
+    this.parallelDisks = _o.parallelVolumes ?? 1;
     this._byId = new Map(volumes.map((v) => [v.info.id, v]));
     this.info = { urn: vm.urn, snapshot: _snap.urn, localHostIp: _ip };
   }
@@ -195,29 +216,34 @@ class FcSnapshot implements Snapshot {
 
   async checkSince(disk: DiskInfo, since: ChangeId): Promise<string | null> {
     const v = this._vol(disk);
-    const epoch = since.slice(0, since.lastIndexOf('/'));
-    return epoch === v.cbtCreateTime ? null : `change tracking of volume ${v.name} was recreated (CBT creation time ${epoch} -> ${v.cbtCreateTime})`;
+    const at = since.lastIndexOf('/');
+    const [epoch, chg] = [since.slice(0, at), since.slice(at + 1)];
+    if (!v.cbtCreateTime || !v.chgID) return `snapshot ${this.id} gives volume ${v.name} no CBT identity`;
+    if (epoch !== v.cbtCreateTime) return `change tracking of volume ${v.name} was recreated (volCBTCreateTime ${epoch} -> ${v.cbtCreateTime})`;
+    // chgID counts up per snapshot; one that went back means tracking restarted (host reboot).
+    if (!(Number(v.chgID) > Number(chg))) return `change tracking of volume ${v.name} restarted (chgID ${chg} -> ${v.chgID} under volCBTCreateTime ${epoch})`;
+    return null;
   }
 
   changes(disk: DiskInfo, since: ChangeId | null): Observable<Extent> {
     const v = this._vol(disk);
-    const page = this._o.pageBlocks ?? 65536;
+    const blockNum = this._o.pageBlocks ?? 65536;
     return new Observable<Extent>((subscriber) => {
       let stopped = false;
       (async () => {
-        let blockBytes = 0;
-        for (let start = 0; !stopped && (blockBytes === 0 || start * blockBytes < disk.capacity); start += page) {
-          const asked = { startBlock: start, blockCount: page };
-          const reply = (await this._fc.call('POST', `${v.uri}/getcbt`, `changed blocks of volume ${v.name}`, {
+        for (let startBlock = 0; !stopped; startBlock += blockNum) {
+          // eSDK QueryVMVolumeCBTReq; no chgID asks for every block written (a full sync).
+          const page = (await this._fc.call('POST', `${v.uri}/getcbt`, `changed blocks of volume ${v.name}`, {
+            type: 'DiffBitmapAndBit1Num',
             snapUuid: v.snapUuid,
-            volCbtCreateTime: v.cbtCreateTime,
-            ...(since ? { changeId: since.slice(since.lastIndexOf('/') + 1) } : {}),
-            startBlock: asked.startBlock,
-            blockCount: asked.blockCount,
+            volCBTCreateTime: v.cbtCreateTime,
+            ...(since ? { chgID: since.slice(since.lastIndexOf('/') + 1) } : {}),
+            startBlock,
+            blockNum,
           })) as unknown as CbtPage;
-          blockBytes = reply.sectorsPerBlock * 512;
-          // bitmapExtents refuses an answer without a whole positive sectorsPerBlock.
-          for (const e of bitmapExtents(reply, asked, disk.capacity, v.name)) subscriber.next(e);
+          for (const e of bitmapExtents(page, { startBlock, blockNum }, disk.capacity, v.name)) subscriber.next(e);
+          // Fewer bits than asked: the volume ends in this page (VMVolumeCBT).
+          if (page.bitNum < blockNum || (startBlock + page.bitNum) * page.sectorOfBlock * 512 >= disk.capacity) break;
         }
       })().then(
         () => subscriber.complete(),
@@ -229,38 +255,50 @@ class FcSnapshot implements Snapshot {
     });
   }
 
-  private _channel(v: FcVolume): Promise<DataChannel> {
+  private _channel(v: FcVolume): Promise<Channel> {
     return this._channels.get(v.info.id, async () => {
       const transfer = this._o.transfer ?? 'lanssl';
-      const t = await this._fc.call('POST', `${v.uri}/backupresources`, `data channel of volume ${v.name}`, {
-        taskType: 'CBTBackup',
-        ip: this._ip,
-        snapUrns: [this._snap.urn],
-        transferType: transfer,
-      });
-      const done = await this._fc.waitTask(String(t.taskUri), `data channel of volume ${v.name}`, this._o.taskTimeoutMs ?? 3600_000);
-      const r = (done.result ?? done) as Partial<DataChannelInfo>;
-      if (!r.host || !r.port || !r.token || !r.url) throw new HamalError('FC_DATA_CHANNEL', `the data channel task of volume ${v.name} gave no host, port, token and url`, { subject: v.urn });
-      return new DataChannel({ host: r.host, port: Number(r.port), token: r.token, url: r.url }, transfer, this._o.maxConnectionsPerHost ?? 8, this._o.dataCaFile ?? this._o.client.caFile, this._o.client.timeoutMs ?? 600_000);
+      const resource = await BackupResource.open(this._fc, v, { snapUrn: this._snap.urn, volCBTCreateTime: v.cbtCreateTime || undefined, ip: this._ip, transMode: transfer, timeoutMs: this._o.taskTimeoutMs ?? 3600_000 });
+      try {
+        const info = resource.info;
+        const ca = this._o.dataCaFile ? await readFile(this._o.dataCaFile, 'utf8') : transfer === 'lanssl' ? info.caCert : undefined;
+        const reader: VolumeReader = this._o.dataChannelCommand
+          ? await DataChannelCommand.start(this._o.dataChannelCommand, info, { transfer, size: v.info.capacity, ca, workDir: this._o.workDir ?? tmpdir(), maxRequestBytes: 4 * 1024 * 1024, volume: v.name })
+          : new DataChannel({ host: info.hostIP, port: info.hostPort, token: info.token, url: info.resourceUrl }, transfer, this._o.maxConnectionsPerHost ?? 8, ca, this._o.client.timeoutMs ?? 600_000);
+        return { resource, reader };
+      } catch (err) {
+        await resource.close();
+        throw err;
+      }
     });
   }
 
   async read(disk: DiskInfo, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const buf = into && into.length >= length ? into : Buffer.allocUnsafe(length);
-    return (await this._channel(this._vol(disk))).read(offset, length, buf);
+    return (await this._channel(this._vol(disk))).reader.read(offset, length, buf);
+  }
+
+  /** The volume is done: its channel is released now, not when the VM is. */
+  async diskDone(disk: DiskInfo): Promise<void> {
+    await this._channels.stop(disk.id, closeChannel);
   }
 
   async release(): Promise<void> {
     if (this._released) return;
     this._released = true;
-    // Channels share their host's agent and cap: nothing of theirs to stop.
-    await this._channels.stopAll(() => undefined);
+    // The VRM refuses to delete a snapshot a backup resource still reads.
+    await this._channels.stopAll(closeChannel);
     try {
-      await deleteSnapshot(this._fc, this._snap.uri, this._snap.name, this._o.deleteSnapTimeoutMs ?? 3600_000);
+      await deleteSnapshot(this._fc, this._snap, this._o.deleteSnapTimeoutMs ?? 3600_000);
     } catch (err) {
       log.child('fusion_compute').warn(`snapshot ${this._snap.name} not deleted (${(err as Error).message}); the next sync of ${this.vm.name} sweeps it`);
     } finally {
       await this._fc.logout();
     }
   }
+}
+
+async function closeChannel(c: Channel): Promise<void> {
+  await c.reader.close().catch(() => {});
+  await c.resource.close();
 }
