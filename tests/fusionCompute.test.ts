@@ -13,6 +13,7 @@ import { FusionComputeStandIn } from './helpers/FusionComputeStandIn.ts';
 import { hamal } from './helpers/cli.ts';
 import { MiB, pattern, sha256File, tempDir } from './helpers/disks.ts';
 import { FusionComputeSource } from '../src/sources/fusion_compute/FusionComputeSource.ts';
+import { DataChannel } from '../src/sources/fusion_compute/DataChannel.ts';
 import { FsStore } from '../src/sinks/fs/FsStore.ts';
 import { Repository } from '../src/repo/Repository.ts';
 import { runVmSync } from '../src/streams/runVmSync.ts';
@@ -163,7 +164,7 @@ test('bad credentials, unknown VM, a bitmap of the wrong length: clear errors, e
   for (const r of [bad, none]) assert.not.match(r.stderr + r.stdout, PASSWORD);
 });
 
-test("lanssl: the data channel is TLS, verified with the backup resource's caCert; a task's caFile that does not sign it is refused", async () => {
+test("lanssl: the data channel is TLS, verified with the backup resource's caCert (beside a task's caFile); a CA that does not sign it is refused", async () => {
   const tdir = await tempDir('hamal-fc-tls-');
   const cert = async (name: string) => {
     await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(tdir, `${name}.key`), '-out', join(tdir, `${name}.pem`), '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1']);
@@ -176,11 +177,14 @@ test("lanssl: the data channel is TLS, verified with the backup resource's caCer
     const v = await tls.addVolume('sys', 1);
     await tls.write(v, 5 * MiB + 3, pattern(MiB, 9));
     const t = (over: Record<string, unknown>) => ({ ...task(over), source: { ...task(over).source, connection: { url: tls.url, username: 'fcadmin', password: PASSWORD, ...over } }, target: join(tdir, 'repo') });
-    const refused = await sync(t({ caFile: other.file }));
-    assert.is(refused.code, 1);
-    assert.match(refused.stderr, /data channel 127\.0\.0\.1:\d+: self-signed certificate/);
-    assert.equal(tls.openBackupResources(), [], 'the refused channel was released');
-    const ok = await sync(t({}));
+    // The channel is verified: a CA that does not sign the host is refused before any byte.
+    const foreign = new DataChannel({ host: '127.0.0.1', port: tls.dataPort, token: 'none', url: '/', volume: 'sys' }, 'lanssl', 1, other.cert, 5000);
+    await foreign.read(0, 512, Buffer.alloc(512)).then(
+      () => assert.unreachable('an unverified channel was read'),
+      (e: Error) => assert.match(e.message, /data channel 127\.0\.0\.1:\d+ of volume sys: self-signed certificate/),
+    );
+    // A task's caFile (here one that signs nothing of the stand-in's) adds to the resource's caCert.
+    const ok = await sync(t({ caFile: other.file }));
     assert.is(ok.code, 0, ok.stderr);
     const [d] = JSON.parse(ok.stdout).disks;
     const out = join(tdir, 'out.img');

@@ -4,6 +4,8 @@
  */
 export class PerDisk<T> {
   private readonly _made = new Map<string, Promise<T>>();
+  /** Stops under way: stopAll waits for them too (a channel's release before the snapshot's). */
+  private readonly _stopping = new Set<Promise<unknown>>();
 
   get(disk: string, make: () => Promise<T>): Promise<T> {
     let p = this._made.get(disk);
@@ -14,14 +16,17 @@ export class PerDisk<T> {
   /** Stops the one of `disk`, if it was made, and forgets it (a later `get` makes a new one). */
   async stop(disk: string, stop: (resource: T) => unknown): Promise<void> {
     const p = this._made.get(disk);
+    if (!p) return;
     this._made.delete(disk);
-    const made = p && (await Promise.allSettled([p]))[0]!;
-    if (made?.status === 'fulfilled') await Promise.allSettled([stop(made.value)]);
+    const stopping = p.then((r) => stop(r)).catch(() => undefined);
+    this._stopping.add(stopping);
+    await stopping;
+    this._stopping.delete(stopping);
   }
 
   /** Waits for those still being made, then stops each one that was; failures are ignored. */
   async stopAll(stop: (resource: T) => unknown): Promise<void> {
     const made = await Promise.allSettled(this._made.values());
-    await Promise.allSettled(made.map((m) => (m.status === 'fulfilled' ? stop(m.value) : undefined)));
+    await Promise.allSettled([...this._stopping, ...made.map((m) => (m.status === 'fulfilled' ? stop(m.value) : undefined))]);
   }
 }

@@ -9,7 +9,8 @@ import { RepositoryLock, type LockOptions } from '../repo/RepositoryLock.ts';
 import type { Manifest } from '../repo/Manifest.ts';
 import { vmMetadata } from './VmMetadata.ts';
 import { saveLocalMetadata } from './saveLocalMetadata.ts';
-import type { Snapshot, Source } from '../sources/Source.ts';
+import type { DiskInfo, Snapshot, Source } from '../sources/Source.ts';
+import { log } from '../log/Logger.ts';
 import type { Repository } from '../repo/Repository.ts';
 import { syncDisk, type DiskSyncOptions } from './syncDisk.ts';
 import type { SyncEvent } from './SyncEvent.ts';
@@ -99,14 +100,7 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
       const perDisk = from(disks).pipe(
         mergeMap(
           (disk) =>
-            withSlot(options.diskSlots, () =>
-              usingResource(
-                async () => disk,
-                // Every block of the disk settled first: diskDone may close what they read through.
-                () => Promise.allSettled([...inflight]).then(() => snapshot.diskDone?.(disk)),
-                () => syncDisk(vm, snapshot, disk, repo, { ...options, inflight }),
-              ),
-            ).pipe(
+            withSlot(options.diskSlots, () => withDiskDone(snapshot, disk, inflight, () => syncDisk(vm, snapshot, disk, repo, { ...options, inflight }))).pipe(
               catchError((error: Error) => of<SyncEvent>({ type: 'disk-failed', disk: disk.id, error })),
               tap((e) => {
                 if (e.type === 'disk-done') {
@@ -116,7 +110,7 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
                 else if (e.type === 'disk-failed') failed.push({ disk: e.disk, error: e.error });
               }),
             ),
-          Math.min(parallelDisks, snapshot.parallelDisks ?? parallelDisks),
+          diskCap(parallelDisks, snapshot),
         ),
       );
       const metadata = defer(async (): Promise<SyncEvent[]> => {
@@ -140,6 +134,26 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
     (lock) => lock.release(),
     () => sync$(),
   );
+}
+
+/** The pipeline's cap, lowered to what the snapshot allows (an integer of at least 1, else ignored). */
+function diskCap(parallelDisks: number, snapshot: Snapshot): number {
+  const own = snapshot.parallelDisks;
+  return own !== undefined && Number.isSafeInteger(own) && own >= 1 ? Math.min(parallelDisks, own) : parallelDisks;
+}
+
+/**
+ * `body`, then the snapshot's diskDone for `disk` once the blocks in flight have settled
+ * (it may close what they read through), on completion, error and unsubscription alike.
+ * A diskDone that fails is logged: the disk's outcome stands.
+ */
+function withDiskDone<T>(snapshot: Snapshot, disk: DiskInfo, inflight: Set<Promise<unknown>>, body: () => Observable<T>): Observable<T> {
+  if (!snapshot.diskDone) return defer(body);
+  const done = () =>
+    Promise.allSettled([...inflight])
+      .then(() => snapshot.diskDone!(disk))
+      .catch((err: Error) => log.child('sync').warn(`disk ${disk.id}: freeing what its reads held failed: ${err.message}`));
+  return usingResource(async () => disk, done, body);
 }
 
 /** `make()` once a slot of `slots` is held, the slot given back when it ends (or is unsubscribed). */

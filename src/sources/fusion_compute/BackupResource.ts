@@ -1,4 +1,4 @@
-import { interval, mergeMap, type Subscription } from 'rxjs';
+import { exhaustMap, interval, type Subscription } from 'rxjs';
 import { HamalError } from '../../errors.ts';
 import { log } from '../../log/Logger.ts';
 import type { FcClient } from './FcClient.ts';
@@ -67,8 +67,9 @@ export class BackupResource {
       const info = channelInfo(await fc.call('GET', path, what), what, volume.uri);
       log.addSecret(info.token);
       const half = Math.max(30, Math.floor(lease / 2));
+      // exhaustMap: a PUT that hangs does not queue the next ones behind it.
       const renewal = interval(half * 1000)
-        .pipe(mergeMap(() => fc.call('PUT', path, what, { delay: half }).catch((err: Error) => log.child('fusion_compute').warn(`${what}: lease not extended: ${err.message}`)), 1))
+        .pipe(exhaustMap(() => fc.call('PUT', path, what, { delay: half }).catch((err: Error) => log.child('fusion_compute').warn(`${what}: lease not extended: ${err.message}`))))
         .subscribe();
       return new BackupResource(fc, path, info, renewal, what);
     } catch (err) {
@@ -85,6 +86,9 @@ export class BackupResource {
 }
 
 function channelInfo(r: Record<string, unknown>, what: string, subject: string): ChannelInfo {
+  if (r.status !== undefined && r.status !== 'success') {
+    throw new HamalError('FC_DATA_CHANNEL', `${what} is ${String(r.status)}${r.reasonDes ? `: ${String(r.reasonDes)}` : ''}`, { subject });
+  }
   const port = Number(r.hostPort);
   if (typeof r.hostIP !== 'string' || !r.hostIP || !Number.isInteger(port) || port < 1 || port > 65535 || typeof r.token !== 'string' || !r.token || typeof r.resourceUrl !== 'string') {
     throw new HamalError('FC_DATA_CHANNEL', `${what}: the VRM gave no usable hostIP, hostPort, resourceUrl and token (status ${String(r.status ?? 'unknown')})`, { subject });

@@ -16,6 +16,8 @@ export interface DataChannelInfo {
   token: string;
   /** Path of the resource on that host. */
   url: string;
+  /** The volume's name, for errors. */
+  volume: string;
 }
 
 /**
@@ -37,12 +39,13 @@ export class DataChannel implements VolumeReader {
     ca: string | undefined,
     private readonly _timeoutMs: number,
   ) {
-    const h = hostConnections(`${_transfer}://${info.host}:${info.port}`, maxConnections, _transfer, ca);
-    this._agent = h.agent;
-    this._slots = h.slots;
+    this._slots = hostSlots(`${info.host}:${info.port}`, maxConnections);
+    this._agent = hostAgent(`${_transfer}://${info.host}:${info.port}`, maxConnections, _transfer, ca);
   }
 
   read(offset: number, length: number, into: Buffer): Promise<Buffer> {
+    const where = `data channel ${this.info.host}:${this.info.port} of volume ${this.info.volume}`;
+    const fail = (why: string, retryable = true, cause?: Error) => new HamalError('FC_DATA_CHANNEL', `${where}: ${why}`, { subject: this.info.volume, retryable, cause });
     return this._slots.use(
       () =>
         new Promise<Buffer>((resolve, reject) => {
@@ -50,25 +53,29 @@ export class DataChannel implements VolumeReader {
           const req = lib.request(
             { host: this.info.host, port: this.info.port, path: this.info.url, method: 'GET', agent: this._agent, timeout: this._timeoutMs, headers: { 'X-Auth-Token': this.info.token, Range: `bytes=${offset}-${offset + length - 1}` } },
             (res) => {
-              if (res.statusCode !== 206 && res.statusCode !== 200) {
-                res.resume();
-                return reject(new HamalError('FC_DATA_CHANNEL', `data channel ${this.info.host}:${this.info.port} answered HTTP ${res.statusCode} for ${length} bytes at ${offset}`, { subject: this.info.url, retryable: true }));
+              // Only the part asked for, at its offset: anything else would be stored shifted.
+              const start = /^bytes (\d+)-/.exec(String(res.headers['content-range'] ?? ''))?.[1];
+              const why =
+                res.statusCode !== 206 ? `answered HTTP ${res.statusCode} for ${length} bytes at ${offset}${res.statusCode === 200 ? ' (the whole resource: Range ignored)' : ''}` : start !== undefined && Number(start) !== offset ? `answered the part at ${start} for ${length} bytes at ${offset}` : undefined;
+              if (why) {
+                res.destroy();
+                return reject(fail(why, res.statusCode !== 200));
               }
               let got = 0;
               res.on('data', (d: Buffer) => {
-                if (got + d.length <= length) d.copy(into, got);
+                if (got + d.length > length) {
+                  res.destroy();
+                  return reject(fail(`sent more than the ${length} bytes asked for at ${offset}`));
+                }
+                d.copy(into, got);
                 got += d.length;
               });
-              res.on('end', () =>
-                got === length
-                  ? resolve(into.subarray(0, length))
-                  : reject(new HamalError('FC_DATA_CHANNEL', `data channel ${this.info.host}:${this.info.port} sent ${got} of ${length} bytes at ${offset}`, { subject: this.info.url, retryable: true })),
-              );
-              res.on('error', reject);
+              res.on('end', () => (got === length ? resolve(into.subarray(0, length)) : reject(fail(`sent ${got} of ${length} bytes at ${offset}`))));
+              res.on('error', (err) => reject(fail(err.message, true, err)));
             },
           );
           req.on('timeout', () => req.destroy(new Error('timed out')));
-          req.on('error', (err) => reject(new HamalError('FC_DATA_CHANNEL', `data channel ${this.info.host}:${this.info.port}: ${err.message}`, { subject: this.info.url, cause: err, retryable: true })));
+          req.on('error', (err) => reject(fail(err.message, true, err)));
           req.end();
         }),
     );
@@ -79,20 +86,27 @@ export class DataChannel implements VolumeReader {
 }
 
 /**
- * One agent and one cap per data-channel host, shared by every disk and task of the
- * process: the agent never opens more sockets than the cap (idle keep-alive ones
- * included), the slots make readers wait for one.
+ * One cap per data-channel host, shared by every disk and task of the process
+ * (`max_socket_connections_per_host`), and one keep-alive agent per host and CA that never
+ * opens more sockets than the cap: the slots make readers wait for one.
  */
-const perHost = new Map<string, { slots: Slots; agent: http.Agent }>();
-function hostConnections(host: string, max: number, transfer: 'lanssl' | 'lan', ca: string | undefined) {
-  // A host whose certificate changed (a new caCert) gets an agent, and a cap, of its own.
-  const key = `${host} ${ca ?? ''}`;
-  let h = perHost.get(key);
-  if (!h || h.slots.size !== max) {
+const slotsPerHost = new Map<string, Slots>();
+const agents = new Map<string, http.Agent>();
+
+function hostSlots(host: string, max: number): Slots {
+  let slots = slotsPerHost.get(host);
+  if (!slots || slots.size !== max) slotsPerHost.set(host, (slots = new Slots(max, 'max_socket_connections_per_host')));
+  return slots;
+}
+
+function hostAgent(host: string, max: number, transfer: 'lanssl' | 'lan', ca: string | undefined): http.Agent {
+  const key = `${host} ${max} ${ca ?? ''}`;
+  let agent = agents.get(key);
+  if (!agent) {
     const o = { keepAlive: true, maxSockets: max, maxTotalSockets: max };
-    h?.agent.destroy();
-    h = { slots: new Slots(max, 'max_socket_connections_per_host'), agent: transfer === 'lanssl' ? new https.Agent({ ...o, ca }) : new http.Agent(o) };
-    perHost.set(key, h);
+    // A host whose certificate changed (a new caCert) replaces its agent.
+    for (const [k, a] of agents) if (k.startsWith(`${host} `)) (a.destroy(), agents.delete(k));
+    agents.set(key, (agent = transfer === 'lanssl' ? new https.Agent({ ...o, ca }) : new http.Agent(o)));
   }
-  return h;
+  return agent;
 }

@@ -107,10 +107,15 @@ export class FcClient {
 
   /** Every item of a paged list (`limit` at most 100, `offset`, `total`; nova fcinstance.py pages so). */
   async *pages<T>(path: string, key: string, what: string, query: Record<string, string> = {}): AsyncGenerator<T> {
+    let first: string | undefined;
     for (let offset = 0; ; ) {
       const q = new URLSearchParams({ ...query, limit: String(PAGE_LIMIT), offset: String(offset) });
       const page = await this.call('GET', `${path}?${q}`, what);
       const items = (page[key] ?? []) as T[];
+      // QueryVmsReq: a VRM that cannot page a query answers its first page again.
+      const head = JSON.stringify(items[0] ?? null);
+      if (offset > 0 && head === first) throw new HamalError('FC_PAGING', `${what}: the VRM answered the first page again at offset ${offset}; give the VM's urn`, { subject: path });
+      first ??= head;
       for (const item of items) yield item;
       offset += items.length;
       if (!items.length || offset >= Number(page.total ?? 0)) return;

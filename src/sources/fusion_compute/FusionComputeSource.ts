@@ -22,7 +22,7 @@ export interface FusionComputeSourceOptions {
   localHostIp?: string;
   /** `lanssl` (TLS, verified; the default) or `lan` (plain, only when configured). */
   transfer?: 'lanssl' | 'lan';
-  /** CA of the data channels' certificates; else the caCert each backup resource gives. */
+  /** CA of the data channels' certificates, trusted beside the caCert each backup resource gives. */
   dataCaFile?: string;
   /** `[fusion_compute] max_socket_connections_per_host`. @default 8 */
   maxConnectionsPerHost?: number;
@@ -128,12 +128,15 @@ export class FusionComputeSource implements Source {
     let kept: FcSnapshotRef | undefined;
     // Children first: deleting a parent moves its children up, the tree stays walkable.
     for (const s of (await listSnapshots(fc, vm)).filter((x) => x.name.startsWith(FC_SNAPSHOT_PREFIX)).reverse()) {
-      if (!kept && reuse.includes(s.name)) {
+      if (!kept && reuse.includes(s.name) && (s.status ?? 'ready') === 'ready') {
         kept = s;
         continue;
       }
-      await deleteSnapshot(fc, s, o.deleteSnapTimeoutMs ?? 3600_000);
-      sub.warn(`VM ${vm.name}: removed snapshot ${s.name} left by an interrupted sync`);
+      // One a crashed run's lease still holds is refused until the lease lapses: the next run sweeps it.
+      await deleteSnapshot(fc, s, o.deleteSnapTimeoutMs ?? 3600_000).then(
+        () => sub.warn(`VM ${vm.name}: removed snapshot ${s.name} left by an interrupted sync`),
+        (err: Error) => sub.warn(`VM ${vm.name}: snapshot ${s.name} left by an interrupted sync not removed yet: ${err.message}`),
+      );
     }
     if (kept) {
       sub.info(`VM ${vm.name}: resuming with snapshot ${kept.name} of the interrupted sync`);
@@ -142,15 +145,20 @@ export class FusionComputeSource implements Source {
     const name = `${FC_SNAPSHOT_PREFIX}${new Date().toISOString().replace(/[-:.]/g, '')}`;
     // eSDK CreateVmSnapshotReq; only a CBTbackup snapshot carries volCBTCreateTime and chgID.
     const created = await fc.call('POST', `${vm.uri}/snapshots`, `snapshot of VM ${vm.name}`, { name, description: 'hamal sync', needMemoryShot: false, isConsistent: false, type: 'CBTbackup' });
-    const snap = { name, uri: String(created.uri ?? ''), urn: String(created.urn ?? '') };
+    let snap: FcSnapshotRef | undefined = created.uri && created.urn ? { name, uri: String(created.uri), urn: String(created.urn) } : undefined;
+    // VRMTask: uri and urn are absent from some replies; the tree then names the snapshot.
+    const found = async () => (snap ??= (await listSnapshots(fc, vm)).find((x) => x.name === name));
     try {
-      await fc.waitTask(String(created.taskUri), `snapshot ${name} of VM ${vm.name}`, o.createSnapTimeoutMs ?? 3600_000);
+      await fc.waitTask(String(created.taskUri ?? ''), `snapshot ${name} of VM ${vm.name}`, o.createSnapTimeoutMs ?? 3600_000);
     } catch (err) {
       // A snapshot that did not finish in time is deleted now, or swept by the next run.
-      if (snap.uri) await deleteSnapshot(fc, snap, o.deleteSnapTimeoutMs ?? 3600_000).catch(() => sub.warn(`snapshot ${name} of VM ${vm.name} left for the next run to sweep`));
+      const s = await found().catch(() => undefined);
+      if (s) await deleteSnapshot(fc, s, o.deleteSnapTimeoutMs ?? 3600_000).catch(() => sub.warn(`snapshot ${name} of VM ${vm.name} left for the next run to sweep`));
       throw err;
     }
-    return snap;
+    const made = await found();
+    if (!made) throw new HamalError('FC_SNAPSHOT', `snapshot ${name} of VM ${vm.name} finished but is not in its snapshot tree`, { subject: vm.urn });
+    return made;
   }
 }
 
@@ -220,30 +228,32 @@ class FcSnapshot implements Snapshot {
     const [epoch, chg] = [since.slice(0, at), since.slice(at + 1)];
     if (!v.cbtCreateTime || !v.chgID) return `snapshot ${this.id} gives volume ${v.name} no CBT identity`;
     if (epoch !== v.cbtCreateTime) return `change tracking of volume ${v.name} was recreated (volCBTCreateTime ${epoch} -> ${v.cbtCreateTime})`;
-    // chgID counts up per snapshot; one that went back means tracking restarted (host reboot).
-    if (!(Number(v.chgID) > Number(chg))) return `change tracking of volume ${v.name} restarted (chgID ${chg} -> ${v.chgID} under volCBTCreateTime ${epoch})`;
+    // Assumed (no source says so): chgID counts up per snapshot, so one that did not move
+    // forward means tracking restarted (reported after host reboots). Numbers compared as such.
+    const numeric = /^\d+$/.test(chg) && /^\d+$/.test(v.chgID);
+    if (numeric ? BigInt(v.chgID) <= BigInt(chg) : v.chgID === chg) return `change tracking of volume ${v.name} restarted (chgID ${chg} -> ${v.chgID} under volCBTCreateTime ${epoch})`;
     return null;
   }
 
   changes(disk: DiskInfo, since: ChangeId | null): Observable<Extent> {
     const v = this._vol(disk);
+    // A volume the snapshot gives no CBT identity has no bitmap to ask for: all of it is read.
+    if (!v.cbtCreateTime) return new Observable<Extent>((s) => (s.next({ offset: 0, length: disk.capacity }), s.complete()));
     const blockNum = this._o.pageBlocks ?? 65536;
     return new Observable<Extent>((subscriber) => {
       let stopped = false;
       (async () => {
+        let sectorOfBlock: number | undefined;
         for (let startBlock = 0; !stopped; startBlock += blockNum) {
-          // eSDK QueryVMVolumeCBTReq; no chgID asks for every block written (a full sync).
-          const page = (await this._fc.call('POST', `${v.uri}/getcbt`, `changed blocks of volume ${v.name}`, {
-            type: 'DiffBitmapAndBit1Num',
-            snapUuid: v.snapUuid,
-            volCBTCreateTime: v.cbtCreateTime,
-            ...(since ? { chgID: since.slice(since.lastIndexOf('/') + 1) } : {}),
-            startBlock,
-            blockNum,
-          })) as unknown as CbtPage;
+          const page = await this._cbtPage(v, since, startBlock, blockNum);
+          sectorOfBlock ??= page.sectorOfBlock;
+          const bad = (why: string) => new HamalError('FC_BAD_BITMAP', `changed-block bitmap of volume ${v.name}: ${why}`, { subject: v.urn });
+          if (page.sectorOfBlock !== sectorOfBlock) throw bad(`sectorOfBlock changed from ${sectorOfBlock} to ${String(page.sectorOfBlock)} at block ${startBlock}`);
           for (const e of bitmapExtents(page, { startBlock, blockNum }, disk.capacity, v.name)) subscriber.next(e);
-          // Fewer bits than asked: the volume ends in this page (VMVolumeCBT).
-          if (page.bitNum < blockNum || (startBlock + page.bitNum) * page.sectorOfBlock * 512 >= disk.capacity) break;
+          const end = (startBlock + page.bitNum) * sectorOfBlock * 512;
+          if (end >= disk.capacity) break;
+          // Fewer bits than asked mean the volume ends in this page (VMVolumeCBT); before its capacity, blocks would go unread.
+          if (page.bitNum < blockNum) throw bad(`the answer for blocks from ${startBlock} ends at byte ${end}, before the capacity ${disk.capacity}`);
         }
       })().then(
         () => subscriber.complete(),
@@ -255,16 +265,29 @@ class FcSnapshot implements Snapshot {
     });
   }
 
+  /** One getcbt page (eSDK QueryVMVolumeCBTReq); no chgID asks for every block written (a full sync). */
+  private async _cbtPage(v: FcVolume, since: ChangeId | null, startBlock: number, blockNum: number): Promise<CbtPage> {
+    return (await this._fc.call('POST', `${v.uri}/getcbt`, `changed blocks of volume ${v.name}`, {
+      type: 'DiffBitmapAndBit1Num',
+      snapUuid: v.snapUuid,
+      volCBTCreateTime: v.cbtCreateTime,
+      ...(since ? { chgID: since.slice(since.lastIndexOf('/') + 1) } : {}),
+      startBlock,
+      blockNum,
+    })) as unknown as CbtPage;
+  }
+
   private _channel(v: FcVolume): Promise<Channel> {
     return this._channels.get(v.info.id, async () => {
       const transfer = this._o.transfer ?? 'lanssl';
       const resource = await BackupResource.open(this._fc, v, { snapUrn: this._snap.urn, volCBTCreateTime: v.cbtCreateTime || undefined, ip: this._ip, transMode: transfer, timeoutMs: this._o.taskTimeoutMs ?? 3600_000 });
       try {
         const info = resource.info;
-        const ca = this._o.dataCaFile ? await readFile(this._o.dataCaFile, 'utf8') : transfer === 'lanssl' ? info.caCert : undefined;
+        // The task's CA file and the resource's own caCert both: the CNA host may be signed by either.
+        const ca = transfer === 'lanssl' ? [this._o.dataCaFile && (await readFile(this._o.dataCaFile, 'utf8')), info.caCert].filter(Boolean).join('\n') || undefined : undefined;
         const reader: VolumeReader = this._o.dataChannelCommand
           ? await DataChannelCommand.start(this._o.dataChannelCommand, info, { transfer, size: v.info.capacity, ca, workDir: this._o.workDir ?? tmpdir(), maxRequestBytes: 4 * 1024 * 1024, volume: v.name })
-          : new DataChannel({ host: info.hostIP, port: info.hostPort, token: info.token, url: info.resourceUrl }, transfer, this._o.maxConnectionsPerHost ?? 8, ca, this._o.client.timeoutMs ?? 600_000);
+          : new DataChannel({ host: info.hostIP, port: info.hostPort, token: info.token, url: info.resourceUrl, volume: v.name }, transfer, this._o.maxConnectionsPerHost ?? 8, ca, this._o.client.timeoutMs ?? 600_000);
         return { resource, reader };
       } catch (err) {
         await resource.close();

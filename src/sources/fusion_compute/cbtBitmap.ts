@@ -40,8 +40,9 @@ export function bitmapBytes(page: CbtPage, volume: string): Buffer {
 }
 
 /**
- * The changed extents of one page that starts at block `startBlock`, ascending, adjacent
- * blocks merged and the last clipped to the capacity. An answer that cannot be read as
+ * The changed extents of one page that starts at block `startBlock` (a multiple of 8),
+ * ascending, in whole bitmap bytes (8 blocks), adjacent ones merged and the last clipped
+ * to the capacity. An answer that cannot be read as
  * the blocks asked for is an error naming the volume: trusting it could skip changed data.
  */
 export function bitmapExtents(page: CbtPage, asked: { startBlock: number; blockNum: number }, capacity: number, volume: string): Extent[] {
@@ -54,11 +55,14 @@ export function bitmapExtents(page: CbtPage, asked: { startBlock: number; blockN
   const bits = bitmapBytes(page, volume);
   const blockBytes = page.sectorOfBlock * 512;
   const out: Extent[] = [];
-  for (let i = 0; i < page.bitNum; i++) {
-    if (!(bits[i >> 3]! & (1 << (i & 7)))) continue;
-    const offset = (asked.startBlock + i) * blockBytes;
+  // A byte with any bit set stands for all its 8 blocks: the order of the bits inside a
+  // byte (and of the hex digits) is the part the sources leave open, and a wrong guess
+  // would move changed blocks. At 64 KiB blocks a byte is 512 KiB, inside one hamal block.
+  for (let k = 0; k * 8 < page.bitNum; k++) {
+    if (!bits[k]) continue;
+    const offset = (asked.startBlock + k * 8) * blockBytes;
     if (offset >= capacity) break;
-    const length = Math.min(blockBytes, capacity - offset);
+    const length = Math.min(8 * blockBytes, capacity - offset);
     const last = out[out.length - 1];
     if (last && last.offset + last.length === offset) (last as { length: number }).length += length;
     else out.push({ offset, length });

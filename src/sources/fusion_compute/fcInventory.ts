@@ -20,6 +20,8 @@ export interface FcSnapshotRef {
   urn: string;
   uri: string;
   name: string;
+  /** creating, ready, deleting, ... (VmSnapshotInfo); absent when not told. */
+  status?: string;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -36,15 +38,16 @@ export async function findVm(fc: FcClient, selector: string): Promise<FcVm> {
   }
   const sites = ((await fc.call('GET', '/service/sites', 'sites')).sites ?? []) as Array<{ uri: string; name: string }>;
   const filter: Record<string, string> = UUID.test(selector) ? { uuid: selector } : { name: selector };
-  const found: FcVm[] = [];
+  const found = new Map<string, FcVm>();
+  const lower = selector.toLowerCase();
   for (const site of sites) {
     for await (const vm of fc.pages<FcVm>(`${site.uri}/vms`, 'vms', `VMs of site ${site.name}`, filter)) {
-      if (vm.name === selector || vm.uuid === selector) found.push({ urn: vm.urn, uri: vm.uri ?? uriOf(vm.urn), name: vm.name, uuid: vm.uuid });
+      if (vm.name === selector || vm.uuid?.toLowerCase() === lower) found.set(vm.urn, { urn: vm.urn, uri: vm.uri ?? uriOf(vm.urn), name: vm.name, uuid: vm.uuid });
     }
   }
-  if (found.length === 1) return found[0]!;
-  if (!found.length) throw new HamalError('VM_NOT_FOUND', `no VM ${selector} on FusionCompute (by urn, UUID or name)`, { subject: selector });
-  throw new HamalError('VM_AMBIGUOUS', `${found.length} VMs are named ${selector}: ${found.map((v) => v.urn).join(', ')}; give the urn`, { subject: selector });
+  if (found.size === 1) return [...found.values()][0]!;
+  if (!found.size) throw new HamalError('VM_NOT_FOUND', `no VM ${selector} on FusionCompute (by urn, UUID or name)`, { subject: selector });
+  throw new HamalError('VM_AMBIGUOUS', `${found.size} VMs are named ${selector}: ${[...found.keys()].join(', ')}; give the urn`, { subject: selector });
 }
 
 /** The VM's disks, each volume's uri built from its urn (vmConfig.disks has no volumeUri). */
@@ -66,7 +69,7 @@ export async function listSnapshots(fc: FcClient, vm: FcVm): Promise<FcSnapshotR
     // The VRM keeps at most 32 snapshots per VM (QueryVmSnapshotResp): deeper is a bad reply.
     if (depth > 64) throw new HamalError('FC_BAD_REPLY', `snapshot tree of VM ${vm.name} is deeper than 64`, { subject: vm.urn });
     for (const n of nodes ?? []) {
-      out.push({ urn: n.urn, uri: n.uri ?? uriOf(n.urn), name: n.name });
+      out.push({ urn: n.urn, uri: n.uri ?? uriOf(n.urn), name: n.name, status: n.status });
       walk(n.childSnapshots, depth + 1);
     }
   };
