@@ -76,6 +76,12 @@ export interface SnapshotOptions {
    * so the sync resumes. Other leftovers of ours are removed.
    */
   reuse?: readonly string[];
+  /**
+   * The changeId of each disk's newest version in the repository, by disk id: a source
+   * whose change tracking is fixed when the snapshot is taken (libvirt starts a backup
+   * job from one checkpoint per disk) starts from these. Others ignore it.
+   */
+  since?: Readonly<Record<string, ChangeId>>;
 }
 
 export interface Source {

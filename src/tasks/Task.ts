@@ -3,7 +3,7 @@ export interface Task {
   version: 1;
   name?: string;
   source: {
-    platform: 'local' | 'vmware' | 'openstack_ceph' | 'fusion_compute';
+    platform: 'local' | 'vmware' | 'openstack_ceph' | 'fusion_compute' | 'libvirt';
     vm: string;
     disks?: Array<{ id?: string; path: string } | string>;
     connection?: Record<string, unknown>;

@@ -214,6 +214,16 @@ async function taskSource(task: Task, label: string, config: LoadedConfig): Prom
       releaseCpuMsPerMb: 0,
     };
   }
+  if (src.platform === 'libvirt') {
+    const conn = src.connection as { uri: string; username?: string; password?: string; passwordFile?: string; passwordEnv?: string };
+    const password = conn.password || conn.passwordFile || conn.passwordEnv ? await resolveSecret(src.connection!, label) : undefined;
+    const { LibvirtSource } = await import('../sources/libvirt/LibvirtSource.ts');
+    return {
+      source: new LibvirtSource({ connection: { uri: conn.uri, username: conn.username, password }, workDir: c.DEFAULT.hamal_lib_dir }),
+      disks: src.disks as string[] | undefined,
+      releaseCpuMsPerMb: 0,
+    };
+  }
   throw new HamalError('PLATFORM_UNAVAILABLE', `${label}: platform ${src.platform} is not available in this build of hamal`, {
     subject: 'source.platform',
   });

@@ -42,7 +42,7 @@ export const TASK_SCHEMA = {
       additionalProperties: false,
       required: ['platform', 'vm'],
       properties: {
-        platform: { enum: ['local', 'vmware', 'openstack_ceph', 'fusion_compute'] },
+        platform: { enum: ['local', 'vmware', 'openstack_ceph', 'fusion_compute', 'libvirt'] },
         vm: { type: 'string', minLength: 1, description: 'VM name, or an id the platform knows (moref, UUID, server id).' },
         disks: {
           type: 'array',
@@ -102,6 +102,26 @@ export const TASK_SCHEMA = {
           thumbprint: { type: 'string', description: 'Not supported for FusionCompute yet: give caFile.' },
           transfer: { enum: ['lanssl', 'lan'], description: 'Data channel: lanssl (TLS, verified; default) or lan (plain).' },
         }),
+        {
+          if: { properties: { platform: { const: 'libvirt' } } },
+          then: {
+            required: ['connection'],
+            properties: {
+              disks: { items: { type: 'string', minLength: 1 } },
+              connection: {
+                additionalProperties: false,
+                required: ['uri'],
+                properties: {
+                  uri: { type: 'string', pattern: '^[a-z0-9+]+://', description: 'libvirt URI: qemu:///system on the host, qemu+ssh://host/system or qemu+tls://host/system remote.' },
+                  username: { type: 'string', minLength: 1, description: 'SASL user (qemu+tls, qemu+tcp), with a password.' },
+                  ...secretRef,
+                },
+                // No secret (a local socket, ssh keys), or one.
+                not: { anyOf: [{ required: ['password', 'passwordFile'] }, { required: ['password', 'passwordEnv'] }, { required: ['passwordFile', 'passwordEnv'] }] },
+              },
+            },
+          },
+        },
       ],
     },
     target: { type: 'string', minLength: 1, description: 'Repository URL; [hamal] target when absent.' },

@@ -36,13 +36,22 @@ export interface NbdClientOptions {
    * @default 4 MiB
    */
   maxRequestBytes?: number;
+  /**
+   * Metadata contexts asked for (NBD_OPT_SET_META_CONTEXT), when the server offers
+   * structured replies: `base:allocation` (holes), `qemu:dirty-bitmap:NAME` (QEMU's dirty
+   * blocks, flag 1 = dirty). @default ['base:allocation']
+   */
+  metaContexts?: readonly string[];
 }
 
 /** An extent as block status reports it. */
 export interface NbdExtent {
   offset: number;
   length: number;
+  /** base:allocation's hole flag (bit 0); for other contexts, bit 0 of `flags`. */
   hole: boolean;
+  /** The context's flags as sent (qemu:dirty-bitmap: 1 = dirty). */
+  flags: number;
 }
 
 interface Pending {
@@ -51,6 +60,8 @@ interface Pending {
   length: number;
   into?: Buffer;
   extents?: NbdExtent[];
+  /** The context a block status asked for: chunks of the others are skipped. */
+  contextId?: number;
   error?: number;
   resolve: () => void;
   reject: (err: Error) => void;
@@ -78,6 +89,8 @@ export class NbdClient {
   private _closed: Error | null = null;
   private _structured = false;
   private _metaContextId = -1;
+  /** Negotiated metadata contexts, by name. */
+  private readonly _contexts = new Map<string, number>();
   private _nextHandle = 1n;
   private readonly _pending = new Map<bigint, Pending>();
   private readonly _scratch: Buffer;
@@ -131,7 +144,7 @@ export class NbdClient {
     });
     client = new NbdClient(socket, where, options, scratch);
     try {
-      await client._handshake(options.exportName ?? '');
+      await client._handshake(options.exportName ?? '', options.metaContexts ?? ['base:allocation']);
     } catch (err) {
       socket.destroy();
       throw err;
@@ -169,7 +182,7 @@ export class NbdClient {
     }
   }
 
-  private async _handshake(exportName: string): Promise<void> {
+  private async _handshake(exportName: string, contexts: readonly string[]): Promise<void> {
     const hello = await this._take(18);
     if (!hello.subarray(0, 8).equals(NBDMAGIC) || !hello.subarray(8, 16).equals(IHAVEOPT)) {
       throw this._fail(`${this._where} is not a newstyle NBD server`);
@@ -180,20 +193,24 @@ export class NbdClient {
     clientFlags.writeUInt32BE(FLAG_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES));
     this._socket.write(clientFlags);
 
-    // Structured replies, then base:allocation, both optional.
+    // Structured replies, then the metadata contexts asked for, all optional.
     this._structured = (await this._option(OPT_STRUCTURED_REPLY, Buffer.alloc(0))).ok;
-    if (this._structured) {
-      const ctx = Buffer.from('base:allocation');
+    if (this._structured && contexts.length) {
       const name = Buffer.from(exportName);
-      const data = Buffer.alloc(4 + name.length + 4 + 4 + ctx.length);
+      const queries = contexts.map((c) => Buffer.from(c));
+      const data = Buffer.alloc(4 + name.length + 4 + queries.reduce((n, q) => n + 4 + q.length, 0));
       data.writeUInt32BE(name.length, 0);
       name.copy(data, 4);
-      data.writeUInt32BE(1, 4 + name.length);
-      data.writeUInt32BE(ctx.length, 8 + name.length);
-      ctx.copy(data, 12 + name.length);
+      data.writeUInt32BE(queries.length, 4 + name.length);
+      let at = 8 + name.length;
+      for (const q of queries) {
+        data.writeUInt32BE(q.length, at);
+        q.copy(data, at + 4);
+        at += 4 + q.length;
+      }
       const reply = await this._option(OPT_SET_META_CONTEXT, data);
-      const meta = reply.replies.find((r) => r.type === REP_META_CONTEXT);
-      if (reply.ok && meta) this._metaContextId = meta.data.readUInt32BE(0);
+      if (reply.ok) for (const r of reply.replies.filter((x) => x.type === REP_META_CONTEXT)) this._contexts.set(r.data.subarray(4).toString(), r.data.readUInt32BE(0));
+      this._metaContextId = this._contexts.get('base:allocation') ?? -1;
     }
 
     const name = Buffer.from(exportName);
@@ -262,12 +279,21 @@ export class NbdClient {
     return buf;
   }
 
-  /** Allocation of [offset, offset + length): data and holes, from base:allocation. */
-  async blockStatusOf(offset: number, length: number): Promise<NbdExtent[]> {
-    if (!this.blockStatus) throw this._fail(`NBD server ${this._where} offers no base:allocation block status`);
+  /** Whether the server agreed to metadata context `name`. */
+  hasContext(name: string): boolean {
+    return this._contexts.has(name);
+  }
+
+  /**
+   * Block status of [offset, offset + length) in `context` (default base:allocation: data
+   * and holes). The server may answer for less than asked: callers go on from the end.
+   */
+  async blockStatusOf(offset: number, length: number, context = 'base:allocation'): Promise<NbdExtent[]> {
+    const id = this._contexts.get(context);
+    if (id === undefined) throw this._fail(`NBD server ${this._where} offers no ${context} block status`);
     const extents: NbdExtent[] = [];
     await new Promise<void>((resolve, reject) =>
-      this._send(CMD_BLOCK_STATUS, offset, Math.min(length, 0xffffffff), { kind: 'status', offset, length, extents, resolve, reject }),
+      this._send(CMD_BLOCK_STATUS, offset, Math.min(length, 0xffffffff), { kind: 'status', offset, length, extents, contextId: id, resolve, reject }),
     );
     return extents;
   }
@@ -408,11 +434,15 @@ export class NbdClient {
           });
         } else if (type === REPLY_TYPE_BLOCK_STATUS) {
           this._expect(len, (b) => {
-            let off = p.offset;
-            for (let i = 4; i + 8 <= b.length; i += 8) {
-              const n = b.readUInt32BE(i);
-              p.extents!.push({ offset: off, length: n, hole: (b.readUInt32BE(i + 4) & STATE_HOLE) !== 0 });
-              off += n;
+            // One chunk per negotiated context, each led by its id: only the one asked for counts.
+            if (p.contextId === undefined || b.readUInt32BE(0) === p.contextId) {
+              let off = p.offset;
+              for (let i = 4; i + 8 <= b.length; i += 8) {
+                const n = b.readUInt32BE(i);
+                const flags = b.readUInt32BE(i + 4);
+                p.extents!.push({ offset: off, length: n, hole: (flags & STATE_HOLE) !== 0, flags });
+                off += n;
+              }
             }
             done();
           });

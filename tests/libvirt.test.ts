@@ -1,0 +1,187 @@
+// The libvirt source against the real thing: Debian's libvirtd and QEMU (TCG: /dev/kvm is
+// root's alone here), a domain with two qcow2 disks and no operating system. The "guest"
+// writes through QEMU itself (HMP qemu-io on the disk's device), so QEMU's dirty bitmaps
+// see every write; the reference content is `qemu-img convert -U` of the images
+// (cache=writethrough: every write is in the file when qemu-io returns).
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { execFile, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
+import { promises as fsp, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { LibvirtSource } from '../src/sources/libvirt/LibvirtSource.ts';
+import { FsStore, Repository, restoreDisk, runVmSync, type SyncEvent } from '../mod.ts';
+import { hamal, HAMAL_ARGV } from './helpers/cli.ts';
+import { MiB, sha256File, tempDir } from './helpers/disks.ts';
+
+const run = promisify(execFile);
+const URI = 'qemu:///system';
+const virsh = (...args: string[]) => run('virsh', ['-q', '-c', URI, ...args]).then((r) => r.stdout);
+let dir: string;
+let started: string[] = [];
+const domain = `hamal-test-${randomBytes(3).toString('hex')}`;
+
+/** libvirtd and virtlogd, unless already running; their pid files, to stop what we started. */
+async function startLibvirt(): Promise<string[]> {
+  if (await virsh('version').then(() => true, () => false)) return [];
+  const pids: string[] = [];
+  for (const daemon of ['virtlogd', 'libvirtd']) {
+    const pid = join(dir, `${daemon}.pid`);
+    await run(daemon, ['-d', '-p', pid]);
+    pids.push(pid);
+  }
+  for (let i = 0; i < 100 && !(await virsh('version').then(() => true, () => false)); i++) await new Promise((r) => setTimeout(r, 100));
+  return pids;
+}
+
+/** The guest writes `pattern` (a byte) over [offset, offset + length) of disk `n` (0: vda). */
+async function guestWrite(n: number, offset: number, length: number, pattern: number): Promise<void> {
+  const out = await virsh('qemu-monitor-command', '--hmp', domain, `qemu-io -d virtio-disk${n}/virtio-backend "write -P ${pattern} ${offset} ${length}"`);
+  assert.not.match(out, /error|failed/i, out);
+}
+
+/** sha256 of what disk `name` holds now, read from its image as QEMU wrote it. */
+async function imageSha(name: string): Promise<string> {
+  const raw = join(dir, `${name}.raw`);
+  await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', join(dir, `${name}.qcow2`), raw]);
+  const sha = await sha256File(raw);
+  await fsp.rm(raw);
+  return sha;
+}
+
+const ourCheckpoints = async () => (await virsh('checkpoint-list', domain, '--name')).split('\n').map((l) => l.trim()).filter((l) => l.startsWith('hamal-'));
+const backupJob = async () => /Operation:\s+Backup/.test(await virsh('domjobinfo', domain));
+
+test.before(async () => {
+  dir = await tempDir('hamal-libvirt-');
+  // QEMU runs as libvirt-qemu: it must be able to reach the images and hamal's lib dir.
+  await fsp.chmod(dir, 0o755);
+  started = await startLibvirt();
+  for (const [name, size] of [['vda', '64M'], ['vdb', '32M']]) await run('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, `${name}.qcow2`), size!]);
+  const disk = (name: string) =>
+    `<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='writethrough'/><source file='${join(dir, `${name}.qcow2`)}'/><target dev='${name}' bus='virtio'/></disk>`;
+  const xml = `<domain type='qemu'><name>${domain}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os><devices>${disk('vda')}${disk('vdb')}<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk><console type='pty'/></devices></domain>`;
+  await fsp.writeFile(join(dir, 'domain.xml'), xml);
+  await virsh('define', join(dir, 'domain.xml'));
+  await virsh('start', domain);
+});
+
+test.after(async () => {
+  await virsh('destroy', domain).catch(() => {});
+  await virsh('undefine', domain, '--checkpoints-metadata').catch(() => {});
+  for (const pid of started) {
+    const n = Number(await fsp.readFile(pid, 'utf8').catch(() => '0'));
+    if (n) process.kill(n, 'SIGTERM');
+  }
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+const source = () => new LibvirtSource({ connection: { uri: URI }, workDir: join(dir, 'lib') });
+
+async function syncOnce(repo: Repository) {
+  const shas = { vda: await imageSha('vda'), vdb: await imageSha('vdb') };
+  const starts: Array<Extract<SyncEvent, { type: 'disk-start' }>> = [];
+  const r = await runVmSync(source(), domain, repo, {}, (e) => {
+    if (e.type === 'disk-start') starts.push(e);
+  });
+  assert.equal(r.failed, []);
+  assert.is(await backupJob(), false, 'the backup job ended');
+  assert.equal(await fsp.readdir(join(dir, 'lib', 'libvirt')), [], 'no socket, scratch or XML file left');
+  const by = (d: string) => ({ m: r.versions.find((v) => v.disk === d)!, start: starts.find((s) => s.disk === d)!, sha: shas[d as 'vda' | 'vdb'] });
+  return { vda: by('vda'), vdb: by('vdb') };
+}
+
+async function assertRestores(repo: Repository, v: { m: Parameters<typeof restoreDisk>[1]; sha: string }, what: string) {
+  const out = join(dir, 'restored.img');
+  await restoreDisk(repo, v.m, out);
+  assert.is(await sha256File(out), v.sha, what);
+  await fsp.rm(out);
+}
+
+test('full, then incrementals after unaligned writes: each restore equals the disk at its backup; only dirty blocks read; one checkpoint left', async () => {
+  await guestWrite(0, 5 * MiB, 4 * MiB, 0x41);
+  await guestWrite(1, 20 * MiB + 512, 4096, 0x42);
+  const repo = await Repository.open(await FsStore.open(join(dir, 'repo'), { create: true }), { create: true });
+  const v1 = await syncOnce(repo);
+  assert.is(v1.vda.start.incremental, false);
+  assert.is(v1.vda.m.stats.readBytes, 8 * MiB, 'allocated clusters only: blocks 1 and 2 of vda');
+  assert.equal(await ourCheckpoints(), [v1.vda.m.source.changeId]);
+  await guestWrite(0, 9 * MiB - 100, 200, 0x43); // inside block 2, across two 64 KiB clusters
+  await guestWrite(1, 31 * MiB, 1000, 0x44);
+  const v2 = await syncOnce(repo);
+  assert.is(v2.vda.start.incremental, true);
+  assert.is(v2.vda.m.stats.readBytes, 4 * MiB, 'vda: the one block with dirty clusters');
+  assert.is(v2.vdb.m.stats.readBytes, 4 * MiB, 'vdb: the one block with dirty clusters');
+  const v3 = await syncOnce(repo);
+  assert.is(v3.vda.m.stats.readBytes + v3.vdb.m.stats.readBytes, 0, 'nothing written: nothing read');
+  for (const [i, v] of [v1, v2, v3].entries()) {
+    await assertRestores(repo, v.vda, `vda version ${i + 1}`);
+    await assertRestores(repo, v.vdb, `vdb version ${i + 1}`);
+  }
+  assert.equal(await ourCheckpoints(), [v3.vda.m.source.changeId], 'older checkpoints of ours deleted');
+  assert.equal(v3.vda.m.source.changeId, v3.vdb.m.source.changeId);
+});
+
+test('a checkpoint deleted behind hamal\'s back: those disks are a full sync with a note', async () => {
+  const repo = await Repository.open(await FsStore.open(join(dir, 'repo')));
+  const [ck] = await ourCheckpoints();
+  await virsh('checkpoint-delete', domain, ck!);
+  await guestWrite(0, 40 * MiB, 100, 0x45);
+  const v = await syncOnce(repo);
+  assert.is(v.vda.start.incremental, false);
+  assert.match(v.vda.start.notes.join(), new RegExp(`checkpoint ${ck} of domain ${domain} no longer exists`));
+  assert.match(v.vda.m.stats.fullReason ?? '', /no longer exists/);
+  await assertRestores(repo, v.vda, 'vda after the full sync');
+  await assertRestores(repo, v.vdb, 'vdb after the full sync');
+});
+
+test('hamal sync --task with a libvirt task; SIGKILL mid-read, then a rerun: byte-exact, no job or stale checkpoint left', async () => {
+  const conf = join(dir, 'hamal.conf');
+  await fsp.writeFile(conf, `[DEFAULT]\nhamal_lib_dir = ${join(dir, 'lib')}\n[data_sync_v2]\npre_disk_readers_count = 1\n`);
+  const task = join(dir, 't.json');
+  await fsp.writeFile(task, JSON.stringify({ version: 1, source: { platform: 'libvirt', vm: domain, connection: { uri: URI } }, target: join(dir, 'repo-cli') }));
+  await guestWrite(0, 0, 30 * MiB, 0x46);
+  const child = spawn(HAMAL_ARGV[0]!, [...HAMAL_ARGV.slice(1), '--config', conf, '--debug', 'sync', '--task', task], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, HAMAL_FAILPOINTS: 'block.read=kill@3' } });
+  const code = await new Promise<string | null>((r) => child.on('close', (_c, signal) => r(signal)));
+  assert.is(code, 'SIGKILL');
+  assert.is(await backupJob(), true, 'the killed run left its backup job');
+  const sha = await imageSha('vda');
+  const again = await hamal(['--config', conf, 'sync', '--task', task, '--json']);
+  assert.is(again.code, 0, again.stderr);
+  assert.match(again.stderr, /ended the backup job an interrupted sync left/);
+  assert.is(await backupJob(), false);
+  const disks = JSON.parse(again.stdout).disks as Array<{ disk: string; version: string }>;
+  const out = join(dir, 'cli.img');
+  const vda = disks.find((d) => d.disk === 'vda')!;
+  assert.is((await hamal(['restore', '--target', join(dir, 'repo-cli'), '--vm', domain, '--disk', 'vda', '--version', vda.version, '--out', out])).code, 0);
+  assert.is(await sha256File(out), sha);
+  assert.is((await ourCheckpoints()).length, 1, "the killed run's checkpoint deleted with the older ones");
+  assert.ok(!existsSync(join(dir, 'lib', 'libvirt-auth')) || (await fsp.readdir(join(dir, 'lib', 'libvirt-auth'))).length === 0);
+});
+
+test('refused clearly: a wrong URI, an unknown domain, a shut-off domain', async () => {
+  const repo = await Repository.open(await FsStore.open(join(dir, 'repo')));
+  const bad = new LibvirtSource({ connection: { uri: 'qemu+tcp://127.0.0.1:1/system' }, workDir: join(dir, 'lib') });
+  await bad.snapshot(domain).then(
+    () => assert.unreachable(),
+    (e: Error) => assert.match(e.message, /^domain hamal-test-\w+ on qemu\+tcp:\/\/127\.0\.0\.1:1\/system: .*(connect|Connection refused)/i),
+  );
+  await source().snapshot('no-such-domain').then(
+    () => assert.unreachable(),
+    (e: Error) => assert.match(e.message, /domain no-such-domain on qemu:\/\/\/system: failed to get domain 'no-such-domain'/),
+  );
+  const off = `${domain}-off`;
+  await fsp.writeFile(join(dir, 'off.xml'), (await fsp.readFile(join(dir, 'domain.xml'), 'utf8')).replace(`<name>${domain}</name>`, `<name>${off}</name>`));
+  await virsh('define', join(dir, 'off.xml'));
+  try {
+    const r = await runVmSync(source(), off, repo, {});
+    assert.unreachable(JSON.stringify(r));
+  } catch (e) {
+    assert.match((e as Error).message, new RegExp(`domain ${off} is shut off: hamal backs up running domains only`));
+  } finally {
+    await virsh('undefine', off);
+  }
+});
+
+test.run();
