@@ -113,6 +113,21 @@ test('change tracking restarted (chgID went back) or recreated (new volCBTCreate
   }
 });
 
+test('a stored chgID the VRM no longer knows (getcbt refuses it) makes that volume a full sync, named', async () => {
+  const src = new FusionComputeSource({ client: { url: fc.url, username: 'fcadmin', password: PASSWORD }, localHostIp: '127.0.0.1', transfer: 'lan' });
+  const snap = await src.snapshot('fc-vm-1');
+  try {
+    const disk = snap.disks[0]!;
+    const epoch = disk.changeId!.slice(0, disk.changeId!.lastIndexOf('/'));
+    assert.is(await snap.checkSince!(disk, disk.changeId!.replace(/\/\d+$/, `/${Number(disk.changeId!.split('/').pop()) - 1}`)), null, 'the previous chgID is known');
+    assert.match(String(await snap.checkSince!(disk, `${epoch}/0`)), /^getcbt refused chgID 0 of volume sys \(HTTP 400/);
+  } finally {
+    await snap.release();
+  }
+  assert.equal(ours(), []);
+  assert.equal(fc.openBackupResources(), []);
+});
+
 test("leftover snapshots of ours anywhere in the tree are swept, the user's kept", async () => {
   const user = await fc.createUserSnapshot('before-upgrade');
   await fc.createUserSnapshot('hamal-20260101T000000000Z', user.urn);

@@ -232,6 +232,14 @@ class FcSnapshot implements Snapshot {
     // forward means tracking restarted (reported after host reboots). Numbers compared as such.
     const numeric = /^\d+$/.test(chg) && /^\d+$/.test(v.chgID);
     if (numeric ? BigInt(v.chgID) <= BigInt(chg) : v.chgID === chg) return `change tracking of volume ${v.name} restarted (chgID ${chg} -> ${v.chgID} under volCBTCreateTime ${epoch})`;
+    // The VRM's own word: a chgID it no longer knows is refused (4xx), as after a CBT reset.
+    try {
+      await this._cbtPage(v, since, 0, 8);
+    } catch (err) {
+      const e = err as HamalError;
+      if (e.code !== 'FC_FAILED' || e.retryable) throw err;
+      return `getcbt refused chgID ${chg} of volume ${v.name} (${e.message.replace(/^[^:]*: /, '')})`;
+    }
     return null;
   }
 
