@@ -42,7 +42,14 @@ test('a wrong type is named', () => {
 });
 
 test('an unknown platform is named with what is allowed', () => {
-  fails({ version: 1, source: { platform: 'hyperv', vm: 'a' } }, /source\.platform: must be one of local, vmware, openstack_ceph, fusion_compute \(got "hyperv"\)/);
+  fails({ version: 1, source: { platform: 'hyperv', vm: 'a' } }, /source\.platform: must be one of local, vmware, openstack_ceph, fusion_compute, libvirt \(got "hyperv"\)/);
+});
+
+test('a libvirt task: a URI, no secret or one, never two', () => {
+  const conn = (c: Record<string, unknown>) => ({ version: 1, source: { platform: 'libvirt', vm: 'web', connection: { uri: 'qemu:///system', ...c } } });
+  assert.is(parseTask(JSON.stringify(conn({})), 't.json').source.platform, 'libvirt');
+  fails(conn({ password: 'a', passwordEnv: 'B' }), /source\.connection: takes at most one of password, passwordFile, passwordEnv/);
+  fails({ version: 1, source: { platform: 'libvirt', vm: 'web', connection: {} } }, /source\.connection\.uri: is required/);
 });
 
 test('an unknown field is named', () => {

@@ -66,7 +66,8 @@ function describe(errors: ErrorObject[], value: unknown): string[] {
         line = path.endsWith('schedule') ? `${path}: must be {"every": seconds} or {"cron": "expression"}` : `${path}: needs exactly one of password, passwordFile, passwordEnv`;
         break;
       case 'not':
-        line = `${path}: has a field its platform does not take`;
+        // The one `not` of the schema: libvirt's connection takes at most one secret.
+        line = path.endsWith('connection') && /"source":\s*\{[^]*"platform":\s*"libvirt"/.test(JSON.stringify(value)) ? `${path}: takes at most one of password, passwordFile, passwordEnv` : `${path}: has a field its platform does not take`;
         break;
       default:
         line = `${path}: ${e.message}`;
