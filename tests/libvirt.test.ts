@@ -43,8 +43,9 @@ async function guestWrite(n: number, offset: number, length: number, pattern: nu
 
 /** sha256 of what disk `name` holds now, read from its image as QEMU wrote it. */
 async function imageSha(name: string): Promise<string> {
-  const raw = join(dir, `${name}.raw`);
-  await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', join(dir, `${name}.qcow2`), raw]);
+  const raw = join(dir, `${name}.out`);
+  const image = name === 'vdc' ? ['raw', join(dir, 'vdc.raw')] : ['qcow2', join(dir, `${name}.qcow2`)];
+  await run('qemu-img', ['convert', '-U', '-f', image[0]!, '-O', 'raw', image[1]!, raw]);
   const sha = await sha256File(raw);
   await fsp.rm(raw);
   return sha;
@@ -59,9 +60,10 @@ test.before(async () => {
   await fsp.chmod(dir, 0o755);
   started = await startLibvirt();
   for (const [name, size] of [['vda', '64M'], ['vdb', '32M']]) await run('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, `${name}.qcow2`), size!]);
-  const disk = (name: string) =>
-    `<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='writethrough'/><source file='${join(dir, `${name}.qcow2`)}'/><target dev='${name}' bus='virtio'/></disk>`;
-  const xml = `<domain type='qemu'><name>${domain}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os><devices>${disk('vda')}${disk('vdb')}<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk><console type='pty'/></devices></domain>`;
+  await run('qemu-img', ['create', '-q', '-f', 'raw', join(dir, 'vdc.raw'), '16M']);
+  const disk = (name: string, format = 'qcow2') =>
+    `<disk type='file' device='disk'><driver name='qemu' type='${format}' cache='writethrough'/><source file='${join(dir, `${name}.${format}`)}'/><target dev='${name}' bus='virtio'/></disk>`;
+  const xml = `<domain type='qemu'><name>${domain}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os><devices>${disk('vda')}${disk('vdb')}${disk('vdc', 'raw')}<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk><console type='pty'/></devices></domain>`;
   await fsp.writeFile(join(dir, 'domain.xml'), xml);
   await virsh('define', join(dir, 'domain.xml'));
   await virsh('start', domain);
@@ -80,7 +82,7 @@ test.after(async () => {
 const source = () => new LibvirtSource({ connection: { uri: URI }, workDir: join(dir, 'lib') });
 
 async function syncOnce(repo: Repository) {
-  const shas = { vda: await imageSha('vda'), vdb: await imageSha('vdb') };
+  const shas = { vda: await imageSha('vda'), vdb: await imageSha('vdb'), vdc: await imageSha('vdc') };
   const starts: Array<Extract<SyncEvent, { type: 'disk-start' }>> = [];
   const r = await runVmSync(source(), domain, repo, {}, (e) => {
     if (e.type === 'disk-start') starts.push(e);
@@ -88,8 +90,8 @@ async function syncOnce(repo: Repository) {
   assert.equal(r.failed, []);
   assert.is(await backupJob(), false, 'the backup job ended');
   assert.equal(await fsp.readdir(join(dir, 'lib', 'libvirt')), [], 'no socket, scratch or XML file left');
-  const by = (d: string) => ({ m: r.versions.find((v) => v.disk === d)!, start: starts.find((s) => s.disk === d)!, sha: shas[d as 'vda' | 'vdb'] });
-  return { vda: by('vda'), vdb: by('vdb') };
+  const by = (d: string) => ({ m: r.versions.find((v) => v.disk === d)!, start: starts.find((s) => s.disk === d)!, sha: shas[d as 'vda' | 'vdb' | 'vdc'] });
+  return { vda: by('vda'), vdb: by('vdb'), vdc: by('vdc') };
 }
 
 async function assertRestores(repo: Repository, v: { m: Parameters<typeof restoreDisk>[1]; sha: string }, what: string) {
@@ -99,9 +101,10 @@ async function assertRestores(repo: Repository, v: { m: Parameters<typeof restor
   await fsp.rm(out);
 }
 
-test('full, then incrementals after unaligned writes: each restore equals the disk at its backup; only dirty blocks read; one checkpoint left', async () => {
+test('full, then incrementals after unaligned writes: each restore equals the disk at its backup; only dirty blocks read; a raw disk read in full each time; one checkpoint left', async () => {
   await guestWrite(0, 5 * MiB, 4 * MiB, 0x41);
   await guestWrite(1, 20 * MiB + 512, 4096, 0x42);
+  await guestWrite(2, 3 * MiB + 7, 5000, 0x47);
   const repo = await Repository.open(await FsStore.open(join(dir, 'repo'), { create: true }), { create: true });
   const v1 = await syncOnce(repo);
   assert.is(v1.vda.start.incremental, false);
@@ -113,11 +116,12 @@ test('full, then incrementals after unaligned writes: each restore equals the di
   assert.is(v2.vda.start.incremental, true);
   assert.is(v2.vda.m.stats.readBytes, 4 * MiB, 'vda: the one block with dirty clusters');
   assert.is(v2.vdb.m.stats.readBytes, 4 * MiB, 'vdb: the one block with dirty clusters');
+  assert.is(v2.vdc.start.incremental, false, 'the raw disk keeps no bitmap');
+  assert.is(v2.vdc.m.source.changeId, null);
   const v3 = await syncOnce(repo);
   assert.is(v3.vda.m.stats.readBytes + v3.vdb.m.stats.readBytes, 0, 'nothing written: nothing read');
   for (const [i, v] of [v1, v2, v3].entries()) {
-    await assertRestores(repo, v.vda, `vda version ${i + 1}`);
-    await assertRestores(repo, v.vdb, `vdb version ${i + 1}`);
+    for (const d of ['vda', 'vdb', 'vdc'] as const) await assertRestores(repo, v[d], `${d} version ${i + 1}`);
   }
   assert.equal(await ourCheckpoints(), [v3.vda.m.source.changeId], 'older checkpoints of ours deleted');
   assert.equal(v3.vda.m.source.changeId, v3.vdb.m.source.changeId);
@@ -160,12 +164,17 @@ test('hamal sync --task with a libvirt task; SIGKILL mid-read, then a rerun: byt
   assert.ok(!existsSync(join(dir, 'lib', 'libvirt-auth')) || (await fsp.readdir(join(dir, 'lib', 'libvirt-auth'))).length === 0);
 });
 
-test('refused clearly: a wrong URI, an unknown domain, a shut-off domain', async () => {
+test('refused clearly: a remote URI, a wrong URI, an unknown domain, a shut-off domain', async () => {
   const repo = await Repository.open(await FsStore.open(join(dir, 'repo')));
-  const bad = new LibvirtSource({ connection: { uri: 'qemu+tcp://127.0.0.1:1/system' }, workDir: join(dir, 'lib') });
-  await bad.snapshot(domain).then(
+  const remote = new LibvirtSource({ connection: { uri: 'qemu+tcp://127.0.0.1:1/system' }, workDir: join(dir, 'lib') });
+  await remote.snapshot(domain).then(
     () => assert.unreachable(),
-    (e: Error) => assert.match(e.message, /^domain hamal-test-\w+ on qemu\+tcp:\/\/127\.0\.0\.1:1\/system: .*(connect|Connection refused)/i),
+    (e: Error) => assert.match(e.message, /^libvirt URI qemu\+tcp:\/\/127\.0\.0\.1:1\/system names another host: hamal reads a domain's backup on the host it runs on/),
+  );
+  const wrong = new LibvirtSource({ connection: { uri: 'qemu:///nowhere' }, workDir: join(dir, 'lib') });
+  await wrong.snapshot(domain).then(
+    () => assert.unreachable(),
+    (e: Error) => assert.match(e.message, /^domain hamal-test-\w+ on qemu:\/\/\/nowhere: .*(connect|URI|path)/i),
   );
   await source().snapshot('no-such-domain').then(
     () => assert.unreachable(),

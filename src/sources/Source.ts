@@ -86,5 +86,7 @@ export interface SnapshotOptions {
 
 export interface Source {
   readonly platform: string;
+  /** Whether `snapshot` wants SnapshotOptions.since (syncVm reads each disk's newest manifest for it). */
+  readonly needsSince?: boolean;
   snapshot(vm: string, options?: SnapshotOptions): Promise<Snapshot>;
 }

@@ -75,7 +75,8 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
       const reuse = options.journalDir ? await Journal.snapshotIdsOf(options.journalDir, repo.config.id, vm) : [];
       // A version another proxy left in flight resumes here only from the snapshot it read.
       if (options.journalDir && (options.partialIndexSeconds ?? 60) > 0) reuse.push(...(await repo.partialSnapshotIds(vm)));
-      const snapshot = await source.snapshot(vm, { reuse: [...new Set(reuse)], since: await newestChangeIds(repo, vm) });
+      const since = source.needsSince ? await newestChangeIds(repo, vm) : undefined;
+      const snapshot = await source.snapshot(vm, { reuse: [...new Set(reuse)], since });
       failpoint('snapshot.taken');
       return snapshot;
     };
@@ -139,7 +140,7 @@ export function syncVm(source: Source, vm: string, repo: Repository, options: Vm
 /** The changeId of each disk's newest version of `vm`, by disk id (those without one left out). */
 async function newestChangeIds(repo: Repository, vm: string): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
-  for (const disk of await repo.listDisks(vm)) {
+  for (const disk of await repo.listDisks(vm).catch(() => [])) {
     // A hint only: a manifest that cannot be read here fails the disk's own sync, not this.
     const changeId = await repo.latestVersion(vm, disk).then((latest) => (latest ? repo.readManifest(vm, disk, latest).then((m) => m.source.changeId) : null), () => null).catch(() => null);
     if (changeId) out[disk] = changeId;

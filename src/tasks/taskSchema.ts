@@ -112,7 +112,7 @@ export const TASK_SCHEMA = {
                 additionalProperties: false,
                 required: ['uri'],
                 properties: {
-                  uri: { type: 'string', pattern: '^[a-z0-9+]+://', description: 'libvirt URI: qemu:///system on the host, qemu+ssh://host/system or qemu+tls://host/system remote.' },
+                  uri: { type: 'string', pattern: '^[a-z0-9+]+://', description: 'libvirt URI of this host: qemu:///system (remote URIs are refused: the backup is read on the host it runs on).' },
                   username: { type: 'string', minLength: 1, description: 'SASL user (qemu+tls, qemu+tcp), with a password.' },
                   ...secretRef,
                 },

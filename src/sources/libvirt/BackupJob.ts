@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Virsh } from './Virsh.ts';
 import type { DomainDisk } from './domainXml.ts';
+import { HamalError } from '../../errors.ts';
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
 
@@ -27,9 +28,11 @@ export class BackupJob {
     readonly domain: string,
     readonly socket: string,
     private readonly _dir: string,
+    /** The checkpoint made with the job. */
+    readonly checkpoint: string,
   ) {}
 
-  static async begin(virsh: Virsh, domain: string, disks: JobDisk[], skipped: DomainDisk[], checkpoint: string, workDir: string, owner?: { uid: number; gid: number }): Promise<BackupJob> {
+  static async begin(virsh: Virsh, domain: string, disks: JobDisk[], skipped: string[], checkpoint: string, workDir: string, owner: { uid: number; gid: number }): Promise<BackupJob> {
     // The parent only lets QEMU's user pass through (0711) to the one directory it owns.
     const parent = join(workDir, 'libvirt');
     await fsp.mkdir(parent, { recursive: true, mode: 0o711 });
@@ -37,7 +40,12 @@ export class BackupJob {
     const dir = join(parent, randomBytes(6).toString('hex'));
     await fsp.mkdir(dir, { mode: 0o700 });
     // QEMU (libvirt-qemu under qemu:///system) binds the socket and writes the scratch files.
-    if (owner) await fsp.chown(dir, owner.uid, owner.gid).catch(() => {});
+    try {
+      await fsp.chown(dir, owner.uid, owner.gid);
+    } catch (err) {
+      await fsp.rm(dir, { recursive: true, force: true });
+      throw new HamalError('LIBVIRT_LIB_DIR', `cannot give ${dir} to QEMU's user ${owner.uid}:${owner.gid} (hamal runs as root beside libvirtd): ${(err as NodeJS.ErrnoException).code}`, { subject: 'hamal_lib_dir' });
+    }
     const socket = join(dir, 'nbd.sock');
     const backup = [
       `<domainbackup mode='pull'>`,
@@ -45,16 +53,16 @@ export class BackupJob {
       '<disks>',
       // Per-disk starting points (libvirt 7.6: backupmode, incremental).
       ...disks.map(({ disk, incremental }) =>
-        `<disk name='${esc(disk.target)}' backup='yes' type='file' ${incremental ? `backupmode='incremental' incremental='${esc(incremental)}'` : `backupmode='full'`}><scratch file='${esc(join(dir, `${disk.target}.scratch`))}'/></disk>`,
+        `<disk name='${esc(disk.target)}' backup='yes' type='file' exportname='${esc(disk.target)}' ${incremental ? `backupmode='incremental' incremental='${esc(incremental)}' exportbitmap='backup-${esc(disk.target)}'` : `backupmode='full'`}><scratch file='${esc(join(dir, `${disk.target}.scratch`))}'/></disk>`,
       ),
-      ...skipped.map((d) => `<disk name='${esc(d.target)}' backup='no'/>`),
+      ...skipped.map((t) => `<disk name='${esc(t)}' backup='no'/>`),
       '</disks>',
       '</domainbackup>',
     ].join('\n');
     const check = [
       `<domaincheckpoint><name>${esc(checkpoint)}</name><description>hamal sync</description><disks>`,
-      ...disks.map(({ disk }) => `<disk name='${esc(disk.target)}' checkpoint='bitmap'/>`),
-      ...skipped.map((d) => `<disk name='${esc(d.target)}' checkpoint='no'/>`),
+      ...disks.map(({ disk }) => `<disk name='${esc(disk.target)}' checkpoint='${disk.fullOnly ? 'no' : 'bitmap'}'/>`),
+      ...skipped.map((t) => `<disk name='${esc(t)}' checkpoint='no'/>`),
       '</disks></domaincheckpoint>',
     ].join('');
     const xmlDir = join(parent, `${randomBytes(6).toString('hex')}.xml`);
@@ -62,26 +70,47 @@ export class BackupJob {
     try {
       await fsp.writeFile(join(xmlDir, 'backup.xml'), backup, { mode: 0o600 });
       await fsp.writeFile(join(xmlDir, 'checkpoint.xml'), check, { mode: 0o600 });
-      await virsh.run(['backup-begin', domain, join(xmlDir, 'backup.xml'), join(xmlDir, 'checkpoint.xml')], `backup of domain ${domain}`);
+      await virsh.run(['backup-begin', '--domain', domain, '--backupxml', join(xmlDir, 'backup.xml'), '--checkpointxml', join(xmlDir, 'checkpoint.xml')], `backup of domain ${domain}`);
     } catch (err) {
       await fsp.rm(dir, { recursive: true, force: true });
       throw err;
     } finally {
       await fsp.rm(xmlDir, { recursive: true, force: true });
     }
-    return new BackupJob(virsh, domain, socket, dir);
+    // The socket must be QEMU's: hamal connects to nothing another user could have put there.
+    const st = await fsp.lstat(socket).catch(() => undefined);
+    if (!st?.isSocket() || st.uid !== owner.uid) {
+      const job = new BackupJob(virsh, domain, socket, dir, checkpoint);
+      await job.end().catch(() => {});
+      throw new HamalError('LIBVIRT_SOCKET', `backup of domain ${domain}: ${socket} is not a socket of QEMU's user ${owner.uid}`, { subject: socket });
+    }
+    return new BackupJob(virsh, domain, socket, dir, checkpoint);
   }
 
   /** Ends the job (libvirt removes its scratch files and socket) and the directory. */
   async end(): Promise<void> {
-    await BackupJob.abort(this._virsh, this.domain).finally(() => fsp.rm(this._dir, { recursive: true, force: true }));
+    try {
+      await this._virsh.run(['domjobabort', '--domain', this.domain], `end of the backup job of domain ${this.domain}`).catch((err: Error) => {
+        if (!/no job is active|not active/i.test(err.message)) throw err;
+      });
+    } finally {
+      await fsp.rm(this._dir, { recursive: true, force: true });
+    }
   }
 
-  /** Ends the domain's backup job if it has one (a killed run's): domjobabort. */
-  static async abort(virsh: Virsh, domain: string): Promise<boolean> {
-    const info = await virsh.run(['domjobinfo', domain], `job of domain ${domain}`).catch(() => '');
+  /**
+   * Ends the domain's backup job if an earlier run of hamal left it (its socket lies under
+   * `ours`); a job of another tool is refused by name, never broken. True when one was ended.
+   */
+  static async abortLeftover(virsh: Virsh, domain: string, ours: string): Promise<boolean> {
+    const info = await virsh.run(['domjobinfo', '--domain', domain], `job of domain ${domain}`);
     if (!/^Operation:\s+Backup/m.test(info)) return false;
-    await virsh.run(['domjobabort', domain], `end of the backup job of domain ${domain}`);
+    const xml = await virsh.run(['backup-dumpxml', '--domain', domain], `backup job of domain ${domain}`).catch(() => '');
+    const socket = /<server[^>]*socket='([^']*)'/.exec(xml)?.[1] ?? /<server[^>]*socket="([^"]*)"/.exec(xml)?.[1];
+    if (!socket?.startsWith(ours + '/')) {
+      throw new HamalError('LIBVIRT_BUSY', `domain ${domain} has a backup job hamal did not start${socket ? ` (NBD socket ${socket})` : ''}: end it first (virsh domjobabort ${domain})`, { subject: domain });
+    }
+    await virsh.run(['domjobabort', '--domain', domain], `end of the backup job of domain ${domain}`);
     return true;
   }
 }

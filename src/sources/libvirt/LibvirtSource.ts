@@ -1,6 +1,6 @@
 import { Observable } from 'rxjs';
-import { promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { DiskInfo, Snapshot, SnapshotOptions, Source } from '../Source.ts';
 import type { ChangeId } from '../ChangeId.ts';
 import type { Extent } from '../../streams/Extent.ts';
@@ -38,42 +38,70 @@ export class LibvirtSource implements Source {
   readonly platform = 'libvirt';
   constructor(private readonly _o: LibvirtSourceOptions) {}
 
+  /** syncVm gives `since` (each disk's newest changeId): the backup job is planned from it. */
+  readonly needsSince = true;
+
   async snapshot(selector: string, options: SnapshotOptions = {}): Promise<Snapshot> {
     const workDir = this._o.workDir ?? tmpdir();
+    const uri = this._o.connection.uri;
+    // The NBD socket and scratch files are on this host: QEMU must run here too.
+    if (!/^[a-z0-9+]+:\/\/\/[^/]/.test(uri)) throw new HamalError('LIBVIRT_REMOTE', `libvirt URI ${uri} names another host: hamal reads a domain's backup on the host it runs on (install it beside libvirtd, URI qemu:///system)`, { subject: 'source.connection.uri' });
     const virsh = new Virsh({ ...this._o.connection, workDir });
+    const sub = log.child('libvirt');
     try {
-      const info = await virsh.run(['dominfo', selector], `domain ${selector}`);
+      const info = await virsh.run(['dominfo', '--domain', selector], `domain ${selector}`);
       const field = (name: string) => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(info)?.[1]?.trim();
       const name = field('Name') ?? selector;
       if (field('Persistent') === 'no') throw new HamalError('LIBVIRT_TRANSIENT', `domain ${name} is transient: checkpoints need a persistent domain (virsh define it)`, { subject: name });
       if (field('State') !== 'running') throw new HamalError('LIBVIRT_NOT_RUNNING', `domain ${name} is ${field('State') ?? 'not running'}: hamal backs up running domains only (start it, or sync its images with the local platform)`, { subject: name });
-      const dom = parseDomainXml(await virsh.run(['dumpxml', name], `XML of domain ${name}`), `domain ${name}`);
+      const dom = parseDomainXml(await virsh.run(['dumpxml', '--domain', name], `XML of domain ${name}`), `domain ${name}`);
       const disks = dom.disks.filter((d) => !d.notSyncable);
-      const skipped = dom.disks.filter((d) => d.notSyncable);
-      if (await BackupJob.abort(virsh, name)) log.child('libvirt').warn(`domain ${name}: ended the backup job an interrupted sync left`);
-      const checkpoints = (await virsh.run(['checkpoint-list', name, '--name'], `checkpoints of domain ${name}`)).split('\n').map((l) => l.trim()).filter(Boolean);
-      const plan: JobDisk[] = disks.map((disk) => {
-        const since = options.since?.[disk.target];
-        return { disk, incremental: since && checkpoints.includes(since) ? since : undefined };
-      });
-      const checkpoint = `${CHECKPOINT_PREFIX}${new Date().toISOString().replace(/[-:.]/g, '')}`;
-      const owner = await fsp.stat(disks[0]?.source ?? '/').then((s) => ({ uid: s.uid, gid: s.gid }), () => undefined);
-      const job = await BackupJob.begin(virsh, name, plan, skipped, checkpoint, workDir, owner);
+      for (const d of dom.disks.filter((x) => x.notSyncable)) sub.warn(`domain ${name}: disk ${d.target || '?'}: ${d.notSyncable}; not synced`);
+      if (!disks.length) throw new HamalError('LIBVIRT_NO_DISKS', `domain ${name} has no disk hamal can back up`, { subject: name });
+      if (!dom.qemuUser) throw new HamalError('LIBVIRT_NO_DAC', `domain ${name}: its live XML names no DAC seclabel, so hamal cannot tell which user QEMU runs as`, { subject: name });
+      const ours = join(workDir, 'libvirt');
+      if (await BackupJob.abortLeftover(virsh, name, ours)) sub.warn(`domain ${name}: ended the backup job an interrupted sync left`);
+      const checkpoints = (await virsh.run(['checkpoint-list', '--domain', name, '--name'], `checkpoints of domain ${name}`)).split('\n').map((l) => l.trim()).filter(Boolean);
+      const skipped = [...dom.disks.filter((d) => d.notSyncable).map((d) => d.target).filter(Boolean), ...dom.others];
+      const { job, plan, broken } = await this._begin(virsh, name, disks, skipped, checkpoints, options.since ?? {}, workDir, dom.qemuUser);
+      const clients = new Map<string, NbdClient>();
       try {
-        const clients = new Map<string, NbdClient>();
         for (const p of plan) {
           const contexts = ['base:allocation', ...(p.incremental ? [`qemu:dirty-bitmap:backup-${p.disk.target}`] : [])];
           clients.set(p.disk.target, await NbdClient.connect(job.socket, { exportName: p.disk.target, metaContexts: contexts, maxRequestBytes: this._o.maxReadBytes }));
         }
-        return new LibvirtSnapshot(virsh, dom.uuid || name, name, job, plan, clients, checkpoints, checkpoint, skipped, options.since ?? {});
+        return new LibvirtSnapshot(virsh, dom.uuid || name, name, job, plan, clients, checkpoints, skipped, options.since ?? {}, broken);
       } catch (err) {
+        await Promise.allSettled([...clients.values()].map((c) => c.close()));
         await job.end().catch(() => {});
-        await deleteCheckpoint(virsh, name, checkpoint).catch(() => {});
+        await deleteCheckpoint(virsh, name, job.checkpoint).catch(() => {});
         throw err;
       }
     } catch (err) {
       await virsh.close();
       throw err;
+    }
+  }
+
+  /**
+   * Starts the job, each qcow2 disk from the checkpoint its newest version names when the
+   * domain still has it. A checkpoint whose bitmap is lost or broken (a host crash, an
+   * image replaced) makes libvirt refuse the job: it is then started with every disk full,
+   * and the reason kept for those disks' notes.
+   */
+  private async _begin(virsh: Virsh, name: string, disks: DomainDisk[], skipped: string[], checkpoints: string[], since: Readonly<Record<string, ChangeId>>, workDir: string, owner: { uid: number; gid: number }): Promise<{ job: BackupJob; plan: JobDisk[]; broken?: string }> {
+    const plan: JobDisk[] = disks.map((disk) => {
+      const from = since[disk.target];
+      return { disk, incremental: !disk.fullOnly && from && checkpoints.includes(from) ? from : undefined };
+    });
+    const checkpoint = () => `${CHECKPOINT_PREFIX}${new Date().toISOString().replace(/[-:.]/g, '')}`;
+    try {
+      return { job: await BackupJob.begin(virsh, name, plan, skipped, checkpoint(), workDir, owner), plan, broken: undefined };
+    } catch (err) {
+      if (!plan.some((p) => p.incremental) || !/checkpoint|bitmap/i.test((err as Error).message)) throw err;
+      const full: JobDisk[] = plan.map((p) => ({ disk: p.disk }));
+      const job = await BackupJob.begin(virsh, name, full, skipped, checkpoint(), workDir, owner);
+      return { job, plan: full, broken: `libvirt refused an incremental backup (${(err as Error).message.replace(/^[^:]*: /, '')})` };
     }
   }
 }
@@ -99,16 +127,20 @@ class LibvirtSnapshot implements Snapshot {
     plan: JobDisk[],
     private readonly _clients: Map<string, NbdClient>,
     private readonly _before: string[],
-    private readonly _checkpoint: string,
-    skipped: DomainDisk[],
+    skipped: string[],
     private readonly _since: Readonly<Record<string, ChangeId>>,
+    private readonly _broken: string | undefined,
   ) {
+    this._checkpoint = _job.checkpoint;
     this.vm = { id: uuid, name: _domain };
-    this.id = _checkpoint;
-    this.disks = plan.map((p) => ({ id: p.disk.target, label: `${p.disk.target} (${p.disk.source})`, capacity: _clients.get(p.disk.target)!.size, changeId: _checkpoint }));
+    this.id = this._checkpoint;
+    // A raw disk has no bitmap: no changeId, so each of its syncs is full.
+    this.disks = plan.map((p) => ({ id: p.disk.target, label: `${p.disk.target} (${p.disk.source})`, capacity: _clients.get(p.disk.target)!.size, changeId: p.disk.fullOnly ? null : this._checkpoint }));
     for (const p of plan) this._plan.set(p.disk.target, p);
-    this.info = { domain: _domain, uuid, checkpoint: _checkpoint, notSynced: skipped.map((d) => `${d.target}: ${d.notSyncable}`) };
+    this.info = { domain: _domain, uuid, checkpoint: this._checkpoint, notSynced: skipped };
   }
+
+  private readonly _checkpoint: string;
 
   private _client(disk: DiskInfo): NbdClient {
     const c = this._clients.get(disk.id);
@@ -117,30 +149,38 @@ class LibvirtSnapshot implements Snapshot {
   }
 
   async checkSince(disk: DiskInfo, since: ChangeId): Promise<string | null> {
-    const from = this._plan.get(disk.id)?.incremental;
-    if (from === since) return null;
+    const p = this._plan.get(disk.id);
+    if (p?.disk.fullOnly) return `disk ${disk.id} is ${p.disk.fullOnly}`;
+    if (p?.incremental === since) {
+      return this._client(disk).hasContext(`qemu:dirty-bitmap:backup-${disk.id}`) ? null : `QEMU offers no dirty bitmap for disk ${disk.id}`;
+    }
+    if (this._broken && this._before.includes(since)) return this._broken;
     return this._before.includes(since)
-      ? `the backup job started disk ${disk.id} from checkpoint ${from ?? 'none'}, not ${since}`
+      ? `the backup job started disk ${disk.id} from checkpoint ${p?.incremental ?? 'none'}, not ${since}`
       : `checkpoint ${since} of domain ${this._domain} no longer exists (deleted, the domain redefined, or its bitmap lost)`;
   }
 
   changes(disk: DiskInfo, since: ChangeId | null): Observable<Extent> {
     const client = this._client(disk);
-    const incremental = since !== null && since === this._plan.get(disk.id)?.incremental;
-    // Incremental: QEMU's dirty bitmap since the checkpoint (flag 1 = dirty); full: what is allocated.
-    const context = incremental ? `qemu:dirty-bitmap:backup-${disk.id}` : 'base:allocation';
-    const wanted = incremental ? (f: number) => (f & 1) !== 0 : (f: number) => (f & 1) === 0;
+    if (since !== null && since !== this._plan.get(disk.id)?.incremental) {
+      // checkSince said so first; asked anyway, the answer would call holes "unchanged".
+      throw new HamalError('LIBVIRT_NO_BITMAP', `disk ${disk.id}: the backup job has no dirty bitmap since ${since}`, { subject: disk.id });
+    }
+    // Incremental: QEMU's dirty bitmap since the checkpoint (flag 1 = dirty). Full: all but
+    // what base:allocation says reads as zeros (NBD_STATE_ZERO, flag 2; a hole alone may not).
+    const context = since !== null ? `qemu:dirty-bitmap:backup-${disk.id}` : 'base:allocation';
+    const wanted = since !== null ? (f: number) => (f & 1) !== 0 : (f: number) => (f & 2) === 0;
     return new Observable<Extent>((subscriber) => {
       let stopped = false;
       (async () => {
         for (let at = 0; at < disk.capacity && !stopped; ) {
           const extents = await client.blockStatusOf(at, Math.min(STATUS_SPAN, disk.capacity - at), context);
-          if (!extents.length) throw new HamalError('NBD_BAD_REPLY', `block status of disk ${disk.id} at ${at} (${context}) answered nothing`, { subject: disk.id });
+          const last = extents[extents.length - 1];
+          if (!last || last.offset + last.length <= at) throw new HamalError('NBD_BAD_REPLY', `block status of disk ${disk.id} at ${at} (${context}) did not move forward`, { subject: disk.id });
           for (const e of extents) {
             const length = Math.min(e.length, disk.capacity - e.offset);
             if (length > 0 && wanted(e.flags)) subscriber.next({ offset: e.offset, length });
           }
-          const last = extents[extents.length - 1]!;
           at = last.offset + last.length;
         }
       })().then(

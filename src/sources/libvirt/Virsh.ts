@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { HamalError } from '../../errors.ts';
 import { childEnv } from '../../childEnv.ts';
@@ -33,7 +33,8 @@ export class Virsh {
 
   /** `virsh -c URI args...`: its stdout; an error quoting virsh's own message and naming `what`. */
   async run(args: string[], what: string): Promise<string> {
-    const env = childEnv({ set: await this._auth() });
+    // LC_ALL=C: hamal reads virsh's labels (State, Persistent, Operation), which it translates.
+    const env = childEnv({ set: { ...(await this._auth()), LC_ALL: 'C' } });
     try {
       const { stdout } = await run('virsh', ['-q', '-c', this._o.uri, ...args], { env, timeout: this._o.timeoutMs ?? 120_000, maxBuffer: 64 * 1024 * 1024 });
       return stdout;
@@ -48,12 +49,14 @@ export class Virsh {
   private async _auth(): Promise<Record<string, string>> {
     if (this._o.password === undefined) return {};
     if (!this._authFile) {
-      const dir = join(this._o.workDir, 'libvirt-auth');
-      await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
-      const file = join(dir, `auth-${process.pid}.conf`);
       // libvirt reads values to the line's end: a newline in either would end them early.
-      if (/[\r\n]/.test(this._o.password + (this._o.username ?? ''))) throw new HamalError('TASK_INVALID', 'libvirt user name and password must be one line each', { subject: 'source.connection' });
-      await fsp.writeFile(file, `[credentials-hamal]\nauthname=${this._o.username ?? ''}\npassword=${this._o.password}\n\n[auth-libvirt-default]\ncredentials=hamal\n`, { mode: 0o600 });
+      if (/[\r\n]/.test(this._o.password + (this._o.username ?? ''))) throw new HamalError('TASK_INVALID', 'libvirt user name and password (source.connection) must be one line each', { subject: 'source.connection' });
+      // One private directory per connection: tasks running at once never share a file.
+      const parent = join(this._o.workDir, 'libvirt-auth');
+      await fsp.mkdir(parent, { recursive: true, mode: 0o700 });
+      const dir = await fsp.mkdtemp(join(parent, 'auth-'));
+      const file = join(dir, 'auth.conf');
+      await fsp.writeFile(file, `[credentials-hamal]\nauthname=${this._o.username ?? ''}\npassword=${this._o.password}\n\n[auth-libvirt-default]\ncredentials=hamal\n`, { mode: 0o600, flag: 'wx' });
       this._authFile = file;
     }
     return { LIBVIRT_AUTH_FILE: this._authFile };
@@ -61,7 +64,7 @@ export class Virsh {
 
   /** Removes the auth file. */
   async close(): Promise<void> {
-    if (this._authFile) await fsp.rm(this._authFile, { force: true });
+    if (this._authFile) await fsp.rm(dirname(this._authFile), { recursive: true, force: true });
     this._authFile = undefined;
   }
 }
