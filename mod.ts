@@ -38,6 +38,7 @@ export type { KeystoneOptions, KeystoneCredentials } from './src/sources/opensta
 export type { CephAccess } from './src/sources/ceph/Rbd.ts';
 export { FusionComputeSource, type FusionComputeSourceOptions } from './src/sources/fusion_compute/FusionComputeSource.ts';
 export type { FcClientOptions } from './src/sources/fusion_compute/FcClient.ts';
+export { LibvirtSource, type LibvirtSourceOptions } from './src/sources/libvirt/LibvirtSource.ts';
 
 // Sinks and the repository
 export type { ObjectStore, PutOptions, GetOptions } from './src/sinks/ObjectStore.ts';
