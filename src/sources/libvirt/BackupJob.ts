@@ -93,8 +93,20 @@ export class BackupJob {
       await this._virsh.run(['domjobabort', '--domain', this.domain], `end of the backup job of domain ${this.domain}`).catch((err: Error) => {
         if (!/no job is active|not active/i.test(err.message)) throw err;
       });
+      // The abort returns before libvirt has torn the job down (seen here: domjobinfo
+      // still says Backup just after): wait for it, so nothing of the job outlives the sync.
+      await BackupJob.waitGone(this._virsh, this.domain, 30_000);
     } finally {
       await fsp.rm(this._dir, { recursive: true, force: true });
+    }
+  }
+
+  /** Waits until the domain has no backup job; an error naming the domain past `ms`. */
+  static async waitGone(virsh: Virsh, domain: string, ms: number): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (/^Operation:\s+Backup/m.test(await virsh.run(['domjobinfo', '--domain', domain], `job of domain ${domain}`).catch(() => ''))) {
+      if (Date.now() > deadline) throw new HamalError('LIBVIRT_JOB_STUCK', `the backup job of domain ${domain} did not end within ${ms / 1000} s of domjobabort`, { subject: domain });
+      await new Promise((r) => setTimeout(r, 100));
     }
   }
 
@@ -111,6 +123,7 @@ export class BackupJob {
       throw new HamalError('LIBVIRT_BUSY', `domain ${domain} has a backup job hamal did not start${socket ? ` (NBD socket ${socket})` : ''}: end it first (virsh domjobabort ${domain})`, { subject: domain });
     }
     await virsh.run(['domjobabort', '--domain', domain], `end of the backup job of domain ${domain}`);
+    await BackupJob.waitGone(virsh, domain, 30_000);
     return true;
   }
 }
