@@ -107,7 +107,7 @@ export class LibvirtSource implements Source {
 }
 
 function deleteCheckpoint(virsh: Virsh, domain: string, name: string): Promise<string> {
-  return virsh.run(['checkpoint-delete', domain, name], `deletion of checkpoint ${name} of domain ${domain}`);
+  return virsh.run(['checkpoint-delete', '--domain', domain, '--checkpointname', name], `deletion of checkpoint ${name} of domain ${domain}`);
 }
 
 class LibvirtSnapshot implements Snapshot {
