@@ -103,6 +103,24 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option('--json', 'print a JSON summary')
     .action(withConfig(async (o: Parameters<typeof import('./restore.ts').restoreCommand>[0], c) => (await import('./restore.ts')).restoreCommand(o, c)));
 
+  const CACHE_MIB: Range = [SCHEMA.hamal.export_cache_mb.type.min, SCHEMA.hamal.export_cache_mb.type.max];
+  program
+    .command('export')
+    .description('Serve one version of a disk as an NBD export until SIGTERM (instant recovery: boot or copy it without restoring; docs/export.md)')
+    .requiredOption('--target <url>', 'repository: file:///path, a directory, or s3://bucket/prefix')
+    .requiredOption('--vm <name>', 'VM name')
+    .requiredOption('--disk <id>', 'disk id')
+    .option('--version <id>', 'version id, or latest', 'latest')
+    .option('--listen <address>', 'unix:PATH (a socket, mode 0600) or tcp:HOST:PORT (needs --tls-cert/--tls-key or --no-tls)', 'unix:hamal-export.sock')
+    .option('--writable', 'accept writes, into --overlay (never into the repository)')
+    .option('--overlay <file>', 'copy-on-write overlay file for --writable (FILE.map beside it); reopening it continues it')
+    .option('--tls-cert <file>', 'PEM certificate: clients must start TLS')
+    .option('--tls-key <file>', 'PEM private key of --tls-cert')
+    .option('--tls-client-ca <file>', 'PEM CA: clients must present a certificate it signed')
+    .option('--no-tls', 'allow tcp: without TLS (the disk travels in the clear)')
+    .option('--cache-mib <n>', `chunk cache in MiB ([hamal] export_cache_mb; ${CACHE_MIB.join('..')})`, intInRange('--cache-mib', CACHE_MIB))
+    .action(withConfig(async (o: Parameters<typeof import('./export.ts').exportCommand>[0], c) => (await import('./export.ts')).exportCommand(o, c)));
+
   program
     .command('versions')
     .description('List the versions in a repository')

@@ -194,6 +194,7 @@ export const SCHEMA = {
     block_size_mb: int(4, 1, 64, 'MB', 'used', 'Block size of a repository created by a sync; an existing repository keeps its own. Memory per block in flight.'),
     local_release_cpu_time: int(0, 0, 10000, 'ms per MB', 'used', 'Pause in milliseconds after each MB read by the local source, as `vmware_release_cpu_time` does for VMware; 0 = off.'),
     restore_concurrency: int(4, 1, 64, 'threads', 'used', 'Chunks fetched and written at once by a restore; each holds one block.'),
+    export_cache_mb: int(256, 8, 65536, 'MB', 'used', 'Chunk cache of `hamal export` (docs/export.md), least recently used blocks evicted first; `--cache-mib` wins. Memory: this, plus 4 blocks being fetched and up to 64 MiB of replies per connected client; at least two blocks are cached whatever it says.'),
     vmware_nbdkit_command: {
       type: { kind: 'string' },
       default: '',
