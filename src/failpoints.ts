@@ -6,8 +6,11 @@
  *   HAMAL_FAILPOINTS="chunk.stored=kill@3,journal.write=enospc"
  *
  * `kill` SIGKILLs the process, `enospc` throws an ENOSPC error; `@N` acts on the Nth pass
- * only (default the first).
+ * only (default the first). `delayMS` blocks the process MS milliseconds on every pass (or
+ * the Nth), so a test can kill a sync that would otherwise end first.
  */
+/** `at` of an action taken on every pass. */
+const every = 0;
 const points = parse(typeof process !== 'undefined' ? process.env.HAMAL_FAILPOINTS : undefined);
 const passes = new Map<string, number>();
 
@@ -15,9 +18,9 @@ function parse(spec: string | undefined): Map<string, { action: string; at: numb
   if (!spec) return null;
   const map = new Map<string, { action: string; at: number }>();
   for (const item of spec.split(',')) {
-    const m = /^\s*([\w.-]+)=(kill|enospc)(?:@(\d+))?\s*$/.exec(item);
-    if (!m) throw new Error(`HAMAL_FAILPOINTS: bad entry ${JSON.stringify(item)} (name=kill|enospc[@N])`);
-    map.set(m[1]!, { action: m[2]!, at: Number(m[3] ?? 1) });
+    const m = /^\s*([\w.-]+)=(kill|enospc|delay\d+)(?:@(\d+))?\s*$/.exec(item);
+    if (!m) throw new Error(`HAMAL_FAILPOINTS: bad entry ${JSON.stringify(item)} (name=kill|enospc|delayMS[@N])`);
+    map.set(m[1]!, { action: m[2]!, at: m[3] ? Number(m[3]) : m[2]!.startsWith('delay') ? every : 1 });
   }
   return map;
 }
@@ -27,7 +30,11 @@ export function failpoint(name: string): void {
   if (!p) return;
   const n = (passes.get(name) ?? 0) + 1;
   passes.set(name, n);
-  if (n !== p.at) return;
+  if (p.at !== every && n !== p.at) return;
+  if (p.action.startsWith('delay')) {
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Number(p.action.slice(5)));
+    return;
+  }
   if (p.action === 'kill') process.kill(process.pid, 'SIGKILL');
   throw Object.assign(new Error(`ENOSPC: no space left on device (failpoint ${name})`), { code: 'ENOSPC' });
 }

@@ -11,6 +11,7 @@ import { promises as fsp, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { LibvirtSource } from '../src/sources/libvirt/LibvirtSource.ts';
+import { jobKey } from '../src/sources/libvirt/BackupJob.ts';
 import { FsStore, Repository, restoreDisk, runVmSync, type SyncEvent } from '../mod.ts';
 import { hamal, HAMAL_ARGV } from './helpers/cli.ts';
 import { MiB, sha256File, tempDir } from './helpers/disks.ts';
@@ -140,31 +141,58 @@ test('a checkpoint deleted behind hamal\'s back: those disks are a full sync wit
   await assertRestores(repo, v.vdb, 'vdb after the full sync');
 });
 
-test('hamal sync --task with a libvirt task; SIGKILL mid-read, then a rerun: byte-exact, no job or stale checkpoint left', async () => {
+test('hamal sync --task with a libvirt task; SIGKILL mid-read: the rerun reads the same backup job again and resumes block for block; writes after the kill land in the next version', async () => {
   const conf = join(dir, 'hamal.conf');
-  await fsp.writeFile(conf, `[DEFAULT]\nhamal_lib_dir = ${join(dir, 'lib')}\n[data_sync_v2]\npre_disk_readers_count = 1\n`);
+  const lib = join(dir, 'lib');
+  await fsp.writeFile(conf, `[DEFAULT]\nhamal_lib_dir = ${lib}\n[data_sync_v2]\npre_disk_readers_count = 1\nfsync_period_frequency = 1\n`);
   const task = join(dir, 't.json');
-  await fsp.writeFile(task, JSON.stringify({ version: 1, source: { platform: 'libvirt', vm: domain, connection: { uri: URI } }, target: join(dir, 'repo-cli') }));
-  await guestWrite(0, 0, 30 * MiB, 0x46);
-  const child = spawn(HAMAL_ARGV[0]!, [...HAMAL_ARGV.slice(1), '--config', conf, '--debug', 'sync', '--task', task], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, HAMAL_FAILPOINTS: 'block.read=kill@3' } });
+  const repoDir = join(dir, 'repo-cli');
+  await fsp.writeFile(task, JSON.stringify({ version: 1, source: { platform: 'libvirt', vm: domain, connection: { uri: URI } }, target: repoDir }));
+  // Ten blocks of distinct bytes: none is deduplicated, so each is a chunk stored.
+  for (let b = 0; b < 10; b++) await guestWrite(0, b * 4 * MiB, 4 * MiB, 0x50 + b);
+  const atBackup = await imageSha('vda');
+  // Reads of a second each: the journal (checkpointed every second) holds the first chunks when the sixth kills it.
+  const child = spawn(HAMAL_ARGV[0]!, [...HAMAL_ARGV.slice(1), '--config', conf, 'sync', '--task', task], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, HAMAL_FAILPOINTS: 'block.read=delay1000,chunk.stored=kill@6' } });
+  let killedErr = '';
+  child.stderr!.on('data', (d: Buffer) => (killedErr += d.toString()));
   const code = await new Promise<string | null>((r) => child.on('close', (_c, signal) => r(signal)));
-  assert.is(code, 'SIGKILL');
+  assert.is(code, 'SIGKILL', killedErr);
   assert.is(await backupJob(), true, 'the killed run left its backup job');
-  const sha = await imageSha('vda');
-  const again = await hamal(['--config', conf, 'sync', '--task', task, '--json']);
+  // A stale directory of an earlier crash: swept. Another domain's: left alone.
+  const ours = join(lib, 'libvirt');
+  const key = jobKey((await virsh('domuuid', domain)).trim());
+  await fsp.mkdir(join(ours, `${key}.hamal-20200101T000000000Z`));
+  await fsp.mkdir(join(ours, 'other-domain.hamal-20200101T000000000Z'));
+  // The guest goes on writing: the backup job still serves the disk as it was at the kill.
+  await guestWrite(0, 50 * MiB, 4096, 0x48);
+  const afterKill = await imageSha('vda');
+  const again = await hamal(['--config', conf, '--verbose', 'sync', '--task', task, '--json']);
   assert.is(again.code, 0, again.stderr);
-  assert.match(again.stderr, /ended the backup job an interrupted sync left/);
+  assert.match(again.stderr, /reading the backup job an interrupted sync left \(checkpoint hamal-\w+\) again/, again.stderr);
   assert.is(await backupJob(), false);
-  const disks = JSON.parse(again.stdout).disks as Array<{ disk: string; version: string }>;
+  const vda = (JSON.parse(again.stdout).disks as Array<{ disk: string; version: string; resumedBytes: number; readBytes: number }>).find((d) => d.disk === 'vda')!;
+  assert.ok(vda.resumedBytes >= 4 * MiB, `resumed ${vda.resumedBytes} bytes: ${again.stderr}`);
+  // Allocated: blocks 0-9 (just written), 10 (the previous test's write at 40 MiB).
+  assert.is(vda.readBytes + vda.resumedBytes, 44 * MiB, 'what the killed run stored is not read again');
   const out = join(dir, 'cli.img');
-  const vda = disks.find((d) => d.disk === 'vda')!;
-  assert.is((await hamal(['restore', '--target', join(dir, 'repo-cli'), '--vm', domain, '--disk', 'vda', '--version', vda.version, '--out', out])).code, 0);
-  assert.is(await sha256File(out), sha);
-  assert.is((await ourCheckpoints()).length, 1, "the killed run's checkpoint deleted with the older ones");
-  assert.ok(!existsSync(join(dir, 'lib', 'libvirt-auth')) || (await fsp.readdir(join(dir, 'lib', 'libvirt-auth'))).length === 0);
+  const restore = async (version: string) => {
+    assert.is((await hamal(['restore', '--target', repoDir, '--vm', domain, '--disk', 'vda', '--version', version, '--out', out, '--force'])).code, 0);
+    return sha256File(out);
+  };
+  assert.is(await restore(vda.version), atBackup, 'the version is the disk at the start of the killed run');
+  assert.equal(await fsp.readdir(ours), ['other-domain.hamal-20200101T000000000Z'], 'leftovers of this domain removed, no job directory left');
+  await fsp.rm(join(ours, 'other-domain.hamal-20200101T000000000Z'), { recursive: true });
+  const next = await hamal(['--config', conf, 'sync', '--task', task, '--json']);
+  assert.is(next.code, 0, next.stderr);
+  const vda2 = (JSON.parse(next.stdout).disks as Array<{ disk: string; version: string; readBytes: number }>).find((d) => d.disk === 'vda')!;
+  assert.is(vda2.readBytes, 4 * MiB, 'the write after the kill, from the checkpoint of the resumed version');
+  assert.is(await restore(vda2.version), afterKill);
+  await fsp.rm(out);
+  assert.is((await ourCheckpoints()).length, 1, 'one checkpoint of ours left');
+  assert.ok(!existsSync(join(lib, 'libvirt-auth')) || (await fsp.readdir(join(lib, 'libvirt-auth'))).length === 0);
 });
 
-test('refused clearly: a remote URI, a wrong URI, an unknown domain, a shut-off domain', async () => {
+test('refused clearly: a remote URI, a wrong URI, an unknown domain, a lib dir too long for a socket path, a shut-off domain', async () => {
   const repo = await Repository.open(await FsStore.open(join(dir, 'repo')));
   const remote = new LibvirtSource({ connection: { uri: 'qemu+tcp://127.0.0.1:1/system' }, workDir: join(dir, 'lib') });
   await remote.snapshot(domain).then(
@@ -180,6 +208,12 @@ test('refused clearly: a remote URI, a wrong URI, an unknown domain, a shut-off 
     () => assert.unreachable(),
     (e: Error) => assert.match(e.message, /domain no-such-domain on qemu:\/\/\/system: failed to get domain 'no-such-domain'/),
   );
+  const deep = new LibvirtSource({ connection: { uri: URI }, workDir: join(dir, 'l'.repeat(70)) });
+  await deep.snapshot(domain).then(
+    () => assert.unreachable(),
+    (e: Error) => assert.match(e.message, /is longer than a unix socket path may be \(107 bytes\): choose a shorter hamal_lib_dir/),
+  );
+  assert.is(await backupJob(), false);
   const off = `${domain}-off`;
   await fsp.writeFile(join(dir, 'off.xml'), (await fsp.readFile(join(dir, 'domain.xml'), 'utf8')).replace(`<name>${domain}</name>`, `<name>${off}</name>`));
   await virsh('define', join(dir, 'off.xml'));

@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
-import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { basename, dirname, join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { XMLParser } from 'fast-xml-parser';
 import type { Virsh } from './Virsh.ts';
 import type { DomainDisk } from './domainXml.ts';
 import { HamalError } from '../../errors.ts';
@@ -13,6 +14,22 @@ export interface JobDisk {
   /** The checkpoint the disk's dirty bitmap starts from; undefined: a full backup of it. */
   incremental?: string;
 }
+
+/** A backup job an earlier run left running: what it serves, from where. */
+export interface LeftoverJob {
+  job: BackupJob;
+  /** Each disk the job exports: the checkpoint it reads changes since, or null (full). */
+  disks: Map<string, string | null>;
+  /** Whether its socket is still QEMU's, so it can be read again; else it is only ended. */
+  reusable: boolean;
+}
+
+/** A short name for a domain's directories: unix socket paths under them must stay short. */
+export function jobKey(uuid: string): string {
+  return createHash('sha256').update(uuid).digest('hex').slice(0, 12);
+}
+
+const parser = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '@', isArray: (name) => name === 'disk' });
 
 /**
  * A pull-mode backup job of a running domain (libvirt "Backup XML format" and
@@ -27,17 +44,22 @@ export class BackupJob {
     private readonly _virsh: Virsh,
     readonly domain: string,
     readonly socket: string,
-    private readonly _dir: string,
+    /** The job's private directory: socket and scratch files. */
+    readonly dir: string,
     /** The checkpoint made with the job. */
     readonly checkpoint: string,
   ) {}
 
-  static async begin(virsh: Virsh, domain: string, disks: JobDisk[], skipped: string[], checkpoint: string, workDir: string, owner: { uid: number; gid: number }): Promise<BackupJob> {
+  /**
+   * Starts the job. Its directory is `<key>.<checkpoint>` (jobKey: of the domain's UUID), so
+   * a later run knows which checkpoint a leftover job made and which directories are its.
+   */
+  static async begin(virsh: Virsh, domain: string, key: string, disks: JobDisk[], skipped: string[], checkpoint: string, workDir: string, owner: { uid: number; gid: number }): Promise<BackupJob> {
     // The parent only lets QEMU's user pass through (0711) to the one directory it owns.
     const parent = join(workDir, 'libvirt');
     await fsp.mkdir(parent, { recursive: true, mode: 0o711 });
     await fsp.chmod(parent, 0o711);
-    const dir = join(parent, randomBytes(6).toString('hex'));
+    const dir = join(parent, `${key}.${checkpoint}`);
     await fsp.mkdir(dir, { mode: 0o700 });
     // QEMU (libvirt-qemu under qemu:///system) binds the socket and writes the scratch files.
     try {
@@ -47,6 +69,11 @@ export class BackupJob {
       throw new HamalError('LIBVIRT_LIB_DIR', `cannot give ${dir} to QEMU's user ${owner.uid}:${owner.gid} (hamal runs as root beside libvirtd): ${(err as NodeJS.ErrnoException).code}`, { subject: 'hamal_lib_dir' });
     }
     const socket = join(dir, 'nbd.sock');
+    // sockaddr_un holds 107 bytes; QEMU refuses longer paths with a message naming neither.
+    if (Buffer.byteLength(socket) > 107) {
+      await fsp.rm(dir, { recursive: true, force: true });
+      throw new HamalError('LIBVIRT_LIB_DIR', `the backup job's NBD socket ${socket} is longer than a unix socket path may be (107 bytes): choose a shorter hamal_lib_dir`, { subject: 'hamal_lib_dir' });
+    }
     const backup = [
       `<domainbackup mode='pull'>`,
       `<server transport='unix' socket='${esc(socket)}'/>`,
@@ -65,7 +92,7 @@ export class BackupJob {
       ...skipped.map((t) => `<disk name='${esc(t)}' checkpoint='no'/>`),
       '</disks></domaincheckpoint>',
     ].join('');
-    const xmlDir = join(parent, `${randomBytes(6).toString('hex')}.xml`);
+    const xmlDir = `${dir}.xml`;
     await fsp.mkdir(xmlDir, { mode: 0o700 });
     try {
       await fsp.writeFile(join(xmlDir, 'backup.xml'), backup, { mode: 0o600 });
@@ -97,7 +124,7 @@ export class BackupJob {
       // still says Backup just after): wait for it, so nothing of the job outlives the sync.
       await BackupJob.waitGone(this._virsh, this.domain, 30_000);
     } finally {
-      await fsp.rm(this._dir, { recursive: true, force: true });
+      await fsp.rm(this.dir, { recursive: true, force: true });
     }
   }
 
@@ -111,19 +138,43 @@ export class BackupJob {
   }
 
   /**
-   * Ends the domain's backup job if an earlier run of hamal left it (its socket lies under
-   * `ours`); a job of another tool is refused by name, never broken. True when one was ended.
+   * The domain's backup job if an earlier run of hamal left it (its socket lies in a
+   * directory `<key>.<checkpoint>` under `ours`, a socket of QEMU's user); null when the
+   * domain has none. A job of another tool is refused by name, never broken.
    */
-  static async abortLeftover(virsh: Virsh, domain: string, ours: string): Promise<boolean> {
+  static async leftover(virsh: Virsh, domain: string, key: string, ours: string, owner: { uid: number }): Promise<LeftoverJob | null> {
     const info = await virsh.run(['domjobinfo', '--domain', domain], `job of domain ${domain}`);
-    if (!/^Operation:\s+Backup/m.test(info)) return false;
+    if (!/^Operation:\s+Backup/m.test(info)) return null;
     const xml = await virsh.run(['backup-dumpxml', '--domain', domain], `backup job of domain ${domain}`).catch(() => '');
-    const socket = /<server[^>]*socket='([^']*)'/.exec(xml)?.[1] ?? /<server[^>]*socket="([^"]*)"/.exec(xml)?.[1];
-    if (!socket?.startsWith(ours + '/')) {
+    let doc: { domainbackup?: { server?: Record<string, string>; disks?: { disk?: Array<Record<string, string>> } } } = {};
+    try {
+      doc = parser.parse(xml);
+    } catch {
+      // Unreadable: treated as a job of another tool below.
+    }
+    const socket = doc.domainbackup?.server?.['@socket'];
+    const dir = socket ? dirname(socket) : '';
+    const checkpoint = dirname(dir) === ours && basename(dir).startsWith(`${key}.`) ? basename(dir).slice(key.length + 1) : '';
+    if (!socket || !checkpoint || basename(socket) !== 'nbd.sock') {
       throw new HamalError('LIBVIRT_BUSY', `domain ${domain} has a backup job hamal did not start${socket ? ` (NBD socket ${socket})` : ''}: end it first (virsh domjobabort ${domain})`, { subject: domain });
     }
-    await virsh.run(['domjobabort', '--domain', domain], `end of the backup job of domain ${domain}`);
-    await BackupJob.waitGone(virsh, domain, 30_000);
-    return true;
+    const disks = new Map<string, string | null>();
+    for (const d of doc.domainbackup?.disks?.disk ?? []) {
+      if (d['@backup'] !== 'no' && d['@name']) disks.set(d['@name'], d['@backupmode'] === 'incremental' ? d['@incremental'] ?? null : null);
+    }
+    const job = new BackupJob(virsh, domain, socket, dir, checkpoint);
+    const st = await fsp.lstat(socket).catch(() => undefined);
+    return { job, disks, reusable: !!st?.isSocket() && st.uid === owner.uid };
+  }
+
+  /**
+   * Removes what killed runs left under `ours` for the domain `key` (job directories,
+   * XML directories), except `keep`: call it when the domain has no job of ours running.
+   */
+  static async sweep(ours: string, key: string, keep?: string): Promise<number> {
+    const names = await fsp.readdir(ours).catch(() => [] as string[]);
+    const stale = names.filter((n) => n.startsWith(`${key}.`) && join(ours, n) !== keep && join(ours, n) !== `${keep}.xml`);
+    await Promise.all(stale.map((n) => fsp.rm(join(ours, n), { recursive: true, force: true })));
+    return stale.length;
   }
 }

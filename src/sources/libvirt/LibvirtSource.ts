@@ -1,4 +1,4 @@
-import { Observable } from 'rxjs';
+import { EMPTY, Observable } from 'rxjs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { DiskInfo, Snapshot, SnapshotOptions, Source } from '../Source.ts';
@@ -9,7 +9,7 @@ import { log } from '../../log/Logger.ts';
 import { NbdClient } from '../nbd/NbdClient.ts';
 import { Virsh, type VirshOptions } from './Virsh.ts';
 import { parseDomainXml, type DomainDisk } from './domainXml.ts';
-import { BackupJob, type JobDisk } from './BackupJob.ts';
+import { BackupJob, jobKey, type JobDisk } from './BackupJob.ts';
 
 export interface LibvirtSourceOptions {
   connection: Omit<VirshOptions, 'workDir'>;
@@ -59,11 +59,10 @@ export class LibvirtSource implements Source {
       for (const d of dom.disks.filter((x) => x.notSyncable)) sub.warn(`domain ${name}: disk ${d.target || '?'}: ${d.notSyncable}; not synced`);
       if (!disks.length) throw new HamalError('LIBVIRT_NO_DISKS', `domain ${name} has no disk hamal can back up`, { subject: name });
       if (!dom.qemuUser) throw new HamalError('LIBVIRT_NO_DAC', `domain ${name}: its live XML names no DAC seclabel, so hamal cannot tell which user QEMU runs as`, { subject: name });
-      const ours = join(workDir, 'libvirt');
-      if (await BackupJob.abortLeftover(virsh, name, ours)) sub.warn(`domain ${name}: ended the backup job an interrupted sync left`);
       const checkpoints = (await virsh.run(['checkpoint-list', '--domain', name, '--name'], `checkpoints of domain ${name}`)).split('\n').map((l) => l.trim()).filter(Boolean);
       const skipped = [...dom.disks.filter((d) => d.notSyncable).map((d) => d.target).filter(Boolean), ...dom.others];
-      const { job, plan, broken } = await this._begin(virsh, name, disks, skipped, checkpoints, options.since ?? {}, workDir, dom.qemuUser);
+      const wanted = planDisks(disks, checkpoints, options.since ?? {});
+      const { job, plan, broken } = await this._jobFor(virsh, name, jobKey(dom.uuid || name), wanted, skipped, checkpoints, options, workDir, dom.qemuUser);
       const clients = new Map<string, NbdClient>();
       try {
         for (const p of plan) {
@@ -84,26 +83,64 @@ export class LibvirtSource implements Source {
   }
 
   /**
-   * Starts the job, each qcow2 disk from the checkpoint its newest version names when the
-   * domain still has it. A checkpoint whose bitmap is lost or broken (a host crash, an
+   * The backup job this sync reads: the one a killed run left when it reads what this sync
+   * would (its checkpoint one an interrupted sync's journal names; each disk from the same
+   * starting checkpoint, or already committed from it), so the journal resumes block for
+   * block; otherwise
+   * a leftover job of ours is ended, what killed runs left in hamal_lib_dir removed, and a
+   * new job started.
+   */
+  private async _jobFor(virsh: Virsh, name: string, key: string, plan: JobDisk[], skipped: string[], checkpoints: string[], options: SnapshotOptions, workDir: string, owner: { uid: number; gid: number }): Promise<{ job: BackupJob; plan: JobDisk[]; broken?: string }> {
+    const sub = log.child('libvirt');
+    const ours = join(workDir, 'libvirt');
+    const left = await BackupJob.leftover(virsh, name, key, ours, owner);
+    const ck = left?.job.checkpoint ?? '';
+    if (left?.reusable && options.reuse?.includes(ck) && checkpoints.includes(ck) && readsAsPlanned(left.disks, plan, ck, options.since ?? {})) {
+      await BackupJob.sweep(ours, key, left.job.dir);
+      sub.info(`domain ${name}: reading the backup job an interrupted sync left (checkpoint ${ck}) again`);
+      return { job: left.job, plan: plan.map((p) => ({ disk: p.disk, incremental: left.disks.get(p.disk.target) ?? undefined })) };
+    }
+    if (left) {
+      await left.job.end();
+      sub.warn(`domain ${name}: ended the backup job an interrupted sync left (checkpoint ${left.job.checkpoint})`);
+    }
+    const swept = await BackupJob.sweep(ours, key);
+    if (swept) sub.info(`domain ${name}: removed ${swept} directories interrupted syncs left in ${ours}`);
+    return this._begin(virsh, name, key, plan, skipped, workDir, owner);
+  }
+
+  /**
+   * Starts the job. A checkpoint whose bitmap is lost or broken (a host crash, an
    * image replaced) makes libvirt refuse the job: it is then started with every disk full,
    * and the reason kept for those disks' notes.
    */
-  private async _begin(virsh: Virsh, name: string, disks: DomainDisk[], skipped: string[], checkpoints: string[], since: Readonly<Record<string, ChangeId>>, workDir: string, owner: { uid: number; gid: number }): Promise<{ job: BackupJob; plan: JobDisk[]; broken?: string }> {
-    const plan: JobDisk[] = disks.map((disk) => {
-      const from = since[disk.target];
-      return { disk, incremental: !disk.fullOnly && from && checkpoints.includes(from) ? from : undefined };
-    });
+  private async _begin(virsh: Virsh, name: string, key: string, plan: JobDisk[], skipped: string[], workDir: string, owner: { uid: number; gid: number }): Promise<{ job: BackupJob; plan: JobDisk[]; broken?: string }> {
     const checkpoint = () => `${CHECKPOINT_PREFIX}${new Date().toISOString().replace(/[-:.]/g, '')}`;
     try {
-      return { job: await BackupJob.begin(virsh, name, plan, skipped, checkpoint(), workDir, owner), plan, broken: undefined };
+      return { job: await BackupJob.begin(virsh, name, key, plan, skipped, checkpoint(), workDir, owner), plan, broken: undefined };
     } catch (err) {
       if (!plan.some((p) => p.incremental) || !/checkpoint|bitmap/i.test((err as Error).message)) throw err;
       const full: JobDisk[] = plan.map((p) => ({ disk: p.disk }));
-      const job = await BackupJob.begin(virsh, name, full, skipped, checkpoint(), workDir, owner);
+      const job = await BackupJob.begin(virsh, name, key, full, skipped, checkpoint(), workDir, owner);
       return { job, plan: full, broken: `libvirt refused an incremental backup (${(err as Error).message.replace(/^[^:]*: /, '')})` };
     }
   }
+}
+
+/** Each qcow2 disk from the checkpoint its newest version names when the domain still has it; the others full. */
+function planDisks(disks: DomainDisk[], checkpoints: string[], since: Readonly<Record<string, ChangeId>>): JobDisk[] {
+  return disks.map((disk) => {
+    const from = since[disk.target];
+    return { disk, incremental: !disk.fullOnly && from && checkpoints.includes(from) ? from : undefined };
+  });
+}
+
+/**
+ * Whether a job exporting `disks` (made with `checkpoint`) serves what `plan` needs: the
+ * same disks, each from the same starting checkpoint or already committed from this job.
+ */
+function readsAsPlanned(disks: Map<string, string | null>, plan: JobDisk[], checkpoint: string, since: Readonly<Record<string, ChangeId>>): boolean {
+  return disks.size === plan.length && plan.every((p) => disks.has(p.disk.target) && (disks.get(p.disk.target) === (p.incremental ?? null) || since[p.disk.target] === checkpoint));
 }
 
 function deleteCheckpoint(virsh: Virsh, domain: string, name: string): Promise<string> {
@@ -151,6 +188,7 @@ class LibvirtSnapshot implements Snapshot {
   async checkSince(disk: DiskInfo, since: ChangeId): Promise<string | null> {
     const p = this._plan.get(disk.id);
     if (p?.disk.fullOnly) return `disk ${disk.id} is ${p.disk.fullOnly}`;
+    if (since === this._checkpoint) return null;
     if (p?.incremental === since) {
       return this._client(disk).hasContext(`qemu:dirty-bitmap:backup-${disk.id}`) ? null : `QEMU offers no dirty bitmap for disk ${disk.id}`;
     }
@@ -162,6 +200,8 @@ class LibvirtSnapshot implements Snapshot {
 
   changes(disk: DiskInfo, since: ChangeId | null): Observable<Extent> {
     const client = this._client(disk);
+    // Committed from this very job (a killed run's, read again): nothing changed since.
+    if (since === this._checkpoint) return EMPTY;
     if (since !== null && since !== this._plan.get(disk.id)?.incremental) {
       // checkSince said so first; asked anyway, the answer would call holes "unchanged".
       throw new HamalError('LIBVIRT_NO_BITMAP', `disk ${disk.id}: the backup job has no dirty bitmap since ${since}`, { subject: disk.id });
