@@ -97,9 +97,9 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .requiredOption('--vm <name>', 'VM name')
     .requiredOption('--disk <id>', 'disk id')
     .option('--version <id>', 'version id, or latest', 'latest')
-    .requiredOption('--out <path>', 'file or block device to write')
+    .requiredOption('--out <path|url>', 'file or block device to write, or an NBD export: nbd+unix:///EXPORT?socket=PATH, nbd://HOST:PORT/EXPORT (a target volume served by qemu-nbd)')
     .option('--from <version>', '--out already holds this version: write only the blocks that differ')
-    .option('--force', 'replace an existing regular file (written beside it, renamed over it), or write a block device: only when it is not mounted, not used as swap, not held by another program and at least the version\'s size; without it both are refused')
+    .option('--force', 'replace an existing regular file (written beside it, renamed over it), or write a block device or NBD export: a device only when it is not mounted, not used as swap, not held by another program and at least the version\'s size; without it both are refused')
     .option('--json', 'print a JSON summary')
     .action(withConfig(async (o: Parameters<typeof import('./restore.ts').restoreCommand>[0], c) => (await import('./restore.ts')).restoreCommand(o, c)));
 

@@ -2,7 +2,7 @@ import { defaultIfEmpty, filter, ignoreElements, lastValueFrom, mergeMap, range 
 import type { Repository } from '../repo/Repository.ts';
 import type { Manifest } from '../repo/Manifest.ts';
 import { chunkKey, type ChunkId } from '../repo/ChunkId.ts';
-import { RawImage } from '../sinks/raw/RawImage.ts';
+import { openRestoreOutput, type RestoreOutput } from '../sinks/raw/RestoreOutput.ts';
 import { ChunkCodec } from '../repo/ChunkCodec.ts';
 import { blockAt } from './BlockRef.ts';
 import { HamalError, IntegrityError, UsageError } from '../errors.ts';
@@ -57,7 +57,7 @@ export async function restoreDisk(
   const from = options.from ?? null;
   checkReplica(manifest, from);
   if (options.signal?.aborted) throw stoppedError(manifest, out, null);
-  const image = await RawImage.open(out, manifest.capacity, { replica: from !== null, force: options.force });
+  const image = await openRestoreOutput(out, manifest.capacity, { replica: from !== null, force: options.force });
   const result: RestoreResult = {
     version: manifest.version,
     capacity: manifest.capacity,
@@ -110,7 +110,7 @@ class BlockWrites {
   constructor(
     private readonly _repo: Repository,
     private readonly _manifest: Manifest,
-    private readonly _image: RawImage,
+    private readonly _image: RestoreOutput,
     private readonly _result: RestoreResult,
     private readonly _options: RestoreOptions,
   ) {
@@ -188,7 +188,7 @@ function wrongSize(manifest: Manifest, i: number, id: ChunkId, got: number, want
 }
 
 /** Says what a stop left: nothing new, or an output written in place part of the way. */
-function stoppedError(manifest: Manifest, out: string, image: RawImage | null): HamalError {
+function stoppedError(manifest: Manifest, out: string, image: RestoreOutput | null): HamalError {
   const left = image === null ? `${out} was not opened` : image.inPlace ? `${out} was written in place and now holds part of the version` : `${out} is as it was (the partial file was removed)`;
   return new HamalError('RESTORE_STOPPED', `restore of vm ${manifest.vm} disk ${manifest.disk} version ${manifest.version} to ${out} stopped: ${left}`, { subject: out });
 }

@@ -18,7 +18,11 @@ const REQUEST_MAGIC = 0x25609513;
 const SIMPLE_REPLY_MAGIC = 0x67446698;
 const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
 const CMD_READ = 0;
+const CMD_WRITE = 1;
 const CMD_DISC = 2;
+const CMD_FLUSH = 3;
+const FLAG_READ_ONLY = 2;
+const FLAG_SEND_FLUSH = 4;
 const CMD_BLOCK_STATUS = 7;
 const REPLY_FLAG_DONE = 1;
 const REPLY_TYPE_NONE = 0;
@@ -55,7 +59,7 @@ export interface NbdExtent {
 }
 
 interface Pending {
-  kind: 'read' | 'status';
+  kind: 'read' | 'status' | 'write' | 'flush';
   offset: number;
   length: number;
   into?: Buffer;
@@ -80,6 +84,10 @@ export class NbdClient {
   size = 0;
   /** Whether the server agreed to structured replies and base:allocation. */
   blockStatus = false;
+  /** Whether the export takes writes (its transmission flags do not say read-only). */
+  writable = false;
+  /** Whether the export wants NBD_CMD_FLUSH to make writes durable. */
+  canFlush = false;
   private readonly _socket: net.Socket;
   private readonly _where: string;
   private readonly _maxRequest: number;
@@ -224,6 +232,9 @@ export class NbdClient {
     const info = reply.replies.find((r) => r.type === REP_INFO && r.data.readUInt16BE(0) === INFO_EXPORT);
     if (!info) throw this._fail(`NBD server ${this._where} sent no export size`);
     this.size = Number(info.data.readBigUInt64BE(2));
+    const transmission = info.data.readUInt16BE(10);
+    this.writable = (transmission & FLAG_READ_ONLY) === 0;
+    this.canFlush = (transmission & FLAG_SEND_FLUSH) !== 0;
     this.blockStatus = this._metaContextId >= 0;
   }
 
@@ -244,6 +255,34 @@ export class NbdClient {
       if (type === REP_ACK) return { ok: true, error: 0, replies };
       replies.push({ type, data: body });
     }
+  }
+
+  /**
+   * Writes `data` at `offset` (split at the largest request); resolves once the server
+   * answered each part. Not durable before `flush`.
+   */
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    if (!this.writable) throw this._fail(`NBD export on ${this._where} is read-only`);
+    if (offset < 0 || offset + data.length > this.size) {
+      throw new RangeError(`NBD write of ${data.length} bytes at ${offset} is outside the export (${this.size} bytes)`);
+    }
+    const parts: Array<Promise<void>> = [];
+    for (let at = 0; at < data.length; at += this._maxRequest) {
+      const n = Math.min(this._maxRequest, data.length - at);
+      parts.push(
+        new Promise<void>((resolve, reject) => {
+          this._send(CMD_WRITE, offset + at, n, { kind: 'write', offset: offset + at, length: n, resolve, reject });
+          this._socket.write(data.subarray(at, at + n));
+        }),
+      );
+    }
+    await Promise.all(parts);
+  }
+
+  /** Makes the writes answered so far durable (NBD_CMD_FLUSH), when the export wants it. */
+  async flush(): Promise<void> {
+    if (!this.canFlush) return;
+    await new Promise<void>((resolve, reject) => this._send(CMD_FLUSH, 0, 0, { kind: 'flush', offset: 0, length: 0, resolve, reject }));
   }
 
   private _send(type: number, offset: number, length: number, pending: Pending): void {
@@ -398,7 +437,7 @@ export class NbdClient {
         };
         if (error) {
           this._pending.delete(handle);
-          p.reject(this._fail(`NBD server ${this._where} failed a read at ${p.offset}: error ${error}`));
+          p.reject(this._fail(`NBD server ${this._where} failed a ${p.kind} at ${p.offset}: error ${error}`));
         } else if (p.kind === 'read') this._copy(p.into!, 0, p.length, finish);
         else finish();
       });
