@@ -52,6 +52,13 @@ async function imageSha(name: string): Promise<string> {
   return sha;
 }
 
+/** Blocks the journal checkpoint file `name` somewhere under `root` records; 0 while there is none. */
+async function journalRecords(root: string, name: string): Promise<number> {
+  const files = (await fsp.readdir(root, { recursive: true }).catch(() => [] as string[])).filter((f) => f.endsWith(`/${name}`));
+  const texts = await Promise.all(files.map((f) => fsp.readFile(join(root, f), 'utf8').catch(() => '{}')));
+  return Math.max(0, ...texts.map((t) => (JSON.parse(t) as { records?: number }).records ?? 0));
+}
+
 const ourCheckpoints = async () => (await virsh('checkpoint-list', domain, '--name')).split('\n').map((l) => l.trim()).filter((l) => l.startsWith('hamal-'));
 const backupJob = async () => /Operation:\s+Backup/.test(await virsh('domjobinfo', domain));
 
@@ -151,11 +158,17 @@ test('hamal sync --task with a libvirt task; SIGKILL mid-read: the rerun reads t
   // Ten blocks of distinct bytes: none is deduplicated, so each is a chunk stored.
   for (let b = 0; b < 10; b++) await guestWrite(0, b * 4 * MiB, 4 * MiB, 0x50 + b);
   const atBackup = await imageSha('vda');
-  // Reads of a second each: the journal (checkpointed every second) holds the first chunks when the sixth kills it.
-  const child = spawn(HAMAL_ARGV[0]!, [...HAMAL_ARGV.slice(1), '--config', conf, 'sync', '--task', task], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, HAMAL_FAILPOINTS: 'block.read=delay1000,chunk.stored=kill@6' } });
+  // Reads of a second each; killed once the journal of vda has two blocks checkpointed.
+  const child = spawn(HAMAL_ARGV[0]!, [...HAMAL_ARGV.slice(1), '--config', conf, 'sync', '--task', task], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, HAMAL_FAILPOINTS: 'block.read=delay1000' } });
   let killedErr = '';
   child.stderr!.on('data', (d: Buffer) => (killedErr += d.toString()));
-  const code = await new Promise<string | null>((r) => child.on('close', (_c, signal) => r(signal)));
+  const closed = new Promise<string | null>((r) => child.on('close', (_c, signal) => r(signal)));
+  for (let t = 0; t < 600 && child.exitCode === null; t++) {
+    if ((await journalRecords(join(lib, 'journals'), 'vda.checkpoint')) >= 2) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  child.kill('SIGKILL');
+  const code = await closed;
   assert.is(code, 'SIGKILL', killedErr);
   assert.is(await backupJob(), true, 'the killed run left its backup job');
   // A stale directory of an earlier crash: swept. Another domain's: left alone.
