@@ -35,7 +35,7 @@ export { VmwareSource, type VmwareSourceOptions } from './src/sources/vmware/Vmw
 export type { VsphereOptions } from './src/sources/vmware/VsphereClient.ts';
 export { OpenStackSource, type OpenStackSourceOptions } from './src/sources/openstack/OpenStackSource.ts';
 export type { KeystoneOptions, KeystoneCredentials } from './src/sources/openstack/Keystone.ts';
-export type { CephAccess } from './src/sources/ceph/Rbd.ts';
+export type { CephAccess } from './src/ceph/Rbd.ts';
 export { FusionComputeSource, type FusionComputeSourceOptions } from './src/sources/fusion_compute/FusionComputeSource.ts';
 export type { FcClientOptions } from './src/sources/fusion_compute/FcClient.ts';
 export { LibvirtSource, type LibvirtSourceOptions } from './src/sources/libvirt/LibvirtSource.ts';

@@ -18,7 +18,7 @@ import { tempDir } from './helpers/disks.ts';
 import { generateKeyPairSync, sign } from 'node:crypto';
 import { parseSoapReply } from '../src/sources/vmware/SoapReply.ts';
 import { changedAreasPage } from '../src/sources/vmware/changedAreas.ts';
-import { parseRbdDiff } from '../src/sources/ceph/Rbd.ts';
+import { parseRbdDiff } from '../src/ceph/Rbd.ts';
 import { tasksOf } from '../src/service/HttpControlPlane.ts';
 import { acceptTask, TaskAnswered, TaskElsewhere, TaskRejected } from '../src/service/SignedTask.ts';
 import { TaskLedger } from '../src/service/TaskLedger.ts';

@@ -44,6 +44,14 @@ async function stop(child: ChildProcess): Promise<void> {
 
 const restore = (out: string, ...more: string[]) => hamal(['restore', '--target', repo, '--vm', 'vm', '--disk', 'd', '--out', out, '--json', ...more]);
 
+async function waitFor(cond: () => Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.unreachable(`timed out waiting for ${what}`);
+}
+
 /** Offsets of the writes nbdkit's log filter recorded. */
 async function loggedWrites(log: string): Promise<number[]> {
   const text = await fsp.readFile(log, 'utf8').catch(() => '');
@@ -138,14 +146,29 @@ test('a qcow2 volume behind qemu-nbd kept as a replica: equal to each version', 
   await stop(server);
 });
 
-test('an RBD image behind qemu-nbd\'s rbd driver kept as a replica (the test Ceph cluster)', async () => {
+/** The test Ceph cluster (tests/ceph/ceph-up.sh, started by scripts/test) and its rbd command. */
+function ceph() {
   const conf = process.env.CEPH_CONF;
   const keyring = process.env.HAMAL_TEST_CEPH_KEYRING;
   if (!conf || !keyring) {
     // scripts/test starts the cluster; a developer's run without it says so instead of passing.
     assert.unreachable('CEPH_CONF and HAMAL_TEST_CEPH_KEYRING come from tests/ceph/ceph-up.sh (scripts/test)');
   }
-  const rbd = (...args: string[]) => run('rbd', ['--conf', conf!, '--name', 'client.hamal', '--keyring', keyring!, ...args]);
+  const rbd = async (...args: string[]) => (await run('rbd', ['--conf', conf!, '--name', 'client.hamal', '--keyring', keyring!, ...args])).stdout;
+  /** sha256 of the image (or IMAGE@SNAP) as rbd export reads it. */
+  const sha = async (spec: string) => {
+    const out = join(dir, 'rbd-export.raw');
+    await rbd('export', '--no-progress', spec, out);
+    const h = await sha256File(out);
+    await fsp.rm(out);
+    return h;
+  };
+  const snaps = async (image: string) => (JSON.parse(await rbd('snap', 'ls', '--format', 'json', image)) as Array<{ name: string }>).map((s) => s.name).sort();
+  return { conf: conf!, keyring: keyring!, rbd, sha, snaps };
+}
+
+test('an RBD image behind qemu-nbd\'s rbd driver kept as a replica (the test Ceph cluster)', async () => {
+  const { conf, keyring, rbd } = ceph();
   const image = `volumes/replica-${process.pid}`;
   await rbd('create', '--size', `${SIZE / 1024}K`, image);
   const socket = join(dir, 'rbd.sock');
@@ -155,14 +178,64 @@ test('an RBD image behind qemu-nbd\'s rbd driver kept as a replica (the test Cep
     for (const [i, extra] of [['--force'], ['--from', versions[0]!]].entries()) {
       const r = await restore(url, '--version', versions[i]!, ...extra);
       assert.is(r.code, 0, r.stderr);
-      const out = join(dir, 'rbd.raw');
-      await rbd('export', '--no-progress', image, out);
-      assert.is(await sha256File(out), shas[i], `RBD image after version ${i + 1}`);
-      await fsp.rm(out);
+      assert.is(await ceph().sha(image), shas[i], `RBD image after version ${i + 1}`);
     }
   } finally {
     await stop(server);
     await rbd('rm', '--no-progress', image).catch(() => {});
+  }
+});
+
+test('an RBD image kept by rbd import-diff: Ceph checks the base snapshot, only changed blocks are written', async () => {
+  const { conf, keyring, rbd, sha, snaps } = ceph();
+  const image = `volumes/diff-${process.pid}`;
+  const fresh = `volumes/fresh-${process.pid}`;
+  const url = (img: string) => `rbd:${img}:id=hamal:conf=${conf}:keyring=${keyring}`;
+  const [v1, v2] = [versions[0]!, versions[1]!];
+  try {
+    // A missing image is created and written; it then carries the snapshot of its version.
+    let r = await restore(url(fresh), '--version', v1);
+    assert.is(r.code, 0, r.stderr);
+    assert.is(await sha(fresh), shas[0]);
+    assert.equal(await snaps(fresh), [`hamal-${v1}`]);
+    r = await restore(url(fresh), '--version', v2);
+    assert.is(r.code, 2, r.stderr);
+    assert.match(r.stderr, new RegExp(`rbd image ${fresh} exists: .*--force.*--from`));
+    // Objects of one block each, so Ceph's own diff of the step shows which blocks were written.
+    await rbd('create', '--size', `${SIZE / 1024}K`, '--object-size', `${BS / 1024}K`, image);
+    r = await restore(url(image), '--version', v1, '--force');
+    assert.is(r.code, 0, r.stderr);
+    assert.is(await sha(image), shas[0], 'image after version 1');
+    // A base the image does not hold: refused from its snapshots, before anything is written.
+    r = await restore(url(image), '--version', v1, '--from', v2);
+    assert.is(r.code, 2, r.stderr);
+    assert.match(r.stderr, new RegExp(`rbd image ${image} has no snapshot hamal-${v2}, so it does not hold version ${v2} \\(it has hamal-${v1}\\)`));
+    await rbd('snap', 'create', '--no-progress', `${image}@before-v2`);
+    // hamal killed after the step's second block: rbd reads a stream without its end record,
+    // takes no snapshot, and the image still says it holds v1; the same step then completes.
+    const killed = await hamal(['restore', '--target', repo, '--vm', 'vm', '--disk', 'd', '--out', url(image), '--version', v2, '--from', v1], { HAMAL_FAILPOINTS: 'restore.written=kill@2' });
+    assert.is(killed.signal ?? killed.code, 'SIGKILL', killed.stderr);
+    await waitFor(async () => !(await run('pgrep', ['-f', `import-diff - ${image}`]).then(() => true, () => false)), 'rbd import-diff to end after hamal died');
+    assert.equal(await snaps(image), ['before-v2', `hamal-${v1}`], 'no snapshot of a step cut short');
+    r = await restore(url(image), '--version', v2, '--from', v1);
+    assert.is(r.code, 0, r.stderr);
+    assert.is(JSON.parse(r.stdout).writtenBlocks, 3, r.stdout);
+    // Ceph's diff between its own snapshots: blocks 3 and 9 written, 5 discarded (it became zeros).
+    const changed = JSON.parse(await rbd('diff', '--format', 'json', '--from-snap', 'before-v2', `${image}@hamal-${v2}`)) as Array<{ offset: number; length: number; exists: string | boolean }>;
+    // (import-diff skips runs of zeros inside a block: block 3's extent is its 4 KiB that hold data.)
+    assert.equal(changed.map((e) => [Math.floor(e.offset / BS), Math.ceil((e.offset + e.length) / BS), String(e.exists)]), [[3, 4, 'true'], [5, 6, 'false'], [9, 10, 'true']]);
+    assert.is(await sha(image), shas[1], 'image after version 2');
+    assert.is(await sha(`${image}@hamal-${v2}`), shas[1], 'its snapshot hamal-v2');
+    assert.equal(await snaps(image), ['before-v2', `hamal-${v2}`], 'the older hamal- snapshot removed, the operator\'s kept');
+    // The same step again: the image says it moved on.
+    r = await restore(url(image), '--version', v2, '--from', v1);
+    assert.is(r.code, 2, r.stderr);
+    assert.match(r.stderr, new RegExp(`no snapshot hamal-${v1}.*it has hamal-${v2}`));
+  } finally {
+    for (const img of [image, fresh]) {
+      await rbd('snap', 'purge', '--no-progress', img).catch(() => {});
+      await rbd('rm', '--no-progress', img).catch(() => {});
+    }
   }
 });
 

@@ -92,14 +92,14 @@ export function buildProgram(setExit: (code: number) => void): Command {
 
   program
     .command('restore')
-    .description('Write one version of a disk to a raw image file or block device')
+    .description('Write one version of a disk to a raw image file, a block device, an NBD export or an RBD image (docs/recovery.md)')
     .requiredOption('--target <url>', 'repository: file:///path or a directory')
     .requiredOption('--vm <name>', 'VM name')
     .requiredOption('--disk <id>', 'disk id')
     .option('--version <id>', 'version id, or latest', 'latest')
-    .requiredOption('--out <path|url>', 'file or block device to write, or an NBD export: nbd+unix:///EXPORT?socket=PATH, nbd://HOST:PORT/EXPORT (a target volume served by qemu-nbd)')
-    .option('--from <version>', '--out already holds this version: write only the blocks that differ')
-    .option('--force', 'replace an existing regular file (written beside it, renamed over it), or write a block device or NBD export: a device only when it is not mounted, not used as swap, not held by another program and at least the version\'s size; without it both are refused')
+    .requiredOption('--out <path|url>', 'file or block device to write; an NBD export: nbd+unix:///EXPORT?socket=PATH, nbd://HOST:PORT/EXPORT (a target volume served by qemu-nbd); an RBD image: rbd:POOL/IMAGE[:id=USER][:conf=PATH][:keyring=PATH] (written by rbd import-diff, created when missing)')
+    .option('--from <version>', '--out already holds this version: write only the blocks that differ (an RBD image must have its snapshot hamal-VERSION)')
+    .option('--force', 'replace an existing regular file (written beside it, renamed over it), or write a block device, NBD export or existing RBD image: a device only when it is not mounted, not used as swap, not held by another program and at least the version\'s size; without it both are refused')
     .option('--json', 'print a JSON summary')
     .action(withConfig(async (o: Parameters<typeof import('./restore.ts').restoreCommand>[0], c) => (await import('./restore.ts')).restoreCommand(o, c)));
 

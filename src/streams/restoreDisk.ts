@@ -6,6 +6,7 @@ import { openRestoreOutput, type RestoreOutput } from '../sinks/raw/RestoreOutpu
 import { ChunkCodec } from '../repo/ChunkCodec.ts';
 import { blockAt } from './BlockRef.ts';
 import { HamalError, IntegrityError, UsageError } from '../errors.ts';
+import { failpoint } from '../failpoints.ts';
 
 export interface RestoreOptions {
   /**
@@ -57,7 +58,7 @@ export async function restoreDisk(
   const from = options.from ?? null;
   checkReplica(manifest, from);
   if (options.signal?.aborted) throw stoppedError(manifest, out, null);
-  const image = await openRestoreOutput(out, manifest.capacity, { replica: from !== null, force: options.force });
+  const image = await openRestoreOutput(out, manifest.capacity, { replica: from !== null, force: options.force, version: manifest.version, from: from?.version ?? null });
   const result: RestoreResult = {
     version: manifest.version,
     capacity: manifest.capacity,
@@ -139,18 +140,29 @@ class BlockWrites {
     const m = this._manifest;
     const ref = blockAt(i, m.capacity, m.blockSize);
     const id = m.blocks[i]!;
-    const buf = id === null ? null : (this._pool.pop() ?? Buffer.allocUnsafeSlow(m.blockSize + ChunkCodec.OVERHEAD));
+    if (id === null) {
+      if (this._image.zero) await this._image.zero(ref.offset, ref.length);
+      else await this._image.write(ref.offset, this._zeros.subarray(0, ref.length));
+      failpoint('restore.written');
+      return this._count(ref.length);
+    }
+    const buf = this._pool.pop() ?? Buffer.allocUnsafeSlow(m.blockSize + ChunkCodec.OVERHEAD);
     try {
-      const data = buf === null ? this._zeros.subarray(0, ref.length) : await this._repo.readChunk(id!, true, buf);
-      if (data.length !== ref.length) throw wrongSize(m, i, id!, data.length, ref.length);
+      const data = await this._repo.readChunk(id, true, buf);
+      if (data.length !== ref.length) throw wrongSize(m, i, id, data.length, ref.length);
       if (this._stopped()) return;
       await this._image.write(ref.offset, data);
+      failpoint('restore.written');
     } finally {
-      if (buf) this._pool.push(buf);
+      this._pool.push(buf);
     }
-    this._result.writtenBytes += ref.length;
+    this._count(ref.length);
+  }
+
+  private _count(bytes: number): void {
+    this._result.writtenBytes += bytes;
     this._result.writtenBlocks++;
-    this._options.onBlock?.(ref.length, true);
+    this._options.onBlock?.(bytes, true);
   }
 }
 

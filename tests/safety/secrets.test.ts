@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { hamal } from '../helpers/cli.ts';
 import { MiB, makeImage, pattern, sha256File, tempDir } from '../helpers/disks.ts';
 import { NbdServerProcess } from '../../src/sources/nbd/NbdServerProcess.ts';
-import { Rbd } from '../../src/sources/ceph/Rbd.ts';
+import { Rbd } from '../../src/ceph/Rbd.ts';
 import { FsStore } from '../../src/sinks/fs/FsStore.ts';
 import { Repository } from '../../src/repo/Repository.ts';
 import { MIN_PASSPHRASE_CHARS } from '../../src/config/repositorySecret.ts';

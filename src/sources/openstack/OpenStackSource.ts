@@ -6,7 +6,7 @@ import type { ChangeId } from '../ChangeId.ts';
 import type { Extent } from '../../streams/Extent.ts';
 import { HamalError } from '../../errors.ts';
 import { log } from '../../log/Logger.ts';
-import { Rbd, type CephAccess } from '../ceph/Rbd.ts';
+import { Rbd, type CephAccess } from '../../ceph/Rbd.ts';
 import { NbdServerProcess } from '../nbd/NbdServerProcess.ts';
 import { PerDisk } from '../PerDisk.ts';
 import { HttpJson } from '../http/HttpJson.ts';

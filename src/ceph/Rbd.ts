@@ -1,6 +1,7 @@
-import { execFile } from 'node:child_process';
-import { HamalError, NotFoundError } from '../../errors.ts';
-import { childEnv } from '../../childEnv.ts';
+import { execFile, spawn } from 'node:child_process';
+import type { Writable } from 'node:stream';
+import { HamalError, NotFoundError } from '../errors.ts';
+import { childEnv } from '../childEnv.ts';
 
 /** How hamal reaches a Ceph cluster: files only, so no key is ever on a command line. */
 export interface CephAccess {
@@ -49,9 +50,36 @@ export class Rbd {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
           return reject(new HamalError('RBD_MISSING', 'the rbd command is not installed (Debian package ceph-common)', { subject: 'rbd' }));
         }
-        reject(this._error(String(stderr), what, err));
+        // The cause says how rbd ended; its stderr is in the message already (the last rbd: line).
+        const how = new Error(`rbd ${args.find((a) => !a.startsWith('-')) ?? ''} exited with ${(err as { code?: unknown }).code ?? (err as { signal?: unknown }).signal}`);
+        reject(this._error(String(stderr), what, how));
       });
     });
+  }
+
+  /**
+   * Starts `rbd ARGS` reading its stdin (`rbd import-diff - IMAGE`): the caller writes the
+   * stream and ends it; `done` settles when rbd exits, with its error named as run() does.
+   * `kill()` stops it (a restore given up). No time limit: it lasts as long as the stream.
+   */
+  stream(args: string[], what: string): { stdin: Writable; done: Promise<void>; kill: () => void } {
+    const child = spawn('rbd', [...this._base, ...args], { stdio: ['pipe', 'ignore', 'pipe'], env: childEnv() });
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => {
+      if (stderr.length < 65536) stderr += d.toString();
+    });
+    // A write after rbd exited is EPIPE: the exit status below says why.
+    child.stdin!.on('error', () => {});
+    const done = new Promise<void>((resolve, reject) => {
+      child.on('error', (err: NodeJS.ErrnoException) =>
+        reject(err.code === 'ENOENT' ? new HamalError('RBD_MISSING', 'the rbd command is not installed (Debian package ceph-common)', { subject: 'rbd' }) : err),
+      );
+      child.on('close', (code, signal) => {
+        if (code === 0) resolve();
+        else reject(this._error(stderr, what, new Error(`rbd exited with ${code ?? signal}`)));
+      });
+    });
+    return { stdin: child.stdin!, done, kill: () => child.kill('SIGTERM') };
   }
 
   private _error(stderr: string, what: string, cause: unknown): HamalError {
@@ -79,6 +107,10 @@ export class Rbd {
     const j = rbdJson(await this.run(['info', '--format', 'json', spec], what), what) as { size?: unknown; object_size?: unknown };
     if (!isCount(j?.size) || !isCount(j.object_size) || j.object_size === 0) throw badOutput(what, 'no whole size and object_size');
     return { size: j.size as number, objectSize: j.object_size as number };
+  }
+
+  async create(image: string, size: number): Promise<void> {
+    await this.run(['create', '--size', `${Math.ceil(size / 1024)}K`, image], `creation of rbd image ${image}`);
   }
 
   async snapshots(image: string): Promise<RbdSnap[]> {
