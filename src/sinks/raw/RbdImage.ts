@@ -45,6 +45,8 @@ export class RbdImage {
     private readonly _rbd: Rbd,
     private readonly _spec: string,
     private readonly _toSnap: string,
+    /** The image's hamal- snapshots before this restore: they go once it holds the new version. */
+    private readonly _older: string[],
     private readonly _writer: RbdDiffWriter,
     private readonly _importer: { done: Promise<void>; kill: () => void },
   ) {
@@ -54,20 +56,22 @@ export class RbdImage {
   static async open(url: string, capacity: number, options: RbdImageOptions): Promise<RbdImage> {
     const { spec, access } = parseRbdUrl(url);
     const rbd = new Rbd(access);
-    const exists = await rbd.info(spec).then(
-      () => true,
-      (err: unknown) => (err instanceof NotFoundError && err.code === 'RBD_IMAGE_NOT_FOUND' ? false : Promise.reject(err)),
+    // One call says both whether the image exists and which versions it records.
+    const snaps = await rbd.snapshots(spec).then(
+      (list) => list.map((s) => s.name),
+      (err: unknown) => (err instanceof NotFoundError && err.code === 'RBD_IMAGE_NOT_FOUND' ? null : Promise.reject(err)),
     );
-    if (!exists && options.replica) throw new UsageError('REPLICA_MISSING', `rbd image ${spec} does not exist, so it holds no version: restore without --from to create it`, { subject: spec });
-    if (exists && !options.force && !options.replica) {
+    if (snaps === null && options.replica) throw new UsageError('REPLICA_MISSING', `rbd image ${spec} does not exist, so it holds no version: restore without --from to create it`, { subject: spec });
+    if (snaps !== null && !options.force && !options.replica) {
       throw new UsageError('OUTPUT_EXISTS', `rbd image ${spec} exists: writing it destroys what it holds; use --force to write it whole, or --from VERSION when it holds that version`, { subject: spec });
     }
-    if (exists) await checkSnapshots(rbd, spec, options);
+    const ours = snaps?.filter(isOurs) ?? [];
+    if (snaps !== null) await checkSnapshots(rbd, spec, ours, options);
     else await rbd.create(spec, capacity);
     const toSnap = versionSnap(options.version);
     const importer = rbd.stream(['import-diff', '--no-progress', '-', spec], `rbd import-diff into ${spec}`);
     const writer = new RbdDiffWriter(importer.stdin, { fromSnap: options.from === null ? null : versionSnap(options.from), toSnap, size: capacity });
-    return new RbdImage(url, exists, rbd, spec, toSnap, writer, importer);
+    return new RbdImage(url, snaps !== null, rbd, spec, toSnap, ours.filter((n) => n !== toSnap), writer, importer);
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
@@ -86,9 +90,8 @@ export class RbdImage {
     this._check();
     await this._writer.end();
     await this._importer.done;
-    const old = (await this._rbd.snapshots(this._spec)).filter((s) => isOurs(s.name) && s.name !== this._toSnap);
-    for (const s of old) {
-      await this._rbd.removeSnapshot(this._spec, s.name).catch((err: unknown) => log.warn(`rbd image ${this._spec} now holds ${this._toSnap}; could not remove the older snapshot ${s.name}: ${(err as Error).message}`));
+    for (const name of this._older) {
+      await this._rbd.removeSnapshot(this._spec, name).catch((err: unknown) => log.warn(`rbd image ${this._spec} now holds ${this._toSnap}; could not remove the older snapshot ${name}: ${(err as Error).message}`));
     }
   }
 
@@ -111,8 +114,7 @@ const isOurs = (name: string) => name.startsWith('hamal-') && isVersionId(name.s
  * Before anything is written: the image must hold the `--from` version's snapshot, and
  * must not already hold the version being written (import-diff would refuse at the end).
  */
-async function checkSnapshots(rbd: Rbd, spec: string, options: RbdImageOptions): Promise<void> {
-  const ours = (await rbd.snapshots(spec)).map((s) => s.name).filter(isOurs);
+async function checkSnapshots(rbd: Rbd, spec: string, ours: string[], options: RbdImageOptions): Promise<void> {
   const holds = ours.length ? `it has ${ours.join(', ')}` : 'it has no hamal- snapshot';
   const to = versionSnap(options.version);
   if (options.from !== null && !ours.includes(versionSnap(options.from))) {
