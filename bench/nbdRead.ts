@@ -1,7 +1,7 @@
 // Reads a whole NBD export with hamal's client: CONNS connections (default 1), IN_FLIGHT
 // 4 MiB reads on each (default 4), into reused buffers; prints {"seconds": N}.
 // Usage: node dist/bench/nbdRead.js SOCKET
-import { NbdClient } from '../src/sources/nbd/NbdClient.ts';
+import { NbdClient } from '../src/nbd/NbdClient.ts';
 
 const BS = 4 * 1024 * 1024;
 const conns = Number(process.env.CONNS ?? 1);

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import net from 'node:net';
 import fc from 'fast-check';
 import { HamalError } from '../src/errors.ts';
-import { NbdClient } from '../src/sources/nbd/NbdClient.ts';
+import { NbdClient } from '../src/nbd/NbdClient.ts';
 import { NbdServerProcess } from '../src/sources/nbd/NbdServerProcess.ts';
 import { MiB, makeImage, pattern, tempDir } from './helpers/disks.ts';
 

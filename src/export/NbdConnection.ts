@@ -6,7 +6,7 @@ import { oneLine } from '../log/oneLine.ts';
 import { SocketReader } from './SocketReader.ts';
 import type { ExportPiece, NbdExport } from './NbdExport.ts';
 import { BlockReadError } from './BlockReadError.ts';
-import * as P from './NbdProtocol.ts';
+import * as P from '../nbd/NbdProtocol.ts';
 
 /** What a connection needs from its server. */
 export interface NbdConnectionSettings {

@@ -3,7 +3,7 @@ import type tls from 'node:tls';
 import { log as rootLog, type Logger } from '../log/Logger.ts';
 import type { NbdExport } from './NbdExport.ts';
 import { NbdConnection, type NbdConnectionSettings } from './NbdConnection.ts';
-import { DEFAULT_MAX_PAYLOAD } from './NbdProtocol.ts';
+import { DEFAULT_MAX_PAYLOAD } from '../nbd/NbdProtocol.ts';
 
 export interface NbdServerOptions {
   /** The export's name (NBD_OPT_LIST, NBD_INFO_NAME); clients may also ask for the default export "". */

@@ -1,4 +1,4 @@
-import { NbdClient } from '../../sources/nbd/NbdClient.ts';
+import { NbdClient } from '../../nbd/NbdClient.ts';
 import { HamalError, UsageError } from '../../errors.ts';
 import type { RawImageOptions } from './RawImage.ts';
 

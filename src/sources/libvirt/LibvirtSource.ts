@@ -6,7 +6,7 @@ import type { ChangeId } from '../ChangeId.ts';
 import type { Extent } from '../../streams/Extent.ts';
 import { HamalError } from '../../errors.ts';
 import { log } from '../../log/Logger.ts';
-import { NbdClient } from '../nbd/NbdClient.ts';
+import { NbdClient } from '../../nbd/NbdClient.ts';
 import { Virsh, type VirshOptions } from './Virsh.ts';
 import { parseDomainXml, type DomainDisk } from './domainXml.ts';
 import { BackupJob, jobKey, type JobDisk } from './BackupJob.ts';

@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { subprocessOutput } from '../../log/subprocessLog.ts';
 import { HamalError } from '../../errors.ts';
 import { childEnv } from '../../childEnv.ts';
-import { NbdClient } from './NbdClient.ts';
+import { NbdClient } from '../../nbd/NbdClient.ts';
 
 
 /** util-linux's setpriv, when installed and new enough (2.33) to set the parent-death signal. */

@@ -1,6 +1,7 @@
 /**
- * Numbers of the NBD protocol (NetworkBlockDevice/nbd, doc/proto.md) that the export
- * server speaks: fixed newstyle negotiation, structured replies, `base:allocation`.
+ * Numbers of the NBD protocol (NetworkBlockDevice/nbd, doc/proto.md) that hamal's client
+ * (NbdClient) and its export server (src/export) speak: fixed newstyle negotiation,
+ * structured replies, `base:allocation`.
  * All fields go big-endian on the wire.
  */
 

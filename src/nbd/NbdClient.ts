@@ -1,35 +1,6 @@
 import net from 'node:net';
-import { HamalError } from '../../errors.ts';
-
-// Protocol constants (NBD protocol, "fixed newstyle" negotiation).
-const NBDMAGIC = Buffer.from('NBDMAGIC');
-const IHAVEOPT = Buffer.from('IHAVEOPT');
-const OPT_REPLY_MAGIC = 0x3e889045565a9n;
-const FLAG_FIXED_NEWSTYLE = 1;
-const FLAG_NO_ZEROES = 2;
-const OPT_GO = 7;
-const OPT_STRUCTURED_REPLY = 8;
-const OPT_SET_META_CONTEXT = 10;
-const REP_ACK = 1;
-const REP_INFO = 3;
-const REP_META_CONTEXT = 4;
-const INFO_EXPORT = 0;
-const REQUEST_MAGIC = 0x25609513;
-const SIMPLE_REPLY_MAGIC = 0x67446698;
-const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
-const CMD_READ = 0;
-const CMD_WRITE = 1;
-const CMD_DISC = 2;
-const CMD_FLUSH = 3;
-const FLAG_READ_ONLY = 2;
-const FLAG_SEND_FLUSH = 4;
-const CMD_BLOCK_STATUS = 7;
-const REPLY_FLAG_DONE = 1;
-const REPLY_TYPE_NONE = 0;
-const REPLY_TYPE_OFFSET_DATA = 1;
-const REPLY_TYPE_OFFSET_HOLE = 2;
-const REPLY_TYPE_BLOCK_STATUS = 5;
-const STATE_HOLE = 1;
+import { HamalError } from '../errors.ts';
+import * as P from './NbdProtocol.ts';
 
 export interface NbdClientOptions {
   /** Export name. @default '' */
@@ -192,17 +163,17 @@ export class NbdClient {
 
   private async _handshake(exportName: string, contexts: readonly string[]): Promise<void> {
     const hello = await this._take(18);
-    if (!hello.subarray(0, 8).equals(NBDMAGIC) || !hello.subarray(8, 16).equals(IHAVEOPT)) {
+    if (!hello.subarray(0, 8).equals(P.NBDMAGIC) || !hello.subarray(8, 16).equals(P.IHAVEOPT)) {
       throw this._fail(`${this._where} is not a newstyle NBD server`);
     }
     const flags = hello.readUInt16BE(16);
-    if (!(flags & FLAG_FIXED_NEWSTYLE)) throw this._fail(`${this._where} does not speak fixed newstyle NBD`);
+    if (!(flags & P.FLAG_FIXED_NEWSTYLE)) throw this._fail(`${this._where} does not speak fixed newstyle NBD`);
     const clientFlags = Buffer.alloc(4);
-    clientFlags.writeUInt32BE(FLAG_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES));
+    clientFlags.writeUInt32BE(P.FLAG_FIXED_NEWSTYLE | (flags & P.FLAG_NO_ZEROES));
     this._socket.write(clientFlags);
 
     // Structured replies, then the metadata contexts asked for, all optional.
-    this._structured = (await this._option(OPT_STRUCTURED_REPLY, Buffer.alloc(0))).ok;
+    this._structured = (await this._option(P.OPT_STRUCTURED_REPLY, Buffer.alloc(0))).ok;
     if (this._structured && contexts.length) {
       const name = Buffer.from(exportName);
       const queries = contexts.map((c) => Buffer.from(c));
@@ -216,8 +187,8 @@ export class NbdClient {
         q.copy(data, at + 4);
         at += 4 + q.length;
       }
-      const reply = await this._option(OPT_SET_META_CONTEXT, data);
-      if (reply.ok) for (const r of reply.replies.filter((x) => x.type === REP_META_CONTEXT)) this._contexts.set(r.data.subarray(4).toString(), r.data.readUInt32BE(0));
+      const reply = await this._option(P.OPT_SET_META_CONTEXT, data);
+      if (reply.ok) for (const r of reply.replies.filter((x) => x.type === P.REP_META_CONTEXT)) this._contexts.set(r.data.subarray(4).toString(), r.data.readUInt32BE(0));
       this._metaContextId = this._contexts.get('base:allocation') ?? -1;
     }
 
@@ -226,33 +197,33 @@ export class NbdClient {
     go.writeUInt32BE(name.length, 0);
     name.copy(go, 4);
     go.writeUInt16BE(1, 4 + name.length);
-    go.writeUInt16BE(INFO_EXPORT, 6 + name.length);
-    const reply = await this._option(OPT_GO, go);
+    go.writeUInt16BE(P.INFO_EXPORT, 6 + name.length);
+    const reply = await this._option(P.OPT_GO, go);
     if (!reply.ok) throw this._fail(`NBD server ${this._where} refused export ${JSON.stringify(exportName)} (reply ${reply.error})`);
-    const info = reply.replies.find((r) => r.type === REP_INFO && r.data.readUInt16BE(0) === INFO_EXPORT);
+    const info = reply.replies.find((r) => r.type === P.REP_INFO && r.data.readUInt16BE(0) === P.INFO_EXPORT);
     if (!info) throw this._fail(`NBD server ${this._where} sent no export size`);
     this.size = Number(info.data.readBigUInt64BE(2));
     const transmission = info.data.readUInt16BE(10);
-    this.writable = (transmission & FLAG_READ_ONLY) === 0;
-    this.canFlush = (transmission & FLAG_SEND_FLUSH) !== 0;
+    this.writable = (transmission & P.FLAG_READ_ONLY) === 0;
+    this.canFlush = (transmission & P.FLAG_SEND_FLUSH) !== 0;
     this.blockStatus = this._metaContextId >= 0;
   }
 
   /** Sends one option and gathers its replies up to the final one. */
   private async _option(option: number, data: Buffer) {
     const head = Buffer.alloc(16);
-    IHAVEOPT.copy(head, 0);
+    P.IHAVEOPT.copy(head, 0);
     head.writeUInt32BE(option, 8);
     head.writeUInt32BE(data.length, 12);
     this._socket.write(Buffer.concat([head, data]));
     const replies: Array<{ type: number; data: Buffer }> = [];
     for (;;) {
       const r = await this._take(20);
-      if (r.readBigUInt64BE(0) !== OPT_REPLY_MAGIC) throw this._fail(`bad option reply from ${this._where}`);
+      if (r.readBigUInt64BE(0) !== P.OPT_REPLY_MAGIC) throw this._fail(`bad option reply from ${this._where}`);
       const type = r.readUInt32BE(12);
       const body = await this._take(r.readUInt32BE(16));
       if (type & 0x80000000) return { ok: false, error: type, replies };
-      if (type === REP_ACK) return { ok: true, error: 0, replies };
+      if (type === P.REP_ACK) return { ok: true, error: 0, replies };
       replies.push({ type, data: body });
     }
   }
@@ -271,7 +242,7 @@ export class NbdClient {
       const n = Math.min(this._maxRequest, data.length - at);
       parts.push(
         new Promise<void>((resolve, reject) => {
-          this._send(CMD_WRITE, offset + at, n, { kind: 'write', offset: offset + at, length: n, resolve, reject });
+          this._send(P.CMD_WRITE, offset + at, n, { kind: 'write', offset: offset + at, length: n, resolve, reject });
           this._socket.write(data.subarray(at, at + n));
         }),
       );
@@ -282,14 +253,14 @@ export class NbdClient {
   /** Makes the writes answered so far durable (NBD_CMD_FLUSH), when the export wants it. */
   async flush(): Promise<void> {
     if (!this.canFlush) return;
-    await new Promise<void>((resolve, reject) => this._send(CMD_FLUSH, 0, 0, { kind: 'flush', offset: 0, length: 0, resolve, reject }));
+    await new Promise<void>((resolve, reject) => this._send(P.CMD_FLUSH, 0, 0, { kind: 'flush', offset: 0, length: 0, resolve, reject }));
   }
 
   private _send(type: number, offset: number, length: number, pending: Pending): void {
     if (this._closed) throw this._fail(`connection to ${this._where} closed`, this._closed);
     const handle = this._nextHandle++;
     const req = Buffer.alloc(28);
-    req.writeUInt32BE(REQUEST_MAGIC, 0);
+    req.writeUInt32BE(P.REQUEST_MAGIC, 0);
     req.writeUInt16BE(0, 4);
     req.writeUInt16BE(type, 6);
     req.writeBigUInt64BE(handle, 8);
@@ -310,7 +281,7 @@ export class NbdClient {
       const n = Math.min(this._maxRequest, length - at);
       parts.push(
         new Promise<void>((resolve, reject) =>
-          this._send(CMD_READ, offset + at, n, { kind: 'read', offset: offset + at, length: n, into: buf.subarray(at, at + n), resolve, reject }),
+          this._send(P.CMD_READ, offset + at, n, { kind: 'read', offset: offset + at, length: n, into: buf.subarray(at, at + n), resolve, reject }),
         ),
       );
     }
@@ -332,7 +303,7 @@ export class NbdClient {
     if (id === undefined) throw this._fail(`NBD server ${this._where} offers no ${context} block status`);
     const extents: NbdExtent[] = [];
     await new Promise<void>((resolve, reject) =>
-      this._send(CMD_BLOCK_STATUS, offset, Math.min(length, 0xffffffff), { kind: 'status', offset, length, extents, contextId: id, resolve, reject }),
+      this._send(P.CMD_BLOCK_STATUS, offset, Math.min(length, 0xffffffff), { kind: 'status', offset, length, extents, contextId: id, resolve, reject }),
     );
     return extents;
   }
@@ -425,7 +396,7 @@ export class NbdClient {
   }
 
   private _onMagic(magic: number): void {
-    if (magic === SIMPLE_REPLY_MAGIC) {
+    if (magic === P.SIMPLE_REPLY_MAGIC) {
       this._expect(12, (h) => {
         const error = h.readUInt32BE(0);
         const handle = h.readBigUInt64BE(4);
@@ -441,7 +412,7 @@ export class NbdClient {
         } else if (p.kind === 'read') this._copy(p.into!, 0, p.length, finish);
         else finish();
       });
-    } else if (magic === STRUCTURED_REPLY_MAGIC) {
+    } else if (magic === P.STRUCTURED_REPLY_MAGIC) {
       this._expect(16, (h) => {
         const flags = h.readUInt16BE(0);
         const type = h.readUInt16BE(2);
@@ -449,7 +420,7 @@ export class NbdClient {
         const len = h.readUInt32BE(12);
         const p = this._pendingFor(handle);
         const done = () => {
-          if (!(flags & REPLY_FLAG_DONE)) return;
+          if (!(flags & P.REPLY_FLAG_DONE)) return;
           this._pending.delete(handle);
           if (p.error) p.reject(this._fail(`NBD server ${this._where} failed a ${p.kind} at ${p.offset}: error ${p.error}`));
           else p.resolve();
@@ -458,20 +429,20 @@ export class NbdClient {
         const inside = (at: number, n: number) => {
           if (p.kind !== 'read' || at < 0 || n < 0 || at + n > p.length) throw this._fail(`NBD server ${this._where} sent a chunk outside the request at ${p.offset}`);
         };
-        if (type === REPLY_TYPE_OFFSET_DATA) {
+        if (type === P.REPLY_TYPE_OFFSET_DATA) {
           this._expect(8, (b) => {
             const at = Number(b.readBigUInt64BE(0)) - p.offset;
             inside(at, len - 8);
             this._copy(p.into!, at, len - 8, done);
           });
-        } else if (type === REPLY_TYPE_OFFSET_HOLE) {
+        } else if (type === P.REPLY_TYPE_OFFSET_HOLE) {
           this._expect(12, (b) => {
             const at = Number(b.readBigUInt64BE(0)) - p.offset;
             inside(at, b.readUInt32BE(8));
             p.into!.fill(0, at, at + b.readUInt32BE(8));
             done();
           });
-        } else if (type === REPLY_TYPE_BLOCK_STATUS) {
+        } else if (type === P.REPLY_TYPE_BLOCK_STATUS) {
           this._expect(len, (b) => {
             // One chunk per negotiated context, each led by its id: only the one asked for counts.
             if (p.contextId === undefined || b.readUInt32BE(0) === p.contextId) {
@@ -479,7 +450,7 @@ export class NbdClient {
               for (let i = 4; i + 8 <= b.length; i += 8) {
                 const n = b.readUInt32BE(i);
                 const flags = b.readUInt32BE(i + 4);
-                p.extents!.push({ offset: off, length: n, hole: (flags & STATE_HOLE) !== 0, flags });
+                p.extents!.push({ offset: off, length: n, hole: (flags & P.STATE_HOLE) !== 0, flags });
                 off += n;
               }
             }
@@ -491,7 +462,7 @@ export class NbdClient {
             done();
           });
         } else {
-          this._copy(null, 0, type === REPLY_TYPE_NONE ? 0 : len, done);
+          this._copy(null, 0, type === P.REPLY_TYPE_NONE ? 0 : len, done);
         }
       });
     } else {
@@ -522,7 +493,7 @@ export class NbdClient {
   async close(): Promise<void> {
     if (!this._closed) {
       try {
-        this._send(CMD_DISC, 0, 0, { kind: 'read', offset: 0, length: 0, resolve: () => {}, reject: () => {} });
+        this._send(P.CMD_DISC, 0, 0, { kind: 'read', offset: 0, length: 0, resolve: () => {}, reject: () => {} });
       } catch {
         /* already gone */
       }
