@@ -1,10 +1,8 @@
-import { sharedBuffer } from '../repo/HashWorkers.ts';
-
 /**
  * Block buffers reused across blocks. A fresh 4 MiB buffer per block costs its page faults
  * every time (measured: reading 2 GiB into fresh buffers took 8x longer than into reused
  * ones). The pool never holds more buffers than were in use at once, so it adds no memory
- * beyond the pipeline's bound. In shared memory, so the hash threads read blocks in place.
+ * beyond the pipeline's bound.
  */
 export class BufferPool {
   readonly size: number;
@@ -17,7 +15,7 @@ export class BufferPool {
 
   /** A buffer of `size` bytes with unspecified content. */
   take(): Buffer {
-    return this._free.pop() ?? sharedBuffer(this.size);
+    return this._free.pop() ?? Buffer.allocUnsafeSlow(this.size);
   }
 
   /** Gives a buffer back. Precondition: nothing reads or writes it any more. */

@@ -4,7 +4,6 @@ import type { Manifest } from '../repo/Manifest.ts';
 import { chunkKey, type ChunkId } from '../repo/ChunkId.ts';
 import { openRestoreOutput, type RestoreOutput } from '../sinks/raw/RestoreOutput.ts';
 import { ChunkCodec } from '../repo/ChunkCodec.ts';
-import { sharedBuffer } from '../repo/HashWorkers.ts';
 import { blockAt } from './BlockRef.ts';
 import { HamalError, IntegrityError, UsageError } from '../errors.ts';
 import { failpoint } from '../failpoints.ts';
@@ -147,8 +146,7 @@ class BlockWrites {
       failpoint('restore.written');
       return this._count(ref.length);
     }
-    // Shared memory: the chunk's hash is checked on a hash thread, in place (HashWorkers).
-    const buf = this._pool.pop() ?? sharedBuffer(m.blockSize + ChunkCodec.OVERHEAD);
+    const buf = this._pool.pop() ?? Buffer.allocUnsafeSlow(m.blockSize + ChunkCodec.OVERHEAD);
     try {
       const data = await this._repo.readChunk(id, true, buf);
       if (data.length !== ref.length) throw wrongSize(m, i, id, data.length, ref.length);
