@@ -48,6 +48,11 @@ export class MasterKey {
     return createHmac('sha256', this._macKey).update(data).digest('hex');
   }
 
+  /** The key chunk names are the HMAC under (for ChunkHasher, which may compute them on another thread). */
+  get chunkNameKey(): Uint8Array {
+    return this._macKey;
+  }
+
   /** The MAC of a repository config's canonical bytes (RepositoryConfig.mac), lowercase hex. */
   configMac(bytes: Uint8Array): string {
     return createHmac('sha256', this._configKey).update(bytes).digest('hex');

@@ -5,7 +5,8 @@ import { log } from '../log/Logger.ts';
 import { ChunkCodec, isEnveloped, type Compression, type Encryption } from './ChunkCodec.ts';
 import { MasterKey, type KeyRecord, type RepositorySecret } from './MasterKey.ts';
 import { zstd, type Zstd } from './Zstd.ts';
-import { chunkIdOf, chunkKey, type ChunkId } from './ChunkId.ts';
+import { chunkKey, type ChunkId } from './ChunkId.ts';
+import { ChunkHasher } from './ChunkHasher.ts';
 import { encodeManifest, parseManifest, type Manifest } from './Manifest.ts';
 import { isVersionId, newVersionId, type VersionId } from './VersionId.ts';
 import { decodeName, encodeName } from './names.ts';
@@ -83,17 +84,24 @@ export class Repository {
   /** Buffers chunks are encoded into, reused: at most one per chunk write in flight. */
   private readonly _encoded: Buffer[] = [];
   private readonly _key: MasterKey | null;
+  private readonly _hasher: ChunkHasher;
 
   private constructor(store: ObjectStore, config: RepositoryConfig, key: MasterKey | null, z: Zstd | null) {
     this.store = store;
     this.config = config;
     this._key = key;
+    this._hasher = new ChunkHasher(key ? key.chunkNameKey : null);
     this._codec = config.format >= 2 ? new ChunkCodec(config.compression ?? 'none', config.encryption ?? 'none', key, z, config.blockSize) : null;
   }
 
-  /** A block's chunk name in this repository (docs/format.md, invariant 1). */
+  /** A block's chunk name in this repository (docs/format.md, invariant 1), on this thread. */
   chunkIdOf(data: Uint8Array): ChunkId {
-    return this._key ? this._key.chunkId(data) : chunkIdOf(data);
+    return this._hasher.nameNow(data);
+  }
+
+  /** The same name, on a hash thread when `data` is in shared memory (ChunkHasher); keep `data` unchanged until it resolves. */
+  hashChunk(data: Uint8Array): Promise<ChunkId> {
+    return this._hasher.name(data);
   }
 
   get blockSize(): number {
@@ -297,7 +305,7 @@ export class Repository {
     // Never more than a block (plus its envelope) is read, whatever is stored under the name.
     const stored = await this.store.get(chunkKey(id), { into, maxBytes: this.blockSize + (this._codec ? ChunkCodec.OVERHEAD : 0) });
     const data = this._codec ? this._codec.decode(id, chunkKey(id), stored) : stored;
-    if (verify && this.chunkIdOf(data) !== id) {
+    if (verify && (await this.hashChunk(data)) !== id) {
       throw new IntegrityError('CHUNK_CORRUPT', `chunk ${chunkKey(id)} does not match its hash`, {
         subject: chunkKey(id),
       });

@@ -1,25 +1,50 @@
+import { sharedBuffer } from '../repo/HashWorkers.ts';
+
 /**
- * Block buffers reused across blocks. A fresh 4 MiB buffer per block costs its page faults
- * every time (measured: reading 2 GiB into fresh buffers took 8x longer than into reused
- * ones). The pool never holds more buffers than were in use at once, so it adds no memory
- * beyond the pipeline's bound.
+ * Block buffers reused across blocks, and across syncs and restores of one process. A
+ * fresh 4 MiB buffer per block costs its page faults every time (measured: reading 2 GiB
+ * into fresh buffers took 8x longer than into reused ones). They are in shared memory, so
+ * the hash threads read blocks in place (HashWorkers), and shared process-wide: a buffer a
+ * hash thread has seen lives on until that thread ends, so fresh buffers per sync would
+ * add up in a service running for months. The free buffers of a size never outnumber the
+ * most in use at once; after IDLE_MS with none taken they are dropped (as the idle hash
+ * threads end), so an idle service holds no block buffers.
  */
+export const IDLE_MS = 10_000;
+
+class FreeList {
+  readonly buffers: Buffer[] = [];
+  timer: ReturnType<typeof setTimeout> | null = null;
+}
+
+const free = new Map<number, FreeList>();
+
 export class BufferPool {
   readonly size: number;
-  private readonly _free: Buffer[] = [];
+  private readonly _free: FreeList;
 
   constructor(size: number) {
     if (!Number.isSafeInteger(size) || size < 1) throw new RangeError(`buffer size must be a positive integer, got ${size}`);
     this.size = size;
+    let list = free.get(size);
+    if (!list) free.set(size, (list = new FreeList()));
+    this._free = list;
   }
 
   /** A buffer of `size` bytes with unspecified content. */
   take(): Buffer {
-    return this._free.pop() ?? Buffer.allocUnsafeSlow(this.size);
+    const list = this._free;
+    if (list.timer) clearTimeout(list.timer);
+    list.timer = setTimeout(() => {
+      list.buffers.length = 0;
+      list.timer = null;
+    }, IDLE_MS);
+    list.timer.unref();
+    return list.buffers.pop() ?? sharedBuffer(this.size);
   }
 
   /** Gives a buffer back. Precondition: nothing reads or writes it any more. */
   give(buf: Buffer): void {
-    if (buf.length === this.size) this._free.push(buf);
+    if (buf.length === this.size && buf.buffer instanceof SharedArrayBuffer) this._free.buffers.push(buf);
   }
 }

@@ -4,6 +4,7 @@ import type { Manifest } from '../repo/Manifest.ts';
 import { chunkKey, type ChunkId } from '../repo/ChunkId.ts';
 import { openRestoreOutput, type RestoreOutput } from '../sinks/raw/RestoreOutput.ts';
 import { ChunkCodec } from '../repo/ChunkCodec.ts';
+import { BufferPool } from './BufferPool.ts';
 import { blockAt } from './BlockRef.ts';
 import { HamalError, IntegrityError, UsageError } from '../errors.ts';
 import { failpoint } from '../failpoints.ts';
@@ -104,7 +105,7 @@ export async function restoreDisk(
 class BlockWrites {
   private readonly _zeros: Buffer;
   /** One read buffer per chunk in flight, reused: no fresh multi-MiB allocation per chunk. */
-  private readonly _pool: Buffer[] = [];
+  private readonly _pool: BufferPool;
   private readonly _inFlight = new Set<Promise<void>>();
   private _halted = false;
 
@@ -116,6 +117,7 @@ class BlockWrites {
     private readonly _options: RestoreOptions,
   ) {
     this._zeros = Buffer.alloc(_manifest.blockSize);
+    this._pool = new BufferPool(_manifest.blockSize + ChunkCodec.OVERHEAD);
   }
 
   write(i: number): Promise<void> {
@@ -146,7 +148,8 @@ class BlockWrites {
       failpoint('restore.written');
       return this._count(ref.length);
     }
-    const buf = this._pool.pop() ?? Buffer.allocUnsafeSlow(m.blockSize + ChunkCodec.OVERHEAD);
+    // Shared memory: the chunk's hash is checked on a hash thread, in place (HashWorkers).
+    const buf = this._pool.take();
     try {
       const data = await this._repo.readChunk(id, true, buf);
       if (data.length !== ref.length) throw wrongSize(m, i, id, data.length, ref.length);
@@ -154,7 +157,7 @@ class BlockWrites {
       await this._image.write(ref.offset, data);
       failpoint('restore.written');
     } finally {
-      this._pool.push(buf);
+      this._pool.give(buf);
     }
     this._count(ref.length);
   }

@@ -158,7 +158,7 @@ export function syncDisk(
             journal?.record(ref.index, null);
             return { ref, id: null, stored: false };
           }
-          const id = repo.chunkIdOf(data);
+          const id = await repo.hashChunk(data);
           // A block equal to the parent's is in the repository (format invariant 3).
           const same = parentBlocks !== null && parentBlocks[ref.index] === id;
           const write = same ? null : await writers.use(() => repo.storeChunk(id, data));

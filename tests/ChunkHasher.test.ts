@@ -1,0 +1,93 @@
+// ChunkHasher names blocks in shared memory on hash threads: the names must be the bytes
+// the inline hashes give (they are chunk names in existing repositories).
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { ChunkHasher } from '../src/repo/ChunkHasher.ts';
+import { sharedBuffer } from '../src/repo/HashWorkers.ts';
+
+/** `n` random bytes in shared memory at `at`, as the sync's block buffers hold them. */
+function shared(n: number, at = 0): Buffer {
+  const b = sharedBuffer(n + at + 100);
+  randomBytes(n + at + 100).copy(b);
+  return b.subarray(at, at + n);
+}
+
+const sizes = [0, 1, 4095, 256 * 1024 - 1, 256 * 1024, 256 * 1024 + 1, 4 * 1024 * 1024];
+
+test('SHA-256 names equal createHash, in shared memory (views into larger buffers too) and not', async () => {
+  const h = new ChunkHasher(null);
+  for (const n of sizes) {
+    const data = n % 2 ? randomBytes(n) : shared(n, 37);
+    const want = createHash('sha256').update(data).digest('hex');
+    assert.is(await h.name(data), want, `${n} bytes`);
+    assert.is(h.nameNow(data), want, `${n} bytes inline`);
+  }
+});
+
+test('HMAC-SHA-256 names equal createHmac under the same key; another key names differently', async () => {
+  const key = randomBytes(32);
+  const h = new ChunkHasher(key);
+  for (const n of sizes) {
+    const data = shared(n);
+    const want = createHmac('sha256', key).update(data).digest('hex');
+    assert.is(await h.name(data), want, `${n} bytes`);
+    assert.is(h.nameNow(data), want, `${n} bytes inline`);
+  }
+  const data = shared(1024 * 1024);
+  assert.is.not(await new ChunkHasher(randomBytes(32)).name(data), await h.name(data));
+});
+
+test('many names at once come back to their own blocks (several threads)', async () => {
+  const h = new ChunkHasher(null);
+  const blocks = Array.from({ length: 16 }, () => shared(512 * 1024));
+  const names = await Promise.all(blocks.map((b) => h.name(b)));
+  names.forEach((name, i) => assert.is(name, createHash('sha256').update(blocks[i]!).digest('hex')));
+});
+
+test('a process that hashed one block exits: idle hash threads never hold it (one unused thread once did)', () => {
+  const mod = new URL(`../src/repo/HashWorkers.${import.meta.url.endsWith('.ts') ? 'ts' : 'js'}`, import.meta.url).href;
+  const code = `import { HashWorkers, sharedBuffer } from ${JSON.stringify(mod)}; console.log(await HashWorkers.shared().hash(sharedBuffer(1 << 20), null));`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { timeout: 15_000, encoding: 'utf8' });
+  assert.is(r.signal, null, 'killed by the timeout: the process did not end');
+  assert.is(r.status, 0, r.stderr);
+  assert.is(r.stdout.trim(), createHash('sha256').update(Buffer.alloc(1 << 20)).digest('hex'));
+});
+
+test('an idle process holds no block buffers: pooled buffers dropped and hash threads ended after IDLE_MS, restarted on the next block', () => {
+  const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
+  const workers = new URL(`../src/repo/HashWorkers.${ext}`, import.meta.url).href;
+  const pool = new URL(`../src/streams/BufferPool.${ext}`, import.meta.url).href;
+  // 8 buffers of 4 MiB hashed by the threads and given back, as a sync leaves them.
+  const code = `
+    import { HashWorkers, IDLE_MS } from ${JSON.stringify(workers)};
+    import { BufferPool } from ${JSON.stringify(pool)};
+    const MiB = 1 << 20, p = new BufferPool(4 * MiB), w = HashWorkers.shared();
+    const bufs = Array.from({ length: 8 }, () => p.take().fill(7));
+    await Promise.all(bufs.map((b) => w.hash(b, null)));
+    bufs.forEach((b) => p.give(b));
+    bufs.length = 0;
+    const used = () => (gc(), process.memoryUsage().arrayBuffers / MiB);
+    const busy = { mib: used(), threads: w.running };
+    // Released once the threads have ended (a second or so after IDLE_MS here).
+    await new Promise((r) => setTimeout(r, IDLE_MS));
+    let idle;
+    for (let i = 0; i < 20 && !(idle?.mib < 4 && idle.threads === 0); i++) {
+      await new Promise((r) => setTimeout(r, 500));
+      idle = { mib: used(), threads: w.running };
+    }
+    const again = await w.hash(p.take().fill(7), null);
+    console.log(JSON.stringify({ busy, idle, again, threads: w.running }));`;
+  const r = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', code], { timeout: 60_000, encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout);
+  assert.ok(out.busy.mib >= 32, `in use: ${out.busy.mib} MiB`);
+  assert.ok(out.busy.threads >= 1);
+  assert.ok(out.idle.mib < 4, `idle: ${out.idle.mib} MiB still held`);
+  assert.is(out.idle.threads, 0);
+  assert.is(out.again, createHash('sha256').update(Buffer.alloc(4 << 20, 7)).digest('hex'));
+  assert.is(out.threads, 1);
+});
+
+test.run();
