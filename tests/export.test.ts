@@ -76,6 +76,13 @@ async function startExport(args: string[], env: Record<string, string> = {}): Pr
   };
 }
 
+/** The export's log once it holds `text` (it logs a refused client after the client has seen the refusal), or all of it after `ms`. */
+async function logged(e: Exported, text: string, ms = 5000): Promise<string> {
+  const end = Date.now() + ms;
+  while (!e.output().includes(text) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+  return e.output();
+}
+
 /** Runs `hamal export ARGS` expected to fail at start; a hang fails the test instead of blocking it. */
 async function failingExport(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stderr: string }> {
   const p = spawnExport(args, env);
@@ -481,10 +488,24 @@ test('tcp: refused without TLS unless --no-tls; with TLS (and a client CA) nbdin
   await fsp.copyFile(ca.certFile, join(withCert, 'ca-cert.pem'));
   await ssl(['req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=client', '-keyout', join(withCert, 'client-key.pem'), '-out', join(pki, 'client.csr')]);
   await ssl(['x509', '-req', '-in', join(pki, 'client.csr'), '-CA', ca.certFile, '-CAkey', ca.keyFile, '-CAcreateserial', '-days', '2', '-out', join(withCert, 'client-cert.pem')]);
+  // A self-signed client certificate: a bare server-side TLSSocket once let it read the disk.
+  const rogue = join(pki, 'rogue');
+  await fsp.mkdir(rogue);
+  await fsp.copyFile(ca.certFile, join(rogue, 'ca-cert.pem'));
+  await ssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=client', '-keyout', join(rogue, 'client-key.pem'), '-out', join(rogue, 'client-cert.pem')]);
   const mutual = await startExport([...base, '--listen', 'tcp:127.0.0.1:0', '--tls-cert', leaf.certFile, '--tls-key', leaf.keyFile, '--tls-client-ca', ca.certFile]);
   try {
     const anonymous = await run('nbdinfo', ['--size', `${mutual.url}?tls-certificates=${clientDir}`]);
     assert.is.not(anonymous.code, 0, anonymous.out);
+    assert.match(await logged(mutual, 'client certificate refused: none presented'), 'client certificate refused: none presented');
+    // libnbd offers no certificate the server's CA list does not name; this client does.
+    const raw = await RawNbd.connectTcp('127.0.0.1', Number(new URL(mutual.url).port));
+    await raw.greet(3);
+    const secure = await raw.startTls({ ca: ca.cert, cert: await fsp.readFile(join(rogue, 'client-cert.pem')), key: await fsp.readFile(join(rogue, 'client-key.pem')), servername: '127.0.0.1', checkServerIdentity: () => undefined });
+    assert.is(secure ? await secure.go() : null, null, 'a self-signed client certificate was let in');
+    assert.ok(!secure || (await secure.closedByServer()));
+    raw.close();
+    assert.match(await logged(mutual, 'DEPTH_ZERO_SELF_SIGNED_CERT'), 'client certificate refused: DEPTH_ZERO_SELF_SIGNED_CERT');
     const known = await run('nbdinfo', ['--size', `${mutual.url}?tls-certificates=${withCert}`]);
     assert.is(known.out.trim(), String(16 * MiB), known.out);
   } finally {

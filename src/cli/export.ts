@@ -155,7 +155,7 @@ function checkFlags(opts: ExportCommandOptions, listen: NbdListenAddress): void 
 }
 
 /** The TLS context of --tls-cert/--tls-key (and --tls-client-ca), or null; errors name the file. */
-async function loadTls(opts: ExportCommandOptions): Promise<tls.SecureContext | null> {
+async function loadTls(opts: ExportCommandOptions): Promise<tls.SecureContextOptions | null> {
   if (!opts.tlsCert) return null;
   const read = (path: string, flag: string) =>
     fsp.readFile(path).catch((err: unknown) => {
@@ -163,7 +163,9 @@ async function loadTls(opts: ExportCommandOptions): Promise<tls.SecureContext | 
     });
   const [cert, key, ca] = await Promise.all([read(opts.tlsCert, '--tls-cert'), read(opts.tlsKey!, '--tls-key'), opts.tlsClientCa ? read(opts.tlsClientCa, '--tls-client-ca') : undefined]);
   try {
-    return tls.createSecureContext({ cert, key, ca, minVersion: 'TLSv1.2' });
+    const options: tls.SecureContextOptions = { cert, key, ca, minVersion: 'TLSv1.2' };
+    tls.createSecureContext(options); // checked here, so a bad file fails the start, not each client
+    return options;
   } catch (err) {
     throw new UsageError('TLS_FILE', `--tls-cert ${opts.tlsCert} and --tls-key ${opts.tlsKey}${ca ? ` and --tls-client-ca ${opts.tlsClientCa}` : ''} do not make a TLS identity: ${(err as Error).message}`, { subject: opts.tlsCert, cause: err });
   }

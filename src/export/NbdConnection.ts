@@ -14,8 +14,8 @@ export interface NbdConnectionSettings {
   name: string;
   description: string;
   /** With it, TLS is forced: nothing but STARTTLS and ABORT before it (FORCEDTLS). */
-  tls: tls.SecureContext | null;
-  /** Verify client certificates against this context's CA (with `tls`). */
+  tls: tls.SecureContextOptions | null;
+  /** Verify client certificates against the CA in `tls.ca`. */
   requireClientCert: boolean;
   maxPayload: number;
   /** Bytes of requests answered at once: reads in progress plus replies not yet sent. */
@@ -204,26 +204,39 @@ export class NbdConnection {
     if (this._reader.buffered) throw new ProtocolViolation('data sent before the TLS handshake');
     this._optReply(P.OPT_STARTTLS, P.REP_ACK);
     this._reader.detach();
-    const secure = new tls.TLSSocket(this._raw, {
-      isServer: true,
-      secureContext: this._s.tls!,
-      requestCert: this._s.requireClientCert,
-      rejectUnauthorized: this._s.requireClientCert,
-    });
+    const secure = await this._tlsHandshake();
     secure.on('error', () => undefined);
     secure.on('close', this._onOutClose);
     this._out = secure;
-    await new Promise<void>((resolve, reject) => {
-      secure.once('secure', resolve);
-      secure.once('error', (err) => reject(new ProtocolViolation(`TLS handshake failed: ${err.message}`)));
-      secure.once('close', () => reject(new ProtocolViolation('closed during the TLS handshake')));
-    });
     this._reader.attach(secure);
     // Nothing negotiated before TLS carries over.
     this._tls = true;
     this._structured = false;
     this._metaContext = false;
     return 'next';
+  }
+
+  /**
+   * The TLS handshake on the raw socket, through a tls.Server: only its connection
+   * handler checks a client's certificate (a bare server-side TLSSocket accepts any,
+   * self-signed too), and only after it `authorized` says whether our CA signed it.
+   */
+  private _tlsHandshake(): Promise<tls.TLSSocket> {
+    const server = tls.createServer({ ...this._s.tls!, requestCert: this._s.requireClientCert, rejectUnauthorized: false });
+    return new Promise<tls.TLSSocket>((resolve, reject) => {
+      const closed = () => reject(new ProtocolViolation('closed during the TLS handshake'));
+      this._raw.once('close', closed);
+      server.once('secureConnection', (secure: tls.TLSSocket) => {
+        this._raw.off('close', closed);
+        if (this._s.requireClientCert && !secure.authorized) {
+          const presented = Object.keys(secure.getPeerCertificate() ?? {}).length > 0;
+          secure.destroy();
+          reject(new ProtocolViolation(`client certificate refused: ${presented ? secure.authorizationError : 'none presented'}`));
+        } else resolve(secure);
+      });
+      server.once('tlsClientError', (err: Error) => reject(new ProtocolViolation(`TLS handshake failed: ${err.message}`)));
+      server.emit('connection', this._raw);
+    });
   }
 
   /** NBD_OPT_INFO / NBD_OPT_GO; true when the export was accepted. */

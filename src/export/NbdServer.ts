@@ -11,12 +11,12 @@ export interface NbdServerOptions {
   /** Shown by `nbdinfo --list`. @default '' */
   description?: string;
   /**
-   * TLS credentials: with them every client must start TLS (NBD_OPT_STARTTLS) before
-   * anything else. null: no TLS.
+   * TLS credentials (cert, key, and with requireClientCert the ca): with them every client
+   * must start TLS (NBD_OPT_STARTTLS) before anything else. null: no TLS.
    * @default null
    */
-  tls?: tls.SecureContext | null;
-  /** With `tls`: clients must present a certificate the context's CA signed. @default false */
+  tls?: tls.SecureContextOptions | null;
+  /** With `tls`: clients must present a certificate `tls.ca` signed. @default false */
   requireClientCert?: boolean;
   /**
    * Largest read or write a client may ask for; longer ones get EINVAL.

@@ -1,6 +1,7 @@
 // A deliberately minimal NBD client over a raw Unix socket, for what real clients never
 // send: garbage, oversized options, out-of-range and unknown requests. Simple replies only.
 import net from 'node:net';
+import tls from 'node:tls';
 
 export class RawNbd {
   private readonly _chunks: Buffer[] = [];
@@ -28,6 +29,29 @@ export class RawNbd {
     return new Promise((resolve, reject) => {
       const s = net.connect({ path }, () => resolve(new RawNbd(s)));
       s.once('error', reject);
+    });
+  }
+
+  static connectTcp(host: string, port: number): Promise<RawNbd> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect({ host, port }, () => resolve(new RawNbd(s)));
+      s.once('error', reject);
+    });
+  }
+
+  /**
+   * NBD_OPT_STARTTLS, then TLS on the same socket with `options` (a client certificate of
+   * our choosing, the CA it trusts): a client over TLS, or null when refused.
+   */
+  async startTls(options: tls.ConnectionOptions): Promise<RawNbd | null> {
+    this.option(5);
+    const r = await this.optionReply();
+    if (!r || r.type !== 1) return null;
+    const socket = this.socket as net.Socket;
+    socket.removeAllListeners('data');
+    return new Promise((resolve) => {
+      const secure = tls.connect({ ...options, socket }, () => resolve(new RawNbd(secure)));
+      secure.once('error', () => resolve(null));
     });
   }
 
