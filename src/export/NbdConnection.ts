@@ -26,6 +26,15 @@ export interface NbdConnectionSettings {
 
 /** Option data longer than this is a client we will not serve (the longest real one is a few KiB). */
 const MAX_OPTION_BYTES = 64 * 1024;
+/** Option replies queued unread before the next option is read. */
+const MAX_UNSENT_OPTION_BYTES = 64 * 1024;
+/**
+ * Extents in one block status reply (8 bytes each): the reply fits the request's budget.
+ * Fewer than the range needs is allowed (proto.md, NBD_CMD_BLOCK_STATUS); clients ask on.
+ */
+const MAX_EXTENTS = 1024;
+/** A read's slice of a cached block smaller than 1/4 of it is copied, not held as a view (which pins the block). */
+const VIEW_MIN_FRACTION = 4;
 const EMPTY = Buffer.alloc(0);
 const META_CONTEXT_ID = 1;
 /** Hole bytes of a simple reply (no structured replies), sent from this buffer again and again. */
@@ -143,6 +152,7 @@ export class NbdConnection {
     const noZeroes = (clientFlags & P.FLAG_C_NO_ZEROES) !== 0;
     for (;;) {
       if (this._closing) return false;
+      await this._drained();
       const head = await this._reader.read(16);
       if (!head.subarray(0, 8).equals(P.IHAVEOPT)) throw new ProtocolViolation('bad option magic');
       const opt = head.readUInt32BE(8);
@@ -152,6 +162,26 @@ export class NbdConnection {
       const outcome = await this._option(opt, data, noZeroes);
       if (outcome !== 'next') return outcome === 'go';
     }
+  }
+
+  /**
+   * Waits while more than MAX_UNSENT_OPTION_BYTES of option replies are unsent: a client
+   * that sends options and never reads the replies (a 16-byte option earns a 60-byte
+   * error before TLS) would otherwise queue them in our memory until the timeout.
+   */
+  private async _drained(): Promise<void> {
+    while (this._out.writableLength > MAX_UNSENT_OPTION_BYTES && !this._out.destroyed) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this._out.off('drain', done);
+          this._out.off('close', done);
+          resolve();
+        };
+        this._out.once('drain', done);
+        this._out.once('close', done);
+      });
+    }
+    if (this._out.destroyed) throw new Error('connection closed');
   }
 
   /** Answers one option; 'go' enters transmission, 'leave' ends the connection. */
@@ -267,6 +297,8 @@ export class NbdConnection {
 
   /** NBD_OPT_LIST_META_CONTEXT / SET_META_CONTEXT: only base:allocation exists. */
   private _metaContextOption(opt: number, data: Buffer): void {
+    // SET replaces what was set, also when it fails (proto.md, NBD_OPT_SET_META_CONTEXT).
+    if (opt === P.OPT_SET_META_CONTEXT) this._metaContext = false;
     const parsed = parseMetaContextRequest(data);
     if (!parsed) return void this._invalid(opt, 'malformed request');
     if (opt === P.OPT_SET_META_CONTEXT && !this._structured) return void this._invalid(opt, 'structured replies must be negotiated first');
@@ -347,10 +379,14 @@ export class NbdConnection {
     }
   }
 
-  /** Budget a request takes while answered: its payload either way, at least 4 KiB (headers, extents). */
+  /**
+   * Budget a request takes while answered: its payload either way, at least 4 KiB
+   * (headers), 8 KiB for block status (MAX_EXTENTS). A read holds at most 4x its payload
+   * (unpinned).
+   */
   private _costOf(req: Request): number {
     const payload = req.type === P.CMD_READ || req.type === P.CMD_WRITE ? Math.min(req.length, this._s.maxPayload) : 0;
-    return Math.max(payload, 4096);
+    return Math.max(payload, req.type === P.CMD_BLOCK_STATUS ? 8 + 8 * MAX_EXTENTS : 4096);
   }
 
   private async _acquire(cost: number): Promise<void> {
@@ -439,7 +475,7 @@ export class NbdConnection {
     if (!this._structured) {
       const bufs = [simpleHeader(0, req.cookie)];
       for (const p of pieces) {
-        if (p.data) bufs.push(p.data);
+        if (p.data) bufs.push(unpinned(p.data));
         else for (let at = 0; at < p.length; at += ZEROS.length) bufs.push(ZEROS.subarray(0, Math.min(ZEROS.length, p.length - at)));
       }
       return this._sendAndWait(bufs);
@@ -449,7 +485,7 @@ export class NbdConnection {
     pieces.forEach((p, k) => {
       const flags = k === pieces.length - 1 ? P.REPLY_FLAG_DONE : 0;
       if (p.data) {
-        bufs.push(chunkHeader(flags, P.REPLY_TYPE_OFFSET_DATA, req.cookie, 8 + p.length), u64(p.offset), p.data);
+        bufs.push(chunkHeader(flags, P.REPLY_TYPE_OFFSET_DATA, req.cookie, 8 + p.length), u64(p.offset), unpinned(p.data));
       } else {
         // A hole is at most the request's length, itself at most maxPayload: it fits 32 bits.
         bufs.push(chunkHeader(flags, P.REPLY_TYPE_OFFSET_HOLE, req.cookie, 12), u64(p.offset), u32(p.length));
@@ -460,7 +496,7 @@ export class NbdConnection {
 
   private _blockStatus(req: Request): Promise<void> {
     let extents = this._export.extents(req.offset, req.length);
-    if (req.flags & P.CMD_FLAG_REQ_ONE) extents = extents.slice(0, 1);
+    extents = extents.slice(0, req.flags & P.CMD_FLAG_REQ_ONE ? 1 : MAX_EXTENTS);
     const body = Buffer.alloc(4 + 8 * extents.length);
     body.writeUInt32BE(META_CONTEXT_ID, 0);
     extents.forEach((e, k) => {
@@ -561,6 +597,16 @@ function parseMetaContextRequest(data: Buffer): { name: string; queries: string[
     at += 4 + len;
   }
   return at === data.length ? { name, queries } : null;
+}
+
+/**
+ * A reply's view of a cached block, or a copy when the view is much smaller than the
+ * block: an unread reply holds its buffers, and 1-byte reads at many blocks would hold
+ * whole blocks each while the budget counts 4 KiB (found by review: 1000 MiB held for 1 MiB
+ * of budget).
+ */
+function unpinned(data: Buffer): Buffer {
+  return data.length * VIEW_MIN_FRACTION < data.buffer.byteLength ? Buffer.from(data) : data;
 }
 
 function simpleHeader(errno: number, cookie: Buffer): Buffer {

@@ -68,6 +68,8 @@ export class SocketReader {
 
   /** Exactly `n` bytes; rejects when the stream ends first. The result may be a view of a received chunk. */
   async read(n: number): Promise<Buffer> {
+    // Nothing to wait for (a zero-length write's payload): there may be no chunk at all.
+    if (n === 0) return Buffer.alloc(0);
     await this._fill(n);
     const first = this._chunks[0]!;
     if (first.length >= n) {
