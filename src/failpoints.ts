@@ -5,7 +5,7 @@
  *
  *   HAMAL_FAILPOINTS="chunk.stored=kill@3,journal.write=enospc"
  *
- * `kill` SIGKILLs the process, `enospc` throws an ENOSPC error; `@N` acts on the Nth pass
+ * `kill` SIGKILLs the process, `enospc` throws an ENOSPC error, `eio` an EIO error; `@N` acts on the Nth pass
  * only (default the first). `delayMS` blocks the process MS milliseconds on every pass (or
  * the Nth), so a test can kill a sync that would otherwise end first.
  */
@@ -18,8 +18,8 @@ function parse(spec: string | undefined): Map<string, { action: string; at: numb
   if (!spec) return null;
   const map = new Map<string, { action: string; at: number }>();
   for (const item of spec.split(',')) {
-    const m = /^\s*([\w.-]+)=(kill|enospc|delay\d+)(?:@(\d+))?\s*$/.exec(item);
-    if (!m) throw new Error(`HAMAL_FAILPOINTS: bad entry ${JSON.stringify(item)} (name=kill|enospc|delayMS[@N])`);
+    const m = /^\s*([\w.-]+)=(kill|enospc|eio|delay\d+)(?:@(\d+))?\s*$/.exec(item);
+    if (!m) throw new Error(`HAMAL_FAILPOINTS: bad entry ${JSON.stringify(item)} (name=kill|enospc|eio|delayMS[@N])`);
     map.set(m[1]!, { action: m[2]!, at: m[3] ? Number(m[3]) : m[2]!.startsWith('delay') ? every : 1 });
   }
   return map;
@@ -36,5 +36,6 @@ export function failpoint(name: string): void {
     return;
   }
   if (p.action === 'kill') process.kill(process.pid, 'SIGKILL');
+  if (p.action === 'eio') throw Object.assign(new Error(`EIO: i/o error (failpoint ${name})`), { code: 'EIO' });
   throw Object.assign(new Error(`ENOSPC: no space left on device (failpoint ${name})`), { code: 'ENOSPC' });
 }

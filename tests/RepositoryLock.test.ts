@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { FsStore } from '../src/sinks/fs/FsStore.ts';
 import { RepositoryLock } from '../src/repo/RepositoryLock.ts';
 import { tempDir } from './helpers/disks.ts';
+import { log } from '../src/log/Logger.ts';
 
 const refused = async (p: Promise<unknown>, pattern: RegExp) => {
   await p.then(
@@ -63,6 +64,30 @@ test('a holder renews its lock before it expires', async () => {
   assert.ok(Date.parse(later) > Date.parse(first), `${later} after ${first}`);
   await s.release();
   await fsp.rm(dir, { recursive: true });
+});
+
+test('renewals that fail: warnings while the stored lock holds, an error naming the risk once it has expired', async () => {
+  const dir = await tempDir();
+  const store = await FsStore.open(join(dir, 'r'), { create: true });
+  const lines: string[] = [];
+  log.configure({ sink: (l) => lines.push(l) });
+  try {
+    const s = await RepositoryLock.acquire(store, 'shared', { ttlSeconds: 0.3, purpose: 'export vm1/d0' });
+    const put = store.put.bind(store);
+    store.put = () => Promise.reject(new Error('bucket unreachable'));
+    await new Promise((r) => setTimeout(r, 700));
+    store.put = put;
+    const warned = lines.filter((l) => l.includes(`cannot renew repository lock ${s.key} (it holds until`));
+    const lapsed = lines.filter((l) => l.includes('ERROR') && l.includes(`repository lock ${s.key} expired at`));
+    assert.ok(warned.length >= 1, lines.join('\n'));
+    assert.ok(lapsed.length >= 1, lines.join('\n'));
+    assert.match(lapsed[0]!, 'a prune elsewhere may now delete chunks this export vm1/d0 still uses');
+    assert.match(lapsed[0]!, 'bucket unreachable');
+    await s.release();
+  } finally {
+    log.configure({ sink: (l) => process.stderr.write(l + '\n') });
+    await fsp.rm(dir, { recursive: true });
+  }
 });
 
 test.run();

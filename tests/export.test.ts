@@ -274,10 +274,13 @@ test('--writable: a qemu-io write lands in the overlay, reads back through the e
   assert.is((await fsp.stat(overlay)).mode & 0o777, 0o600);
   assert.ok(!existsSync(`${overlay}.lock`));
 
-  // Reopened with the same version: the write is there.
+  // Reopened with the same version: the write is there. A mode lost in a copy is set back to 0600.
+  await fsp.chmod(overlay, 0o644);
   const again = sock();
   e = await startExport([...args, '--listen', `unix:${again}`]);
   try {
+    assert.is((await fsp.stat(overlay)).mode & 0o777, 0o600);
+    assert.match(e.output(), `${overlay} was mode 644, readable by others: set to 600`);
     const copy = join(dir, 'written-again.img');
     assert.is((await run('nbdcopy', [e.url, copy])).code, 0);
     assert.is(await sha256File(copy), sha(expected));
@@ -365,6 +368,44 @@ test('a corrupted chunk: the client gets EIO for its block (never other bytes), 
   } finally {
     assert.is(await e.stop(), 143);
   }
+  // Zeroing the whole block needs nothing of its chunk (it once copied the block in first: EIO).
+  const w = await startExport(['--target', bad, '--vm', 'vm1', '--disk', 'd0', '--writable', '--overlay', join(dir, 'bad-overlay.img'), '--listen', `unix:${sock()}`]);
+  try {
+    const z = await run('qemu-io', ['-f', 'raw', '-c', `write -z ${10 * MiB} ${MiB}`, '-c', `read -P 0 ${10 * MiB} ${MiB}`, w.url]);
+    assert.is(z.code, 0, z.out);
+    assert.not.match(z.out, /error|failed/i);
+    assert.match(z.out, `read ${MiB}/${MiB} bytes at offset ${10 * MiB}`);
+  } finally {
+    assert.is(await w.stop(), 143);
+  }
+});
+
+test('a failed fsync fails the overlay: the flush and every later write and flush get EIO, the map marks nothing it may have lost', async () => {
+  const overlay = join(dir, 'fsync-overlay.img');
+  const path = sock();
+  const e = await startExport(['--target', repo, '--vm', 'vm1', '--disk', 'd0', '--writable', '--overlay', overlay, '--listen', `unix:${path}`], { HAMAL_FAILPOINTS: 'overlay.fsync=eio@1' });
+  try {
+    const c = await RawNbd.connect(path);
+    await c.greet();
+    assert.ok((await c.go()) !== null);
+    c.request(1, 0n, 4096, 1, 0, pattern(4096, 7));
+    assert.equal(await c.simpleReply(), { error: 0, cookie: 1 }, 'the write');
+    c.request(3, 0n, 0, 2);
+    assert.equal(await c.simpleReply(), { error: 5, cookie: 2 }, 'the flush: EIO');
+    c.request(1, BigInt(MiB), 4096, 3, 0, pattern(4096, 8));
+    assert.equal(await c.simpleReply(), { error: 5, cookie: 3 }, 'a later write: EIO');
+    c.request(3, 0n, 0, 4);
+    assert.equal(await c.simpleReply(), { error: 5, cookie: 4 }, 'a later flush: EIO, though fsync would now succeed');
+    c.request(0, 0n, 4096, 5);
+    assert.equal(await c.simpleReply(), { error: 0, cookie: 5 }, 'reads go on');
+    await c.read(4096);
+    c.close();
+  } finally {
+    assert.is(await e.stop(), 1, 'the export ends failed: its overlay could not be flushed');
+  }
+  assert.match(e.output(), `overlay ${overlay}: fsync failed (EIO: i/o error (failpoint overlay.fsync))`);
+  const map = JSON.parse(await fsp.readFile(`${overlay}.map`, 'utf8'));
+  assert.is(map.held, 0, 'the map marks no block written after the last good flush');
 });
 
 test('SIGTERM and SIGINT: exit 143/130, socket removed, lock released; prune is refused while it serves and runs after', async () => {
@@ -478,6 +519,16 @@ test('hostile clients (bad flags, garbage magic, an oversized option, bad reques
     const grown = rssMiB() - rssBefore;
     flood.close();
     assert.ok(grown < 24, `the server grew by ${grown.toFixed(1)} MiB`);
+
+    // 16 connections (the most served at once) that never choose an export lock nobody out:
+    // the oldest still negotiating gives way to each new client.
+    const idle = await Promise.all(Array.from({ length: 16 }, () => RawNbd.connect(path)));
+    await Promise.all(idle.map((i) => i.greet()));
+    const served = await run('nbdinfo', ['--size', e.url]);
+    assert.is(served.out.trim(), String(16 * MiB), served.out);
+    assert.match(await logged(e, 'still negotiating'), /connection \d+ from unix socket dropped: still negotiating while 16 clients are connected/);
+    assert.ok(await idle[0]!.closedByServer(), 'the oldest was dropped');
+    idle.forEach((i) => i.close());
 
     // A STARTTLS on a server without TLS is refused, and the option phase goes on.
     const t = await RawNbd.connect(path);

@@ -2,8 +2,6 @@ import type { ExportExtent, ExportPiece, NbdExport } from './NbdExport.ts';
 import type { VersionImage } from './VersionImage.ts';
 import type { Overlay } from './Overlay.ts';
 
-/** Zeros written by write-zeroes, a block at a time (never written into). */
-const ZERO_BYTES = 1024 * 1024;
 
 /**
  * One stored version as an NBD export: read-only, or with a copy-on-write overlay that
@@ -48,10 +46,18 @@ export class ExportedDisk implements NbdExport {
     return this.overlay!.write(offset, data, (i) => this.image.block(i));
   }
 
+  /**
+   * Zeros, one block at a time: a block the range covers whole is written whole, so its
+   * version block is never fetched (a corrupt or far-away chunk cannot fail it). Real
+   * zeros land in the overlay: Node cannot punch holes.
+   */
   async writeZeroes(offset: number, length: number): Promise<void> {
-    this._zeros ??= Buffer.alloc(ZERO_BYTES);
-    for (let at = offset; at < offset + length; at += ZERO_BYTES) {
-      await this.write(at, this._zeros.subarray(0, Math.min(ZERO_BYTES, offset + length - at)));
+    const bs = this.image.blockSize;
+    this._zeros ??= Buffer.alloc(bs);
+    for (let at = offset; at < offset + length; ) {
+      const end = Math.min(offset + length, (Math.floor(at / bs) + 1) * bs);
+      await this.write(at, this._zeros.subarray(0, end - at));
+      at = end;
     }
   }
 

@@ -97,6 +97,11 @@ export class NbdConnection {
     socket.on('close', this._onOutClose);
   }
 
+  /** Still in the handshake: no export chosen yet. */
+  get negotiating(): boolean {
+    return !this._transmission && !this._closing;
+  }
+
   /** Serves the client until it leaves, breaks the protocol or the server closes; never rejects. */
   async run(): Promise<void> {
     const log = this._s.log;

@@ -24,8 +24,8 @@ export interface NbdServerOptions {
    */
   maxPayload?: number;
   /**
-   * Clients served at once; more are disconnected at once. Memory: each may hold
-   * `connectionBudgetBytes`.
+   * Clients served at once; one more makes the oldest still negotiating give way, or is
+   * disconnected when all are served. Memory: each may hold `connectionBudgetBytes`.
    * @default 16
    */
   maxConnections?: number;
@@ -127,8 +127,16 @@ export class NbdServer {
     socket.on('error', () => undefined);
     if (this._closing) return void socket.destroy();
     if (this._connections.size >= this._maxConnections) {
-      this._log.warn(`refused a connection from ${socket.remoteAddress ?? 'the unix socket'}: already ${this._connections.size} clients (the most served at once)`);
-      return void socket.destroy();
+      // The oldest client still negotiating gives way: connections that open and never
+      // choose an export (for up to the handshake timeout) cannot lock clients out.
+      const idle = [...this._connections].find((c) => c.negotiating);
+      if (!idle) {
+        this._log.warn(`refused a connection from ${socket.remoteAddress ?? 'the unix socket'}: already ${this._connections.size} clients (the most served at once)`);
+        return void socket.destroy();
+      }
+      this._log.warn(`connection ${idle.id} from ${idle.peer} dropped: still negotiating while ${this._connections.size} clients are connected (the most served at once), and another came`);
+      this._connections.delete(idle);
+      idle.destroy();
     }
     const conn = new NbdConnection(socket, this._nextId++, this._export, this._settings);
     this._connections.add(conn);

@@ -4,6 +4,9 @@ import { HamalError, IntegrityError, UsageError } from '../errors.ts';
 import type { Manifest } from '../repo/Manifest.ts';
 import { blockAt } from '../streams/BlockRef.ts';
 import { kindOf } from '../noFollow.ts';
+import { failpoint } from '../failpoints.ts';
+import { log } from '../log/Logger.ts';
+import { randomBytes } from 'node:crypto';
 
 /** Written overlays may hold anything the guest wrote: owner only. */
 const MODE = 0o600;
@@ -38,6 +41,8 @@ interface OverlayMap {
  * covers it whole), patches it, writes it, then marks it held. flush() fsyncs FILE, then
  * writes the map: a block is held on disk only once its data is. After a crash, blocks
  * written since the last flush read as the version again (unflushed writes may be lost).
+ * A failed fsync fails the overlay for good: Linux may have dropped the dirty pages, and a
+ * later fsync that succeeds would let the map mark blocks whose data is gone.
  */
 export class Overlay {
   readonly path: string;
@@ -53,6 +58,8 @@ export class Overlay {
   private readonly _busy = new Map<number, Promise<void>>();
   private _flushing: Promise<void> | null = null;
   private _closed = false;
+  /** Set by a failed fsync: every later write and flush fails with it. */
+  private _failed: HamalError | null = null;
 
   private constructor(path: string, handle: fsp.FileHandle, manifest: Manifest, bits: Uint8Array, held: number) {
     this.path = path;
@@ -125,6 +132,13 @@ export class Overlay {
       await handle.close();
       throw new IntegrityError('OVERLAY_WRONG_SIZE', `overlay ${path} is ${st.size} bytes, but version ${manifest.version} of vm ${manifest.vm} disk ${manifest.disk} is ${manifest.capacity}`, { subject: path });
     }
+    // A copied or restored overlay may have lost its mode: what the guest wrote is the owner's only.
+    for (const [file, mode] of [[path, st.mode], [`${path}.map`, (await fsp.lstat(`${path}.map`)).mode]] as const) {
+      if (mode & 0o077) {
+        await fsp.chmod(file, MODE);
+        log.child('export').warn(`${file} was mode ${(mode & 0o777).toString(8)}, readable by others: set to 600`);
+      }
+    }
     return new Overlay(path, handle, manifest, bits, map.held);
   }
 
@@ -172,10 +186,17 @@ export class Overlay {
    */
   flush(): Promise<void> {
     const run = async () => {
+      if (this._failed) throw this._failed;
       const [bits, held, dirty] = [Buffer.from(this._bits), this._held, this._dirty];
       this._dirty = false;
       try {
+        failpoint('overlay.fsync');
         await this._handle.sync();
+      } catch (err) {
+        this._failed = new HamalError('OVERLAY_FAILED', `overlay ${this.path}: fsync failed (${(err as Error).message}); writes since the last flush may be lost, so it takes no more: restart the export, which serves what ${this.mapPath} records`, { subject: this.path, cause: err });
+        throw this._failed;
+      }
+      try {
         if (dirty) await this._writeMap(bits, held);
       } catch (err) {
         this._dirty ||= dirty;
@@ -238,6 +259,7 @@ export class Overlay {
   }
 
   private _checkOpen(): void {
+    if (this._failed) throw this._failed;
     if (this._closed) throw new HamalError('OVERLAY_CLOSED', `overlay ${this.path} is closed`, { subject: this.path });
   }
 
@@ -255,9 +277,10 @@ export class Overlay {
       held,
       blocks: bits.toString('base64'),
     };
-    const tmp = join(dirname(this.mapPath), `.${basename(this.mapPath)}.tmp-${process.pid}`);
+    // Unpredictable and exclusive: a file planted in a shared folder is never written into.
+    const tmp = join(dirname(this.mapPath), `.${basename(this.mapPath)}.tmp-${randomBytes(6).toString('hex')}`);
     try {
-      const h = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_TRUNC | fsc.O_NOFOLLOW, MODE);
+      const h = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, MODE);
       try {
         await h.writeFile(JSON.stringify(map) + '\n');
         await h.sync();

@@ -43,6 +43,8 @@ export class RepositoryLock {
   private readonly _ttl: number;
   private _timer: ReturnType<typeof setInterval> | undefined;
   private _released = false;
+  /** When the lock as last stored expires: past it, others no longer see it held. */
+  private _storedExpires: number;
 
   private constructor(store: ObjectStore, key: string, record: LockRecord, ttlMs: number) {
     this._store = store;
@@ -50,6 +52,7 @@ export class RepositoryLock {
     this.kind = record.kind;
     this._record = record;
     this._ttl = ttlMs;
+    this._storedExpires = Date.parse(record.expires);
   }
 
   static async acquire(store: ObjectStore, kind: 'shared' | 'exclusive', options: LockOptions = {}): Promise<RepositoryLock> {
@@ -108,12 +111,20 @@ export class RepositoryLock {
 
   private async _renew(): Promise<void> {
     if (this._released) return;
-    this._record.expires = new Date(Date.now() + this._ttl).toISOString();
+    const expires = Date.now() + this._ttl;
+    this._record.expires = new Date(expires).toISOString();
     try {
       await this._store.put(this.key, Buffer.from(JSON.stringify(this._record)));
       await this._store.flush();
+      this._storedExpires = expires;
     } catch (err) {
-      log.child('lock').warn(`cannot renew repository lock ${this.key}`, { error: err as Error });
+      // Retried at the next renewal (a third of the TTL). Once the stored lock has expired,
+      // a prune elsewhere may take the exclusive lock: that is worth an error, not a warning.
+      const lapsed = Date.now() > this._storedExpires;
+      const what = lapsed
+        ? `repository lock ${this.key} expired at ${new Date(this._storedExpires).toISOString()} and cannot be renewed: a prune elsewhere may now delete chunks this ${this._record.purpose} still uses`
+        : `cannot renew repository lock ${this.key} (it holds until ${new Date(this._storedExpires).toISOString()}; retrying in ${Math.round(this._ttl / 3000)} s)`;
+      log.child('lock')[lapsed ? 'error' : 'warn'](what, { error: err as Error });
     }
   }
 
