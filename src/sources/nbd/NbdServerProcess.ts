@@ -100,8 +100,12 @@ export class NbdServerProcess {
     let exited: number | null | undefined;
     child.on('exit', (code) => (exited = code));
     child.on('error', () => (exited = -1));
+    // 'exit' may come before the last of stderr (seen under load in CI): its reason is there.
+    const stderrEnded = new Promise<void>((resolve) => child.stderr!.once('close', resolve));
+    const lastWords = () => (exited === undefined ? Promise.resolve() : Promise.race([stderrEnded, new Promise<void>((r) => setTimeout(r, 1000))]));
     for (let i = 0; i < 500 && !existsSync(socket) && exited === undefined; i++) await new Promise((r) => setTimeout(r, 10));
     if (!existsSync(socket)) {
+      await lastWords();
       child.kill('SIGKILL');
       await fsp.rm(dir, { recursive: true, force: true });
       const reason = serverReason(stderr, name);
@@ -110,6 +114,7 @@ export class NbdServerProcess {
     try {
       return new NbdServerProcess(await connectWhenListening(socket, maxRequestBytes, () => exited !== undefined), child, dir);
     } catch (err) {
+      await lastWords();
       child.kill('SIGKILL');
       await fsp.rm(dir, { recursive: true, force: true });
       // A server that exited meanwhile says why on stderr (qemu-nbd: "Failed to open ...").
