@@ -1,11 +1,14 @@
-// ChunkHasher names blocks in shared memory on hash threads: the names must be the bytes
-// the inline hashes give (they are chunk names in existing repositories).
+// ChunkHasher names blocks in shared memory on hash threads, and ChunkCodec seals them
+// there: the names and the stored chunks must be what the inline code gives (they are
+// chunk names and chunks in existing repositories).
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { ChunkHasher } from '../src/repo/ChunkHasher.ts';
 import { sharedBuffer } from '../src/repo/HashWorkers.ts';
+import { ChunkCodec } from '../src/repo/ChunkCodec.ts';
+import { MasterKey } from '../src/repo/MasterKey.ts';
 
 /** `n` random bytes in shared memory at `at`, as the sync's block buffers hold them. */
 function shared(n: number, at = 0): Buffer {
@@ -53,6 +56,47 @@ test('a process that hashed one block exits: idle hash threads never hold it (on
   assert.is(r.signal, null, 'killed by the timeout: the process did not end');
   assert.is(r.status, 0, r.stderr);
   assert.is(r.stdout.trim(), createHash('sha256').update(Buffer.alloc(1 << 20)).digest('hex'));
+});
+
+test('AES-256-GCM sealed and opened on a hash thread: the inline code reads what it seals, its tag binds the name, every nonce fresh', async () => {
+  const key = MasterKey.generate();
+  const codec = new ChunkCodec('none', 'aes-256-gcm', key, null, 4 * 1024 * 1024);
+  const nonces = new Set<string>();
+  for (const n of [1000, 256 * 1024, 4 * 1024 * 1024]) {
+    const plain = shared(n, 64);
+    const out = sharedBuffer(n + ChunkCodec.OVERHEAD);
+    const stored = Buffer.from(await codec.encodeOffThread('name-' + n, plain, out));
+    assert.is(stored.length, n + ChunkCodec.OVERHEAD, `${n} bytes`);
+    assert.ok(codec.decode('name-' + n, `chunks/x/${n}`, Buffer.from(stored)).equals(plain), `${n} bytes round trip`);
+    assert.throws(() => codec.decode('other', `chunks/x/${n}`, Buffer.from(stored)), /authentication tag does not match/);
+    nonces.add(stored.subarray(5, 17).toString('hex'));
+  }
+  assert.is(nonces.size, 3);
+  // Opened on a hash thread, in place in shared memory: the plaintext; a flipped bit or another name fails the tag.
+  for (const n of [1000, 256 * 1024, 4 * 1024 * 1024]) {
+    const plain = shared(n);
+    const stored = await codec.encodeOffThread('o' + n, plain, sharedBuffer(n + ChunkCodec.OVERHEAD));
+    const copy = () => {
+      const b = sharedBuffer(stored.length);
+      stored.copy(b);
+      return b;
+    };
+    assert.ok((await codec.decodeOffThread('o' + n, `chunks/o/${n}`, copy())).equals(plain), `${n} bytes opened`);
+    const flipped = copy();
+    flipped[40]! ^= 1;
+    await codec.decodeOffThread('o' + n, `chunks/o/${n}`, flipped).then(
+      () => assert.unreachable('a flipped bit was accepted'),
+      (err) => assert.match(err.message, `chunk chunks/o/${n}: authentication tag does not match`),
+    );
+    await codec.decodeOffThread('other', `chunks/o/${n}`, copy()).then(
+      () => assert.unreachable('another name was accepted'),
+      (err) => assert.is(err.code, 'CHUNK_CORRUPT'),
+    );
+  }
+  // Not shared memory: the same format, on this thread.
+  const plain = randomBytes(512 * 1024);
+  const stored = await codec.encodeOffThread('x', plain, Buffer.alloc(plain.length + ChunkCodec.OVERHEAD));
+  assert.ok(codec.decode('x', 'chunks/x/x', Buffer.from(stored)).equals(plain));
 });
 
 test('an idle process holds no block buffers: pooled buffers dropped and hash threads ended after IDLE_MS, restarted on the next block', () => {

@@ -1,7 +1,8 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
-import { IntegrityError } from '../errors.ts';
+import { HamalError, IntegrityError } from '../errors.ts';
 import type { MasterKey } from './MasterKey.ts';
 import type { Zstd } from './Zstd.ts';
+import { HashWorkers } from './HashWorkers.ts';
 
 export type Encryption = 'none' | 'aes-256-gcm';
 export type Compression = 'none' | 'zstd';
@@ -27,6 +28,8 @@ const SAMPLE = 64 * 1024;
 const SLICE = 64 * 1024;
 /** zstd level: 3 is zstd's default, fast enough to keep up with the reads here. */
 const LEVEL = 3;
+/** Smaller bodies are sealed on the calling thread: a message each way costs more than the cipher. */
+const OFF_THREAD_MIN = 256 * 1024;
 
 export class ChunkCodec {
   constructor(
@@ -46,28 +49,13 @@ export class ChunkCodec {
    * (plaintext + OVERHEAD): big fresh buffers per chunk cost more than the cipher here.
    */
   encode(id: string, plain: Uint8Array, out?: Buffer): Buffer {
-    let flags = 0;
-    let body: Uint8Array = plain;
-    if (this.compression === 'zstd' && this._zstd && worthCompressing(this._zstd, plain)) {
-      const packed = this._zstd.compress(plain, LEVEL);
-      if (packed.length <= plain.length * (1 - MIN_SAVING)) {
-        body = packed;
-        flags |= ZSTD;
-      }
-    }
-    const aes = this.encryption === 'aes-256-gcm';
-    if (aes) flags |= AES;
-    const size = 5 + (aes ? 28 : 0) + body.length;
-    const dst = out && out.length >= size ? out : Buffer.allocUnsafe(size);
-    MAGIC.copy(dst, 0);
-    dst[4] = flags;
-    if (!aes) {
+    const { flags, body } = this._compressed(plain);
+    const dst = this._envelope(flags, body, out);
+    if (!(flags & AES)) {
       dst.set(body, 5);
-      return dst.subarray(0, size);
+      return dst.subarray(0, 5 + body.length);
     }
-    const nonce = randomBytes(12);
-    nonce.copy(dst, 5);
-    const cipher = createCipheriv('aes-256-gcm', this._key!.encryptionKey, nonce);
+    const cipher = createCipheriv('aes-256-gcm', this._key!.encryptionKey, dst.subarray(5, 17));
     cipher.setAAD(Buffer.from(id, 'latin1'));
     let at = 17;
     for (let o = 0; o < body.length; o += SLICE) at += cipher.update(body.subarray(o, o + SLICE)).copy(dst, at);
@@ -77,47 +65,132 @@ export class ChunkCodec {
   }
 
   /**
+   * encode, the same bytes, with the cipher on a hash thread (HashWorkers) when the body
+   * to encrypt and `out` are in shared memory: the sync's block buffers, an uncompressed
+   * body. Anything else, or a thread that failed, is encoded on this thread.
+   */
+  async encodeOffThread(id: string, plain: Uint8Array, out: Buffer): Promise<Buffer> {
+    const { flags, body } = this._compressed(plain);
+    const shared = body.length >= OFF_THREAD_MIN && body.buffer instanceof SharedArrayBuffer && out.buffer instanceof SharedArrayBuffer;
+    const workers = flags & AES && shared && out.length >= 33 + body.length ? HashWorkers.shared() : null;
+    if (!workers) return this.encode(id, plain, out);
+    const dst = this._envelope(flags, body, out);
+    try {
+      const n = await workers.seal(body, this._key!.encryptionKey, dst.subarray(5, 17), Buffer.from(id, 'latin1'), dst, 17);
+      return dst.subarray(0, 17 + n);
+    } catch {
+      return this.encode(id, plain, out);
+    }
+  }
+
+  /** The body a chunk stores before encryption, and its flags (AES set when encrypting). */
+  private _compressed(plain: Uint8Array): { flags: number; body: Uint8Array } {
+    let flags = this.encryption === 'aes-256-gcm' ? AES : 0;
+    let body: Uint8Array = plain;
+    if (this.compression === 'zstd' && this._zstd && worthCompressing(this._zstd, plain)) {
+      const packed = this._zstd.compress(plain, LEVEL);
+      if (packed.length <= plain.length * (1 - MIN_SAVING)) {
+        body = packed;
+        flags |= ZSTD;
+      }
+    }
+    return { flags, body };
+  }
+
+  /** `out` (or a fresh buffer when it is too small) with the header, and a fresh nonce when encrypting. */
+  private _envelope(flags: number, body: Uint8Array, out?: Buffer): Buffer {
+    const size = 5 + (flags & AES ? 28 : 0) + body.length;
+    const dst = out && out.length >= size ? out : Buffer.allocUnsafe(size);
+    MAGIC.copy(dst, 0);
+    dst[4] = flags;
+    if (flags & AES) randomBytes(12).copy(dst, 5);
+    return dst;
+  }
+
+  /**
    * The plaintext of a stored chunk; fails naming `key` when its envelope, tag or
    * compression is wrong. `maxPlain` bounds what a zstd frame may declare.
    */
   decode(id: string, key: string, stored: Buffer, maxPlain = this._maxPlain): Buffer {
-    const chunk = key.startsWith('chunks/');
-    const bad = (why: string) => new IntegrityError(chunk ? 'CHUNK_CORRUPT' : 'DOCUMENT_CORRUPT', `${chunk ? 'chunk' : 'document'} ${key}: ${why}`, { subject: key });
-    if (stored.length < 5 || !stored.subarray(0, 4).equals(MAGIC)) throw bad('no chunk header (not written by this repository format)');
-    const flags = stored[4]!;
-    if (flags & ~(ZSTD | AES)) throw bad(`unknown transforms ${flags}`);
+    const bad = badChunk(key);
+    const flags = checkEnvelope(stored, bad);
     let body: Buffer = stored.subarray(5);
     if (flags & AES) {
-      if (!this._key) throw bad('encrypted, but the repository has no key');
-      if (body.length < 28) throw bad('encrypted body too short');
-      const decipher = createDecipheriv('aes-256-gcm', this._key.encryptionKey, body.subarray(0, 12));
-      decipher.setAAD(Buffer.from(id, 'latin1'));
-      decipher.setAuthTag(body.subarray(body.length - 16));
-      const sealed = body.subarray(12, body.length - 16);
-      // In place, slice by slice: the plaintext is never longer than the ciphertext.
-      const dst = stored.subarray(17);
+      const { decipher, sealed, dst } = this._opening(id, body, bad);
       let at = 0;
       try {
         for (let o = 0; o < sealed.length; o += SLICE) at += decipher.update(sealed.subarray(o, o + SLICE)).copy(dst, at);
         at += decipher.final().copy(dst, at);
       } catch {
-        throw bad('authentication tag does not match (altered, truncated or stored under another name)');
+        throw bad(TAG_MISMATCH);
       }
       body = dst.subarray(0, at);
     }
-    if (flags & ZSTD) {
-      if (!this._zstd) throw bad('compressed, but zstd is not loaded');
-      const size = frameContentSize(body);
-      if (size === null || size > maxPlain) throw bad(`zstd frame declares ${size ?? 'no'} content size (at most ${maxPlain})`);
-      try {
-        const plain = this._zstd.decompress(body);
-        body = Buffer.from(plain.buffer, plain.byteOffset, plain.length);
-      } catch (err) {
-        throw bad(`zstd: ${(err as Error).message}`);
-      }
-    }
-    return body;
+    return flags & ZSTD ? this._decompress(body, maxPlain, bad) : body;
   }
+
+  /**
+   * decode, with the decryption on a hash thread (HashWorkers) when `stored` is in shared
+   * memory (the restore's read buffers); anything else on this thread.
+   */
+  async decodeOffThread(id: string, key: string, stored: Buffer, maxPlain = this._maxPlain): Promise<Buffer> {
+    const bad = badChunk(key);
+    const flags = checkEnvelope(stored, bad);
+    const workers = flags & AES && stored.length >= OFF_THREAD_MIN && stored.buffer instanceof SharedArrayBuffer ? HashWorkers.shared() : null;
+    if (!workers) return this.decode(id, key, stored, maxPlain);
+    const body = stored.subarray(5);
+    this._opening(id, body, bad);
+    const sealed = body.subarray(12, body.length - 16);
+    let n: number;
+    try {
+      n = await workers.open(sealed, this._key!.encryptionKey, body.subarray(0, 12), Buffer.from(id, 'latin1'), body.subarray(body.length - 16));
+    } catch {
+      // A thread that failed has left `sealed` as it was or garbage: read the chunk again.
+      throw new HamalError('HASH_THREAD_FAILED', `chunk ${key}: the thread decrypting it failed; read it again`, { subject: key, retryable: true });
+    }
+    if (n < 0) throw bad(TAG_MISMATCH);
+    const plain = sealed.subarray(0, n);
+    return flags & ZSTD ? this._decompress(plain, maxPlain, bad) : plain;
+  }
+
+  /** The decipher of an encrypted body (nonce | sealed | tag), checked for its size and key. */
+  private _opening(id: string, body: Buffer, bad: (why: string) => IntegrityError) {
+    if (!this._key) throw bad('encrypted, but the repository has no key');
+    if (body.length < 28) throw bad('encrypted body too short');
+    const decipher = createDecipheriv('aes-256-gcm', this._key.encryptionKey, body.subarray(0, 12));
+    decipher.setAAD(Buffer.from(id, 'latin1'));
+    decipher.setAuthTag(body.subarray(body.length - 16));
+    // In place, slice by slice: the plaintext is never longer than the ciphertext.
+    return { decipher, sealed: body.subarray(12, body.length - 16), dst: body.subarray(12) };
+  }
+
+  private _decompress(body: Buffer, maxPlain: number, bad: (why: string) => IntegrityError): Buffer {
+    if (!this._zstd) throw bad('compressed, but zstd is not loaded');
+    const size = frameContentSize(body);
+    if (size === null || size > maxPlain) throw bad(`zstd frame declares ${size ?? 'no'} content size (at most ${maxPlain})`);
+    try {
+      const plain = this._zstd.decompress(body);
+      return Buffer.from(plain.buffer, plain.byteOffset, plain.length);
+    } catch (err) {
+      throw bad(`zstd: ${(err as Error).message}`);
+    }
+  }
+}
+
+const TAG_MISMATCH = 'authentication tag does not match (altered, truncated or stored under another name)';
+
+/** The error of a stored object that fails to decode, naming it. */
+function badChunk(key: string): (why: string) => IntegrityError {
+  const chunk = key.startsWith('chunks/');
+  return (why) => new IntegrityError(chunk ? 'CHUNK_CORRUPT' : 'DOCUMENT_CORRUPT', `${chunk ? 'chunk' : 'document'} ${key}: ${why}`, { subject: key });
+}
+
+/** The flags of a stored chunk's envelope; fails when it has none or unknown transforms. */
+function checkEnvelope(stored: Buffer, bad: (why: string) => IntegrityError): number {
+  if (stored.length < 5 || !stored.subarray(0, 4).equals(MAGIC)) throw bad('no chunk header (not written by this repository format)');
+  const flags = stored[4]!;
+  if (flags & ~(ZSTD | AES)) throw bad(`unknown transforms ${flags}`);
+  return flags;
 }
 
 /** Whether stored bytes carry the chunk envelope (a sealed document does; plain JSON does not). */

@@ -2,7 +2,8 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 
 /**
- * Threads that hash blocks held in shared memory (SharedArrayBuffer): the block is never
+ * Threads that hash blocks held in shared memory (SharedArrayBuffer), and encrypt them for
+ * encrypted repositories (seal): the block is never
  * copied, only a small message goes each way, so the main thread keeps reading and
  * writing while the other cores hash. Measured here (2 cores, 2 GiB in 4 MiB blocks):
  * createHash on the main thread 1.6 s; two workers on shared buffers 1.1 s. WebCrypto's
@@ -21,13 +22,42 @@ import { Worker } from 'node:worker_threads';
  */
 const WORKER_CODE = `
 const { parentPort } = require('node:worker_threads');
-const { createHash, createHmac } = require('node:crypto');
-parentPort.on('message', ({ id, buf, off, len, key }) => {
+const { createHash, createHmac, createCipheriv, createDecipheriv } = require('node:crypto');
+const SLICE = 64 * 1024;
+function seal({ buf, off, len, key, nonce, aad, out, outOff }) {
+  const c = createCipheriv('aes-256-gcm', key, nonce);
+  c.setAAD(aad);
+  const src = Buffer.from(buf, off, len);
+  const dst = Buffer.from(out);
+  let at = outOff;
+  for (let o = 0; o < len; o += SLICE) at += c.update(src.subarray(o, o + SLICE)).copy(dst, at);
+  at += c.final().copy(dst, at);
+  at += c.getAuthTag().copy(dst, at);
+  return at - outOff;
+}
+// In place: each slice's plaintext lands where its ciphertext began, never past what was read.
+function open({ buf, off, len, key, nonce, aad, tag }) {
+  const d = createDecipheriv('aes-256-gcm', key, nonce);
+  d.setAAD(aad);
+  d.setAuthTag(tag);
+  const b = Buffer.from(buf, off, len);
+  let at = 0;
+  for (let o = 0; o < len; o += SLICE) at += d.update(b.subarray(o, o + SLICE)).copy(b, at);
   try {
-    const h = key ? createHmac('sha256', key) : createHash('sha256');
-    parentPort.postMessage({ id, hex: h.update(new Uint8Array(buf, off, len)).digest('hex') });
+    at += d.final().copy(b, at);
+  } catch {
+    return -1;
+  }
+  return at;
+}
+parentPort.on('message', (m) => {
+  try {
+    if (m.op === 'seal') return parentPort.postMessage({ id: m.id, n: seal(m) });
+    if (m.op === 'open') return parentPort.postMessage({ id: m.id, n: open(m) });
+    const h = m.key ? createHmac('sha256', m.key) : createHash('sha256');
+    parentPort.postMessage({ id: m.id, hex: h.update(new Uint8Array(m.buf, m.off, m.len)).digest('hex') });
   } catch (err) {
-    parentPort.postMessage({ id, error: String(err && err.message || err) });
+    parentPort.postMessage({ id: m.id, error: String(err && err.message || err) });
   }
 });`;
 
@@ -38,7 +68,7 @@ export const HASH_THREADS = Math.max(1, Math.min(4, availableParallelism()));
 export const IDLE_MS = 10_000;
 
 interface Job {
-  resolve: (hex: string) => void;
+  resolve: (result: string | number) => void;
   reject: (err: Error) => void;
 }
 
@@ -74,6 +104,26 @@ export class HashWorkers {
 
   /** Hex SHA-256 (or HMAC-SHA-256 under `key`) of `data`, whose memory is a SharedArrayBuffer. */
   hash(data: Uint8Array, key: Uint8Array | null): Promise<string> {
+    return this._run({ buf: data.buffer, off: data.byteOffset, len: data.length, key }) as Promise<string>;
+  }
+
+  /**
+   * AES-256-GCM of `plain` under `key`, `nonce` and `aad`, written with its 16-byte tag
+   * into `out` at `outOffset`; resolves with the bytes written. Both in shared memory.
+   */
+  seal(plain: Uint8Array, key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, out: Buffer, outOffset: number): Promise<number> {
+    return this._run({ op: 'seal', buf: plain.buffer, off: plain.byteOffset, len: plain.length, key, nonce, aad, out: out.buffer, outOff: out.byteOffset + outOffset }) as Promise<number>;
+  }
+
+  /**
+   * Decrypts `sealed` (AES-256-GCM) in place; resolves with the plaintext's length, or -1
+   * when the tag does not match (then `sealed` holds garbage). In shared memory.
+   */
+  open(sealed: Uint8Array, key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, tag: Uint8Array): Promise<number> {
+    return this._run({ op: 'open', buf: sealed.buffer, off: sealed.byteOffset, len: sealed.length, key, nonce: Buffer.from(nonce), aad, tag: Buffer.from(tag) }) as Promise<number>;
+  }
+
+  private _run(message: Record<string, unknown>): Promise<string | number> {
     let t: Thread;
     try {
       t = this._pick();
@@ -83,12 +133,12 @@ export class HashWorkers {
       return Promise.reject(err);
     }
     const id = this._seq++;
-    return new Promise<string>((resolve, reject) => {
+    return new Promise<string | number>((resolve, reject) => {
       if (t.idle) clearTimeout(t.idle);
       t.idle = null;
       if (t.jobs.size === 0) t.worker.ref();
       t.jobs.set(id, { resolve, reject });
-      t.worker.postMessage({ id, buf: data.buffer, off: data.byteOffset, len: data.length, key });
+      t.worker.postMessage({ ...message, id });
     });
   }
 
@@ -110,12 +160,12 @@ export class HashWorkers {
     t.worker.on('online', () => {
       if (t.jobs.size === 0) t.worker.unref();
     });
-    t.worker.on('message', (m: { id: number; hex?: string; error?: string }) => {
+    t.worker.on('message', (m: { id: number; hex?: string; n?: number; error?: string }) => {
       const job = t.jobs.get(m.id);
       if (!job) return;
       t.jobs.delete(m.id);
       if (t.jobs.size === 0) this._idle(t, slot);
-      if (m.hex !== undefined) job.resolve(m.hex);
+      if (m.error === undefined) job.resolve(m.hex ?? m.n!);
       else job.reject(new Error(`hash thread: ${m.error}`));
     });
     const fail = (err: Error) => {

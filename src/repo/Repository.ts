@@ -7,6 +7,7 @@ import { MasterKey, type KeyRecord, type RepositorySecret } from './MasterKey.ts
 import { zstd, type Zstd } from './Zstd.ts';
 import { chunkKey, type ChunkId } from './ChunkId.ts';
 import { ChunkHasher } from './ChunkHasher.ts';
+import { BufferPool } from '../streams/BufferPool.ts';
 import { encodeManifest, parseManifest, type Manifest } from './Manifest.ts';
 import { isVersionId, newVersionId, type VersionId } from './VersionId.ts';
 import { decodeName, encodeName } from './names.ts';
@@ -81,8 +82,8 @@ export class Repository {
   private readonly _writing = new Map<ChunkId, Promise<void>>();
 
   private readonly _codec: ChunkCodec | null;
-  /** Buffers chunks are encoded into, reused: at most one per chunk write in flight. */
-  private readonly _encoded: Buffer[] = [];
+  /** Buffers chunks are encoded into, in shared memory for the hash threads' cipher (process-wide, BufferPool). */
+  private _encoded: BufferPool | null = null;
   private readonly _key: MasterKey | null;
   private readonly _hasher: ChunkHasher;
 
@@ -279,19 +280,22 @@ export class Repository {
       await again;
       return existing;
     }
-    const out = this._codec ? (this._encoded.pop() ?? Buffer.allocUnsafeSlow(this.blockSize + ChunkCodec.OVERHEAD)) : undefined;
-    const body = this._codec ? this._codec.encode(id, data, out) : data;
-    const writtenBytes = body.length;
-    const write = this.store.put(chunkKey(id), body, this._codec ? {} : { sha256: id }).then(() => {
+    const out = this._codec ? (this._encoded ??= new BufferPool(this.blockSize + ChunkCodec.OVERHEAD)).take() : undefined;
+    let writtenBytes = 0;
+    // Registered before the encoding's await: a second caller with the same block waits for this write.
+    const write = (async () => {
+      const body = this._codec ? await this._codec.encodeOffThread(id, data, out!) : data;
+      writtenBytes = body.length;
+      await this.store.put(chunkKey(id), body, this._codec ? {} : { sha256: id });
       this._known.add(id);
       this._written.add(id);
-    });
+    })();
     this._writing.set(id, write);
     try {
       await write;
     } finally {
       this._writing.delete(id);
-      if (out) this._encoded.push(out);
+      if (out) this._encoded!.give(out);
     }
     return { outcome: 'stored', writtenBytes };
   }
@@ -304,7 +308,7 @@ export class Repository {
   async readChunk(id: ChunkId, verify = true, into?: Buffer): Promise<Buffer> {
     // Never more than a block (plus its envelope) is read, whatever is stored under the name.
     const stored = await this.store.get(chunkKey(id), { into, maxBytes: this.blockSize + (this._codec ? ChunkCodec.OVERHEAD : 0) });
-    const data = this._codec ? this._codec.decode(id, chunkKey(id), stored) : stored;
+    const data = this._codec ? await this._codec.decodeOffThread(id, chunkKey(id), stored) : stored;
     if (verify && (await this.hashChunk(data)) !== id) {
       throw new IntegrityError('CHUNK_CORRUPT', `chunk ${chunkKey(id)} does not match its hash`, {
         subject: chunkKey(id),
