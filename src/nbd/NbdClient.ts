@@ -247,7 +247,7 @@ export class NbdClient {
         }),
       );
     }
-    await Promise.all(parts);
+    await settled(parts);
   }
 
   /** Makes the writes answered so far durable (NBD_CMD_FLUSH), when the export wants it. */
@@ -285,7 +285,7 @@ export class NbdClient {
         ),
       );
     }
-    await Promise.all(parts);
+    await settled(parts);
     return buf;
   }
 
@@ -501,4 +501,13 @@ export class NbdClient {
     }
     this._socket.destroy();
   }
+}
+
+/**
+ * Waits for every part, then fails with the first failure: parts still answered after one
+ * failed would read into (or send from) a buffer its caller has already reused.
+ */
+async function settled(parts: Array<Promise<void>>): Promise<void> {
+  const failed = (await Promise.allSettled(parts)).find((r) => r.status === 'rejected');
+  if (failed) throw (failed as PromiseRejectedResult).reason;
 }

@@ -50,6 +50,11 @@ export class ChunkCodec {
    */
   encode(id: string, plain: Uint8Array, out?: Buffer): Buffer {
     const { flags, body } = this._compressed(plain);
+    return this._sealed(id, flags, body, out);
+  }
+
+  /** The stored chunk of an already compressed body, encrypted on this thread. */
+  private _sealed(id: string, flags: number, body: Uint8Array, out?: Buffer): Buffer {
     const dst = this._envelope(flags, body, out);
     if (!(flags & AES)) {
       dst.set(body, 5);
@@ -73,13 +78,14 @@ export class ChunkCodec {
     const { flags, body } = this._compressed(plain);
     const shared = body.length >= OFF_THREAD_MIN && body.buffer instanceof SharedArrayBuffer && out.buffer instanceof SharedArrayBuffer;
     const workers = flags & AES && shared && out.length >= 33 + body.length ? HashWorkers.shared() : null;
-    if (!workers) return this.encode(id, plain, out);
+    if (!workers) return this._sealed(id, flags, body, out);
     const dst = this._envelope(flags, body, out);
     try {
-      const n = await workers.seal(body, this._key!.encryptionKey, dst.subarray(5, 17), Buffer.from(id, 'latin1'), dst, 17);
+      const n = await workers.seal(body, this._key!.encryptionKey, dst.subarray(5, 17), id, dst, 17);
       return dst.subarray(0, 17 + n);
     } catch {
-      return this.encode(id, plain, out);
+      // The thread is gone (and with it any half-written output): again here, with a fresh nonce.
+      return this._sealed(id, flags, body, out);
     }
   }
 
@@ -143,7 +149,7 @@ export class ChunkCodec {
     const sealed = body.subarray(12, body.length - 16);
     let n: number;
     try {
-      n = await workers.open(sealed, this._key!.encryptionKey, body.subarray(0, 12), Buffer.from(id, 'latin1'), body.subarray(body.length - 16));
+      n = await workers.open(sealed, this._key!.encryptionKey, body.subarray(0, 12), id, body.subarray(body.length - 16));
     } catch {
       // A thread that failed has left `sealed` as it was or garbage: read the chunk again.
       throw new HamalError('HASH_THREAD_FAILED', `chunk ${key}: the thread decrypting it failed; read it again`, { subject: key, retryable: true });

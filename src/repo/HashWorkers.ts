@@ -26,7 +26,7 @@ const { createHash, createHmac, createCipheriv, createDecipheriv } = require('no
 const SLICE = 64 * 1024;
 function seal({ buf, off, len, key, nonce, aad, out, outOff }) {
   const c = createCipheriv('aes-256-gcm', key, nonce);
-  c.setAAD(aad);
+  c.setAAD(Buffer.from(aad, 'latin1'));
   const src = Buffer.from(buf, off, len);
   const dst = Buffer.from(out);
   let at = outOff;
@@ -38,7 +38,7 @@ function seal({ buf, off, len, key, nonce, aad, out, outOff }) {
 // In place: each slice's plaintext lands where its ciphertext began, never past what was read.
 function open({ buf, off, len, key, nonce, aad, tag }) {
   const d = createDecipheriv('aes-256-gcm', key, nonce);
-  d.setAAD(aad);
+  d.setAAD(Buffer.from(aad, 'latin1'));
   d.setAuthTag(tag);
   const b = Buffer.from(buf, off, len);
   let at = 0;
@@ -77,7 +77,10 @@ class Thread {
   /** Ended by us for being idle: its exit is no failure. */
   retired = false;
   idle: ReturnType<typeof setTimeout> | null = null;
-  constructor(readonly worker: Worker) {}
+  constructor(
+    readonly worker: Worker,
+    readonly slot: number,
+  ) {}
 }
 
 export class HashWorkers {
@@ -104,23 +107,24 @@ export class HashWorkers {
 
   /** Hex SHA-256 (or HMAC-SHA-256 under `key`) of `data`, whose memory is a SharedArrayBuffer. */
   hash(data: Uint8Array, key: Uint8Array | null): Promise<string> {
-    return this._run({ buf: data.buffer, off: data.byteOffset, len: data.length, key }) as Promise<string>;
+    return this._run({ buf: data.buffer, off: data.byteOffset, len: data.length, key: key && own(key) }) as Promise<string>;
   }
 
   /**
-   * AES-256-GCM of `plain` under `key`, `nonce` and `aad`, written with its 16-byte tag
-   * into `out` at `outOffset`; resolves with the bytes written. Both in shared memory.
+   * AES-256-GCM of `plain` under `key`, `nonce` and `aad` (latin1), written with its
+   * 16-byte tag into `out` at `outOffset`; resolves with the bytes written. Both in shared
+   * memory.
    */
-  seal(plain: Uint8Array, key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, out: Buffer, outOffset: number): Promise<number> {
-    return this._run({ op: 'seal', buf: plain.buffer, off: plain.byteOffset, len: plain.length, key, nonce, aad, out: out.buffer, outOff: out.byteOffset + outOffset }) as Promise<number>;
+  seal(plain: Uint8Array, key: Uint8Array, nonce: Uint8Array, aad: string, out: Buffer, outOffset: number): Promise<number> {
+    return this._run({ op: 'seal', buf: plain.buffer, off: plain.byteOffset, len: plain.length, key: own(key), nonce: own(nonce), aad, out: out.buffer, outOff: out.byteOffset + outOffset }) as Promise<number>;
   }
 
   /**
    * Decrypts `sealed` (AES-256-GCM) in place; resolves with the plaintext's length, or -1
    * when the tag does not match (then `sealed` holds garbage). In shared memory.
    */
-  open(sealed: Uint8Array, key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, tag: Uint8Array): Promise<number> {
-    return this._run({ op: 'open', buf: sealed.buffer, off: sealed.byteOffset, len: sealed.length, key, nonce: Buffer.from(nonce), aad, tag: Buffer.from(tag) }) as Promise<number>;
+  open(sealed: Uint8Array, key: Uint8Array, nonce: Uint8Array, aad: string, tag: Uint8Array): Promise<number> {
+    return this._run({ op: 'open', buf: sealed.buffer, off: sealed.byteOffset, len: sealed.length, key: own(key), nonce: own(nonce), aad, tag: own(tag) }) as Promise<number>;
   }
 
   private _run(message: Record<string, unknown>): Promise<string | number> {
@@ -138,7 +142,13 @@ export class HashWorkers {
       t.idle = null;
       if (t.jobs.size === 0) t.worker.ref();
       t.jobs.set(id, { resolve, reject });
-      t.worker.postMessage({ ...message, id });
+      try {
+        t.worker.postMessage({ ...message, id });
+      } catch (err) {
+        t.jobs.delete(id);
+        if (t.jobs.size === 0) this._idle(t);
+        reject(err as Error);
+      }
     });
   }
 
@@ -153,7 +163,7 @@ export class HashWorkers {
 
   private _start(slot: number): Thread {
     // execArgv []: none of the parent's flags (--input-type=module would make the code ESM, without require).
-    const t = new Thread(new Worker(WORKER_CODE, { eval: true, execArgv: [] }));
+    const t = new Thread(new Worker(WORKER_CODE, { eval: true, execArgv: [] }), slot);
     // Unref'd while idle; once more when it is up (Node 20 keeps a worker that was unref'd
     // before it started alive once it starts: a process with an unused thread never ended).
     t.worker.unref();
@@ -164,7 +174,7 @@ export class HashWorkers {
       const job = t.jobs.get(m.id);
       if (!job) return;
       t.jobs.delete(m.id);
-      if (t.jobs.size === 0) this._idle(t, slot);
+      if (t.jobs.size === 0) this._idle(t);
       if (m.error === undefined) job.resolve(m.hex ?? m.n!);
       else job.reject(new Error(`hash thread: ${m.error}`));
     });
@@ -176,21 +186,30 @@ export class HashWorkers {
       t.jobs.clear();
     };
     t.worker.on('error', fail);
+    t.worker.on('messageerror', fail);
     t.worker.on('exit', (code) => fail(new Error(`hash thread exited with ${code}`)));
     return t;
   }
 
   /** No work left: lets the process end, and ends the thread if none comes within IDLE_MS. */
-  private _idle(t: Thread, slot: number): void {
+  private _idle(t: Thread): void {
     t.worker.unref();
     t.idle = setTimeout(() => {
       if (t.jobs.size > 0) return;
       t.retired = true;
-      if (this._threads[slot] === t) this._threads[slot] = null;
+      if (this._threads[t.slot] === t) this._threads[t.slot] = null;
       void t.worker.terminate();
     }, IDLE_MS);
     t.idle.unref();
   }
+}
+
+/**
+ * `b` in memory of its own, unless shared: a message carries a view's whole backing
+ * store, and a small Buffer's is Node's 8 KiB allocation pool.
+ */
+function own(b: Uint8Array): Uint8Array {
+  return b.buffer instanceof SharedArrayBuffer || b.byteLength === b.buffer.byteLength ? b : new Uint8Array(b);
 }
 
 /** A buffer of `size` bytes in shared memory, so HashWorkers can hash what it holds. */

@@ -307,8 +307,15 @@ export class Repository {
    */
   async readChunk(id: ChunkId, verify = true, into?: Buffer): Promise<Buffer> {
     // Never more than a block (plus its envelope) is read, whatever is stored under the name.
-    const stored = await this.store.get(chunkKey(id), { into, maxBytes: this.blockSize + (this._codec ? ChunkCodec.OVERHEAD : 0) });
-    const data = this._codec ? await this._codec.decodeOffThread(id, chunkKey(id), stored) : stored;
+    const get = () => this.store.get(chunkKey(id), { into, maxBytes: this.blockSize + (this._codec ? ChunkCodec.OVERHEAD : 0) });
+    const stored = await get();
+    const data = this._codec
+      ? await this._codec.decodeOffThread(id, chunkKey(id), stored).catch(async (err: HamalError) => {
+          // The thread decrypting in place failed (the threads are off from now on): read it again, decode it here.
+          if (err.code !== 'HASH_THREAD_FAILED') throw err;
+          return this._codec!.decode(id, chunkKey(id), await get());
+        })
+      : stored;
     if (verify && (await this.hashChunk(data)) !== id) {
       throw new IntegrityError('CHUNK_CORRUPT', `chunk ${chunkKey(id)} does not match its hash`, {
         subject: chunkKey(id),

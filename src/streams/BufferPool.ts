@@ -1,4 +1,4 @@
-import { sharedBuffer } from '../repo/HashWorkers.ts';
+import { HashWorkers, sharedBuffer } from '../repo/HashWorkers.ts';
 
 /**
  * Block buffers reused across blocks, and across syncs and restores of one process. A
@@ -7,8 +7,9 @@ import { sharedBuffer } from '../repo/HashWorkers.ts';
  * the hash threads read blocks in place (HashWorkers), and shared process-wide: a buffer a
  * hash thread has seen lives on until that thread ends, so fresh buffers per sync would
  * add up in a service running for months. The free buffers of a size never outnumber the
- * most in use at once; after IDLE_MS with none taken they are dropped (as the idle hash
- * threads end), so an idle service holds no block buffers.
+ * most in use at once; after IDLE_MS with none taken or given back, and no hash thread
+ * running, they are dropped (a thread still running would keep the ones it saw alive, and
+ * the next sync would allocate fresh ones beside them), so an idle service holds none.
  */
 export const IDLE_MS = 10_000;
 
@@ -33,18 +34,30 @@ export class BufferPool {
 
   /** A buffer of `size` bytes with unspecified content. */
   take(): Buffer {
-    const list = this._free;
-    if (list.timer) clearTimeout(list.timer);
-    list.timer = setTimeout(() => {
-      list.buffers.length = 0;
-      list.timer = null;
-    }, IDLE_MS);
-    list.timer.unref();
-    return list.buffers.pop() ?? sharedBuffer(this.size);
+    touch(this._free);
+    return this._free.buffers.pop() ?? sharedBuffer(this.size);
   }
 
   /** Gives a buffer back. Precondition: nothing reads or writes it any more. */
   give(buf: Buffer): void {
-    if (buf.length === this.size && buf.buffer instanceof SharedArrayBuffer) this._free.buffers.push(buf);
+    if (buf.length !== this.size || !(buf.buffer instanceof SharedArrayBuffer)) return;
+    touch(this._free);
+    this._free.buffers.push(buf);
   }
+}
+
+/** (Re)arms the list's trim: IDLE_MS from now, later while hash threads still run. */
+function touch(list: FreeList): void {
+  if (list.timer) clearTimeout(list.timer);
+  const trim = () => {
+    if ((HashWorkers.shared()?.running ?? 0) > 0) {
+      list.timer = setTimeout(trim, IDLE_MS);
+      list.timer.unref();
+      return;
+    }
+    list.buffers.length = 0;
+    list.timer = null;
+  };
+  list.timer = setTimeout(trim, IDLE_MS);
+  list.timer.unref();
 }
