@@ -77,7 +77,7 @@ export class ChunkCodec {
   async encodeOffThread(id: string, plain: Uint8Array, out: Buffer): Promise<Buffer> {
     const { flags, body } = this._compressed(plain);
     const shared = body.length >= OFF_THREAD_MIN && body.buffer instanceof SharedArrayBuffer && out.buffer instanceof SharedArrayBuffer;
-    const workers = flags & AES && shared && out.length >= 33 + body.length ? HashWorkers.shared() : null;
+    const workers = flags & AES && shared && out.length >= ChunkCodec.OVERHEAD + body.length ? HashWorkers.shared() : null;
     if (!workers) return this._sealed(id, flags, body, out);
     const dst = this._envelope(flags, body, out);
     try {

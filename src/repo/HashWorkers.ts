@@ -2,10 +2,10 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 
 /**
- * Threads that hash blocks held in shared memory (SharedArrayBuffer), and encrypt them for
- * encrypted repositories (seal): the block is never
- * copied, only a small message goes each way, so the main thread keeps reading and
- * writing while the other cores hash. Measured here (2 cores, 2 GiB in 4 MiB blocks):
+ * Threads that hash blocks held in shared memory (SharedArrayBuffer), and seal and open
+ * them (AES-256-GCM) for encrypted repositories: the block is never copied, only a small
+ * message goes each way, so the main thread keeps reading and writing while the other
+ * cores hash. Measured here (2 cores, 2 GiB in 4 MiB blocks):
  * createHash on the main thread 1.6 s; two workers on shared buffers 1.1 s. WebCrypto's
  * digest was no better: it copies each block into fresh memory, and on these machines
  * first-touched pages cost more than the hash (300k page faults for 2 GiB).
