@@ -2,7 +2,6 @@ import type { ExportExtent, ExportPiece, NbdExport } from './NbdExport.ts';
 import type { VersionImage } from './VersionImage.ts';
 import type { Overlay } from './Overlay.ts';
 
-
 /**
  * One stored version as an NBD export: read-only, or with a copy-on-write overlay that
  * takes every write (the repository is never written). Blocks the overlay holds are

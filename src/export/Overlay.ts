@@ -132,12 +132,14 @@ export class Overlay {
       await handle.close();
       throw new IntegrityError('OVERLAY_WRONG_SIZE', `overlay ${path} is ${st.size} bytes, but version ${manifest.version} of vm ${manifest.vm} disk ${manifest.disk} is ${manifest.capacity}`, { subject: path });
     }
-    // A copied or restored overlay may have lost its mode: what the guest wrote is the owner's only.
-    for (const [file, mode] of [[path, st.mode], [`${path}.map`, (await fsp.lstat(`${path}.map`)).mode]] as const) {
-      if (mode & 0o077) {
-        await fsp.chmod(file, MODE);
-        log.child('export').warn(`${file} was mode ${(mode & 0o777).toString(8)}, readable by others: set to 600`);
-      }
+    try {
+      // A copied or restored overlay may have lost its mode: what the guest wrote is the owner's only.
+      await ownerOnly(handle, path);
+      const mapHandle = await fsp.open(`${path}.map`, fsc.O_RDONLY | fsc.O_NOFOLLOW);
+      await ownerOnly(mapHandle, `${path}.map`).finally(() => mapHandle.close());
+    } catch (err) {
+      await handle.close();
+      throw err;
     }
     return new Overlay(path, handle, manifest, bits, map.held);
   }
@@ -322,6 +324,14 @@ async function lstatOrNull(path: string) {
     if (err.code === 'ENOENT') return null;
     throw err;
   });
+}
+
+/** Sets an open file readable by its owner only (through the handle: no path to swap), warning when it was not. */
+async function ownerOnly(h: fsp.FileHandle, file: string): Promise<void> {
+  const { mode } = await h.stat();
+  if (!(mode & 0o077)) return;
+  await h.chmod(MODE);
+  log.child('export').warn(`${file} was mode ${(mode & 0o777).toString(8)}, readable by others: set to 600`);
 }
 
 async function syncDir(dir: string): Promise<void> {

@@ -15,6 +15,8 @@ export const IDLE_MS = 10_000;
 
 class FreeList {
   readonly buffers: Buffer[] = [];
+  /** Last take or give (ms): the trim waits for IDLE_MS past it. */
+  used = 0;
   timer: ReturnType<typeof setTimeout> | null = null;
 }
 
@@ -46,12 +48,17 @@ export class BufferPool {
   }
 }
 
-/** (Re)arms the list's trim: IDLE_MS from now, later while hash threads still run. */
+/**
+ * Marks the list used; one timer per list (not one per block) drops its buffers once it
+ * has been unused for IDLE_MS and no hash thread runs.
+ */
 function touch(list: FreeList): void {
-  if (list.timer) clearTimeout(list.timer);
+  list.used = Date.now();
+  if (list.timer) return;
   const trim = () => {
-    if ((HashWorkers.shared()?.running ?? 0) > 0) {
-      list.timer = setTimeout(trim, IDLE_MS);
+    const idleFor = Date.now() - list.used;
+    if (idleFor < IDLE_MS || (HashWorkers.shared()?.running ?? 0) > 0) {
+      list.timer = setTimeout(trim, Math.max(IDLE_MS - idleFor, 1000));
       list.timer.unref();
       return;
     }
