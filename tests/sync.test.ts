@@ -45,8 +45,9 @@ test.after(async () => {
 test('full sync reads only the allocated areas of a sparse disk and stores its data once', async () => {
   const v = await syncAndRecord();
   const boot = stat(v, 'boot');
-  // 16 unaligned 4 MiB regions touch 2 blocks each.
-  assert.is(boot.readBytes, 32 * 4 * MiB);
+  // 16 unaligned 4 MiB regions touch 2 blocks each; only their allocated parts are read
+  // (each rounded out to the file system's 4 KiB blocks), the rest of each block is zero.
+  assert.ok(boot.readBytes >= 16 * 4 * MiB && boot.readBytes <= 16 * (4 * MiB + 8192), `read ${boot.readBytes}`);
   assert.is(boot.storedBytes, 32 * 4 * MiB);
   assert.is(boot.zeroBytes, 4 * GiB - 32 * 4 * MiB);
   assert.is(stat(v, 'data').storedBytes, 48 * MiB);

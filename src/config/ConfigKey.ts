@@ -5,7 +5,7 @@
  */
 export type ConfigKeyType =
   | { kind: 'bool' }
-  | { kind: 'int'; min: number; max: number; unit?: 'seconds' | 'MB' | 'ms per MB' | 'files' | 'blocks' | 'connections' | 'threads' | 'disks' | 'bytes' }
+  | { kind: 'int'; min: number; max: number; unit?: 'seconds' | 'MB' | 'ms per MB' | 'files' | 'blocks' | 'connections' | 'threads' | 'disks' | 'bytes' | 'percent' }
   | { kind: 'string' }
   | { kind: 'path' }
   | { kind: 'url'; schemes: string[]; optional: true }

@@ -11,6 +11,7 @@ export function logSyncEvent(e: SyncEvent): void {
     for (const note of e.notes) sub.warn(`disk ${e.disk}: ${note}`);
     if (e.resumedBlocks) sub.info(`disk ${e.disk}: resuming an interrupted sync, ${e.resumedBlocks} block(s) taken from its journal`);
   } else if (e.type === 'block') {
+    if (e.note) sub.warn(`disk ${e.disk}: ${e.note}`);
     if (sub.enabled('debug')) sub.debug(`disk ${e.disk}: block ${e.index}`, { offset: e.offset, bytes: e.bytes, stored: e.stored });
   } else if (e.type === 'metadata') {
     sub.verbose(`VM ${e.vm}: metadata saved`, { key: e.key, path: e.path });
@@ -20,6 +21,7 @@ export function logSyncEvent(e: SyncEvent): void {
     const s = e.manifest.stats;
     sub.info(`disk ${e.disk}: version ${e.manifest.version} committed`, {
       read: s.readBytes,
+      parentRead: s.parentReadBytes || undefined,
       changed: s.changedBytes,
       stored: s.storedBytes,
       written: s.writtenBytes,

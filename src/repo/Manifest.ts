@@ -28,6 +28,12 @@ export interface VersionStats {
   dedupBytes: number;
   /** Bytes of zero blocks in this version (holes and zero blocks read). */
   zeroBytes: number;
+  /**
+   * Bytes of the parent's chunks read back from the repository to patch blocks of which
+   * only parts changed (DiskSyncOptions.patchBelow): not read from the source. Absent in
+   * manifests written before it existed.
+   */
+  parentReadBytes?: number;
   /** Bytes taken from the journal of an interrupted run of this sync, not read again. */
   resumedBytes?: number;
   /**

@@ -1,3 +1,5 @@
+import type { Extent } from './Extent.ts';
+
 /**
  * One block of a disk to be read: block `index` covers bytes [offset, offset + length).
  * Every block is `blockSize` long except the last block of a disk whose capacity is not a
@@ -7,6 +9,12 @@ export interface BlockRef {
   readonly index: number;
   readonly offset: number;
   readonly length: number;
+  /**
+   * The parts of the block the source's extents cover (disk offsets, ascending, disjoint,
+   * not adjacent) when they do not cover all of it: the rest is unchanged (incremental)
+   * or zero (full). Absent: the whole block.
+   */
+  readonly parts?: readonly Extent[];
 }
 
 /** Number of blocks of a disk of `capacity` bytes. */

@@ -23,7 +23,16 @@ export type SyncEvent =
       /** Things an operator should know: a capacity change, a journal not trusted, a resume. */
       notes: string[];
     }
-  | { type: 'block'; disk: string; index: number; offset: number; bytes: number; stored: boolean }
+  | {
+      type: 'block';
+      disk: string;
+      index: number;
+      offset: number;
+      bytes: number;
+      stored: boolean;
+      /** Something an operator should know of this block (its parent's chunk could not be read). */
+      note?: string;
+    }
   | { type: 'checkpoint'; disk: string; records: number }
   | { type: 'disk-done'; disk: string; manifest: Manifest }
   | { type: 'disk-failed'; disk: string; error: Error }

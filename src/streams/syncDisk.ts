@@ -4,15 +4,16 @@ import type { Repository } from '../repo/Repository.ts';
 import { MANIFEST_FORMAT, type Manifest, type VersionStats } from '../repo/Manifest.ts';
 import type { ChunkId } from '../repo/ChunkId.ts';
 import { newVersionId } from '../repo/VersionId.ts';
-import { JOURNAL_FORMAT, type JournalHeader } from '../repo/Journal.ts';
+import { JOURNAL_FORMAT, type Journal, type JournalHeader } from '../repo/Journal.ts';
 import { resumeJournal } from './resumeJournal.ts';
-import type { Lease } from '../repo/Lease.ts';
+import type { Lease, LeaseFence } from '../repo/Lease.ts';
+import { ChunkCodec } from '../repo/ChunkCodec.ts';
 import { HamalError } from '../errors.ts';
 import { blockCount, type BlockRef } from './BlockRef.ts';
 import { toBlocks } from './toBlocks.ts';
 import { isZero } from './isZero.ts';
 import { Slots } from './Slots.ts';
-import { sleepForRead } from './releaseCpu.ts';
+import { BlockReader } from './BlockReader.ts';
 import { trackRelease } from './usingResource.ts';
 import { BufferPool } from './BufferPool.ts';
 import { failpoint } from '../failpoints.ts';
@@ -68,12 +69,38 @@ export interface DiskSyncOptions {
    * @default false
    */
   full?: boolean;
+  /**
+   * Patch blocks whose changed parts cover less than this fraction of them (0..1; config
+   * `[hamal] patch_changed_below`): only those parts are read from the source and written
+   * over the block's chunk in the parent version, read back from the repository (verified;
+   * if it cannot be read, the block is read whole). Costs a chunk read from the repository
+   * per such block, and saves the source the rest of the block: worth it where source
+   * reads are dear (a hypervisor's datastore over the network), less so where the
+   * repository is far. Full syncs read only a block's allocated parts whatever it is,
+   * unless it is 0, which always reads whole blocks.
+   * @default 0.5
+   */
+  patchBelow?: number;
 }
 
 interface BlockOutcome {
   ref: BlockRef;
   id: ChunkId | null;
   stored: boolean;
+  note?: string;
+}
+
+/** What syncDisk found before reading: the parent, what to diff against, the journal to resume. */
+interface DiskPlan {
+  parent: Manifest | null;
+  sameSize: boolean;
+  since: string | null;
+  sinceNote?: string;
+  fence?: LeaseFence;
+  journal: Journal | null;
+  resumed: Map<number, ChunkId | null>;
+  journalNotes: string[];
+  partial: boolean;
 }
 
 /**
@@ -90,208 +117,264 @@ export function syncDisk(
   repo: Repository,
   options: DiskSyncOptions = {},
 ): Observable<SyncEvent> {
-  const readers = new Slots(options.readers ?? 2, 'readers');
-  const writers = new Slots(options.writers ?? 4, 'writers');
-  const blockSize = repo.blockSize;
-  const msPerMb = options.releaseCpuMsPerMb ?? 0;
-  const partialMs = (options.partialIndexSeconds ?? 60) * 1000;
+  return defer(() => from(planDisk(vm, snapshot, disk, repo, options))).pipe(mergeMap((plan) => new DiskSync(vm, snapshot, disk, repo, options, plan).run()));
+}
 
-  const prepare = async () => {
-    const latest = await repo.latestVersion(vm, disk.id);
-    const parent = latest ? await repo.readManifest(vm, disk.id, latest) : null;
-    const sameSize = parent !== null && parent.capacity === disk.capacity;
-    const { since, sinceNote } = await chooseSince(snapshot, disk, parent, sameSize, options.full === true);
-    const fence = options.lease ? repo.fence(vm, disk.id, options.lease) : undefined;
-    await fence?.claim();
-    if (!options.journalDir) return { parent, sameSize, since, sinceNote, fence, journal: null, resumed: new Map<number, ChunkId | null>(), journalNotes: [], partial: false };
-    const header: JournalHeader = {
-      format: JOURNAL_FORMAT,
-      repository: repo.config.id,
-      vm,
+/** The parent version, whether the disk is read incrementally, the fence and the journal. */
+async function planDisk(vm: string, snapshot: Snapshot, disk: DiskInfo, repo: Repository, options: DiskSyncOptions): Promise<DiskPlan> {
+  const latest = await repo.latestVersion(vm, disk.id);
+  const parent = latest ? await repo.readManifest(vm, disk.id, latest) : null;
+  const sameSize = parent !== null && parent.capacity === disk.capacity;
+  const { since, sinceNote } = await chooseSince(snapshot, disk, parent, sameSize, options.full === true);
+  const fence = options.lease ? repo.fence(vm, disk.id, options.lease) : undefined;
+  await fence?.claim();
+  if (!options.journalDir) return { parent, sameSize, since, sinceNote, fence, journal: null, resumed: new Map(), journalNotes: [], partial: false };
+  const header: JournalHeader = {
+    format: JOURNAL_FORMAT,
+    repository: repo.config.id,
+    vm,
+    disk: disk.id,
+    capacity: disk.capacity,
+    blockSize: repo.blockSize,
+    parent: parent?.version ?? null,
+    since,
+    snapshotId: snapshot.id,
+    changeId: disk.changeId,
+    generation: repo.openGeneration,
+  };
+  const partialIndexes = (options.partialIndexSeconds ?? 60) > 0;
+  const { journal, resumed, notes: journalNotes, partial } = await resumeJournal(options.journalDir, header, snapshot, disk, repo, partialIndexes);
+  return { parent, sameSize, since, sinceNote, fence, journal, resumed, journalNotes, partial };
+}
+
+/** The run of one planned disk sync: its block map and stats as blocks land, the fsync stream, the commit. */
+class DiskSync {
+  private readonly blockSize: number;
+  private readonly readers: Slots;
+  private readonly writers: Slots;
+  private readonly partialMs: number;
+  /** The parent's block map when its blocks compare with this version's (same capacity). */
+  private readonly parentBlocks: Array<ChunkId | null> | null;
+  private readonly blocks: Array<ChunkId | null>;
+  private readonly stats: VersionStats;
+  private readonly journal: Journal | null;
+  private readonly reader: BlockReader;
+  private readonly pool: BufferPool;
+  /** Aborted when the sync is stopped: blocks in flight skip their CPU-release pause. */
+  private readonly stopping = new AbortController();
+  /** This sync's blocks in flight, which a stopped sync lets settle before its last checkpoint. */
+  private readonly mine = new Set<Promise<unknown>>();
+  private readonly started = Date.now();
+  private inFlight = 0;
+  private lastPartial = Date.now();
+  private partial: boolean;
+  private committed = false;
+
+  constructor(
+    private readonly vm: string,
+    private readonly snapshot: Snapshot,
+    private readonly disk: DiskInfo,
+    private readonly repo: Repository,
+    private readonly options: DiskSyncOptions,
+    private readonly plan: DiskPlan,
+  ) {
+    this.blockSize = repo.blockSize;
+    this.readers = new Slots(options.readers ?? 2, 'readers');
+    this.writers = new Slots(options.writers ?? 4, 'writers');
+    this.partialMs = (options.partialIndexSeconds ?? 60) * 1000;
+    this.journal = plan.journal;
+    this.partial = plan.partial;
+    const { parent, since, sameSize } = plan;
+    this.parentBlocks = sameSize ? parent!.blocks : null;
+    // Incremental: blocks no extent touches keep the parent's entry. Full: they are holes.
+    this.blocks = since !== null ? parent!.blocks.slice() : new Array(blockCount(disk.capacity, this.blockSize)).fill(null);
+    this.stats = { readBytes: 0, changedBytes: 0, storedBytes: 0, writtenBytes: 0, dedupBytes: 0, zeroBytes: 0, resumedBytes: 0, parentReadBytes: 0, durationMs: 0 };
+    if (parent && since === null) this.stats.fullReason = plan.sinceNote ?? 'the parent has no changeId to diff against';
+    for (const [index, id] of plan.resumed) {
+      this.blocks[index] = id;
+      this.stats.resumedBytes! += Math.min(this.blockSize, disk.capacity - index * this.blockSize);
+    }
+    // Room for a chunk's envelope: the base of a patched block is read into the buffer.
+    this.pool = new BufferPool(this.blockSize + ChunkCodec.OVERHEAD);
+    this.reader = new BlockReader({
+      snapshot,
+      disk,
+      repo,
+      base: since !== null ? parent!.blocks : null,
+      patchBelow: options.patchBelow ?? 0.5,
+      readers: this.readers,
+      msPerMb: options.releaseCpuMsPerMb ?? 0,
+      stopping: this.stopping.signal,
+    });
+  }
+
+  run(): Observable<SyncEvent> {
+    // Replayed: blocks$ may complete before the checkpoint timer subscribes (an empty disk,
+    // a synchronous source), which would then never stop.
+    const done$ = new ReplaySubject<void>(1);
+    const blocks$ = this.blocks$().pipe(finalize(() => done$.next()));
+    return concat([this.startEvent()], merge(blocks$, this.checkpoints$(done$)), defer(() => this.commit())).pipe(finalize(() => this.stopped()));
+  }
+
+  private startEvent(): SyncEvent {
+    const { parent, since, sinceNote, journalNotes, resumed } = this.plan;
+    return {
+      type: 'disk-start',
+      disk: this.disk.id,
+      capacity: this.disk.capacity,
+      parent: parent?.version ?? null,
+      incremental: since !== null,
+      resumedBlocks: resumed.size,
+      notes: [
+        ...(sinceNote ? [sinceNote] : []),
+        ...journalNotes,
+        ...(resumed.size ? [`resuming an interrupted sync: ${resumed.size} blocks already stored`] : []),
+      ],
+    };
+  }
+
+  private blocks$(): Observable<SyncEvent> {
+    const { resumed, since } = this.plan;
+    return this.snapshot.changes(this.disk, since).pipe(
+      toBlocks(this.blockSize, this.disk.capacity),
+      filter((ref) => !resumed.has(ref.index)),
+      mergeMap((ref) => defer(() => this.track(this.block(ref))), this.readers.size + this.writers.size),
+      map((o): SyncEvent => {
+        this.blocks[o.ref.index] = o.id;
+        const { index, offset, length } = o.ref;
+        return { type: 'block', disk: this.disk.id, index, offset, bytes: length, stored: o.stored, ...(o.note ? { note: o.note } : {}) };
+      }),
+    );
+  }
+
+  /** Read, zero test, digest, store unless the repository has it; journaled before it counts. */
+  private async block(ref: BlockRef): Promise<BlockOutcome> {
+    const { stats, journal } = this;
+    this.hold(ref.length);
+    const buf = this.pool.take();
+    try {
+      const { data, sourceBytes, baseBytes, note } = await this.reader.read(ref, buf);
+      stats.readBytes += sourceBytes;
+      stats.parentReadBytes! += baseBytes;
+      failpoint('block.read');
+      if (isZero(data)) {
+        journal?.record(ref.index, null);
+        return { ref, id: null, stored: false, note };
+      }
+      const id = await this.repo.hashChunk(data);
+      // A block equal to the parent's is in the repository (format invariant 3).
+      const same = this.parentBlocks !== null && this.parentBlocks[ref.index] === id;
+      const write = same ? null : await this.writers.use(() => this.repo.storeChunk(id, data));
+      const stored = write?.outcome === 'stored';
+      if (stored) {
+        failpoint('chunk.stored');
+        stats.storedBytes += ref.length;
+        stats.writtenBytes! += write.writtenBytes;
+      } else stats.dedupBytes += ref.length;
+      // Journaled here, not downstream: a block still in flight when the sync is stopped
+      // completes and is recorded before the last checkpoint (see stopped()).
+      journal?.record(ref.index, id);
+      return { ref, id, stored, note };
+    } finally {
+      this.pool.give(buf);
+      this.hold(-ref.length);
+    }
+  }
+
+  private hold(bytes: number): void {
+    this.inFlight += bytes;
+    this.options.onInFlight?.(this.inFlight);
+  }
+
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.options.inflight?.add(p);
+    this.mine.add(p);
+    const done = () => {
+      this.options.inflight?.delete(p);
+      this.mine.delete(p);
+    };
+    p.then(done, done);
+    return p;
+  }
+
+  /** The fsync stream: a checkpoint every period, never two at once, until `done$`. */
+  private checkpoints$(done$: Observable<void>): Observable<SyncEvent> {
+    if (!this.journal) return EMPTY;
+    return interval((this.options.checkpointSeconds ?? 3) * 1000).pipe(takeUntil(done$), exhaustMap(() => defer(() => this.checkpoint())));
+  }
+
+  /** Every partialIndexSeconds the checkpointed journal also goes to the repository. */
+  private async checkpoint(): Promise<SyncEvent> {
+    const journal = this.journal!;
+    const timeoutMs = (this.options.checkpointTimeoutSeconds ?? 0) * 1000;
+    const work = journal.checkpoint(() => this.repo.store.flush()).then(() => {
+      if (this.partialMs > 0 && Date.now() - this.lastPartial >= this.partialMs) return this.putPartial();
+    });
+    if (timeoutMs > 0) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const expired = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new HamalError('FSYNC_TIMEOUT', `disk ${this.disk.id}: a checkpoint took longer than fsync_timeout (${timeoutMs / 1000} s)`, { subject: journal.path, retryable: true })),
+          timeoutMs,
+        );
+      });
+      await Promise.race([work, expired]).finally(() => clearTimeout(timer));
+    } else await work;
+    return { type: 'checkpoint', disk: this.disk.id, records: journal.records };
+  }
+
+  private async putPartial(): Promise<void> {
+    this.lastPartial = Date.now();
+    await this.plan.fence?.check();
+    await this.repo.putPartial(this.vm, this.disk.id, await this.journal!.checkpointed());
+    this.partial = true;
+  }
+
+  /** The manifest of the new version, made visible; then the journal and partial index go. */
+  private async commit(): Promise<SyncEvent> {
+    const { disk, blockSize, stats, blocks, plan } = this;
+    for (let i = 0; i < blocks.length; i++) {
+      if (blocks[i] === null) stats.zeroBytes += Math.min(blockSize, disk.capacity - i * blockSize);
+    }
+    stats.changedBytes = changedBytes(blocks, this.parentBlocks, disk.capacity, blockSize);
+    stats.durationMs = Date.now() - this.started;
+    const manifest: Manifest = {
+      format: MANIFEST_FORMAT,
+      vm: this.vm,
       disk: disk.id,
+      version: newVersionId(),
+      parent: plan.parent?.version ?? null,
+      createdAt: new Date().toISOString(),
       capacity: disk.capacity,
       blockSize,
-      parent: parent?.version ?? null,
-      since,
-      snapshotId: snapshot.id,
-      changeId: disk.changeId,
-      generation: repo.openGeneration,
+      source: { platform: this.snapshot.platform, snapshotId: this.snapshot.id, changeId: disk.changeId },
+      stats,
+      blocks,
     };
-    const { journal, resumed, notes: journalNotes, partial } = await resumeJournal(options.journalDir, header, snapshot, disk, repo, partialMs > 0);
-    return { parent, sameSize, since, sinceNote, fence, journal, resumed, journalNotes, partial };
-  };
+    await this.repo.commitVersion(manifest, plan.fence);
+    failpoint('manifest.written');
+    await this.journal?.remove();
+    if (this.partial) await this.repo.deletePartial(this.vm, disk.id);
+    this.committed = true;
+    return { type: 'disk-done', disk: disk.id, manifest };
+  }
 
-  return defer(() => from(prepare())).pipe(
-    mergeMap(({ parent, sameSize, since, journal, resumed, journalNotes, sinceNote, fence, partial }) => {
-      const started = Date.now();
-      const parentBlocks = sameSize ? parent!.blocks : null;
-      const n = blockCount(disk.capacity, blockSize);
-      // Incremental: blocks no extent touches keep the parent's entry. Full: they are holes.
-      const blocks: Array<ChunkId | null> = since !== null ? parent!.blocks.slice() : new Array(n).fill(null);
-      const stats: VersionStats = { readBytes: 0, changedBytes: 0, storedBytes: 0, writtenBytes: 0, dedupBytes: 0, zeroBytes: 0, resumedBytes: 0, durationMs: 0 };
-      if (parent && since === null) stats.fullReason = sinceNote ?? 'the parent has no changeId to diff against';
-      for (const [index, id] of resumed) {
-        blocks[index] = id;
-        stats.resumedBytes! += Math.min(blockSize, disk.capacity - index * blockSize);
-      }
-      let inFlight = 0;
-      const hold = (bytes: number) => {
-        inFlight += bytes;
-        options.onInFlight?.(inFlight);
-      };
-
-      const pool = new BufferPool(blockSize);
-      // Aborted when the sync is stopped: blocks in flight skip their CPU-release pause.
-      const stopping = new AbortController();
-      const processBlock = async (ref: BlockRef): Promise<BlockOutcome> => {
-        hold(ref.length);
-        const buf = pool.take();
-        try {
-          const data = await readers.use(async () => {
-            const d = await snapshot.read(disk, ref.offset, ref.length, buf);
-            await sleepForRead(ref.length, msPerMb, stopping.signal);
-            return d;
-          });
-          stats.readBytes += ref.length;
-          failpoint('block.read');
-          if (isZero(data)) {
-            journal?.record(ref.index, null);
-            return { ref, id: null, stored: false };
-          }
-          const id = await repo.hashChunk(data);
-          // A block equal to the parent's is in the repository (format invariant 3).
-          const same = parentBlocks !== null && parentBlocks[ref.index] === id;
-          const write = same ? null : await writers.use(() => repo.storeChunk(id, data));
-          const stored = write?.outcome === 'stored';
-          if (stored) {
-            failpoint('chunk.stored');
-            stats.storedBytes += ref.length;
-            stats.writtenBytes! += write.writtenBytes;
-          } else stats.dedupBytes += ref.length;
-          // Journaled here, not downstream: a block still in flight when the sync is stopped
-          // completes and is recorded before the last checkpoint (see finalize below).
-          journal?.record(ref.index, id);
-          return { ref, id, stored };
-        } finally {
-          pool.give(buf);
-          hold(-ref.length);
-        }
-      };
-
-      const mine = new Set<Promise<unknown>>();
-      const track = <T>(p: Promise<T>): Promise<T> => {
-        options.inflight?.add(p);
-        mine.add(p);
-        const done = () => {
-          options.inflight?.delete(p);
-          mine.delete(p);
-        };
-        p.then(done, done);
-        return p;
-      };
-
-      const start: SyncEvent = {
-        type: 'disk-start',
-        disk: disk.id,
-        capacity: disk.capacity,
-        parent: parent?.version ?? null,
-        incremental: since !== null,
-        resumedBlocks: resumed.size,
-        notes: [
-          ...(sinceNote ? [sinceNote] : []),
-          ...journalNotes,
-          ...(resumed.size ? [`resuming an interrupted sync: ${resumed.size} blocks already stored`] : []),
-        ],
-      };
-
-      // Replayed: blocks$ may complete before the checkpoint timer subscribes (an empty disk,
-      // a synchronous source), which would then never stop.
-      const done$ = new ReplaySubject<void>(1);
-      const blocks$ = snapshot.changes(disk, since).pipe(
-        toBlocks(blockSize, disk.capacity),
-        filter((ref) => !resumed.has(ref.index)),
-        mergeMap((ref) => defer(() => track(processBlock(ref))), readers.size + writers.size),
-        map((o): SyncEvent => {
-          blocks[o.ref.index] = o.id;
-          return { type: 'block', disk: disk.id, index: o.ref.index, offset: o.ref.offset, bytes: o.ref.length, stored: o.stored };
-        }),
-        finalize(() => done$.next()),
-      );
-      // The fsync stream: a checkpoint every period, never two at once; every
-      // partialIndexSeconds the checkpointed journal also goes to the repository.
-      let lastPartial = Date.now();
-      const putPartial = async () => {
-        lastPartial = Date.now();
-        await fence?.check();
-        await repo.putPartial(vm, disk.id, await journal!.checkpointed());
-        partial = true;
-      };
-      const checkpoint = async (): Promise<SyncEvent> => {
-        const timeoutMs = (options.checkpointTimeoutSeconds ?? 0) * 1000;
-        const work = journal!.checkpoint(() => repo.store.flush()).then(() => {
-          if (partialMs > 0 && Date.now() - lastPartial >= partialMs) return putPartial();
-        });
-        if (timeoutMs > 0) {
-          let timer: ReturnType<typeof setTimeout> | undefined;
-          const expired = new Promise<never>((_, reject) => {
-            timer = setTimeout(
-              () => reject(new HamalError('FSYNC_TIMEOUT', `disk ${disk.id}: a checkpoint took longer than fsync_timeout (${timeoutMs / 1000} s)`, { subject: journal!.path, retryable: true })),
-              timeoutMs,
-            );
-          });
-          await Promise.race([work, expired]).finally(() => clearTimeout(timer));
-        } else await work;
-        return { type: 'checkpoint', disk: disk.id, records: journal!.records };
-      };
-      const checkpoints$ = journal
-        ? interval((options.checkpointSeconds ?? 3) * 1000).pipe(takeUntil(done$), exhaustMap(() => defer(checkpoint)))
-        : EMPTY;
-
-      const commit = defer(async (): Promise<SyncEvent> => {
-        for (let i = 0; i < n; i++) {
-          if (blocks[i] === null) stats.zeroBytes += Math.min(blockSize, disk.capacity - i * blockSize);
-        }
-        stats.changedBytes = changedBytes(blocks, parentBlocks, disk.capacity, blockSize);
-        stats.durationMs = Date.now() - started;
-        const manifest: Manifest = {
-          format: MANIFEST_FORMAT,
-          vm,
-          disk: disk.id,
-          version: newVersionId(),
-          parent: parent?.version ?? null,
-          createdAt: new Date().toISOString(),
-          capacity: disk.capacity,
-          blockSize,
-          source: { platform: snapshot.platform, snapshotId: snapshot.id, changeId: disk.changeId },
-          stats,
-          blocks,
-        };
-        await repo.commitVersion(manifest, fence);
-        failpoint('manifest.written');
-        await journal?.remove();
-        if (partial) await repo.deletePartial(vm, disk.id);
-        committed = true;
-        return { type: 'disk-done', disk: disk.id, manifest };
-      });
-      let committed = false;
-      return concat([start], merge(blocks$, checkpoints$), commit).pipe(
-        finalize(() => {
-          stopping.abort();
-          if (!journal || committed) return;
-          // Stopped or failed: once the blocks in flight settle (at most readers + writers),
-          // a last checkpoint (and partial index, unless fenced off) makes every block
-          // stored so far resumable, here or on another proxy.
-          const j = journal;
-          const last = Promise.allSettled([...mine])
-            .then(() => j.checkpoint(() => repo.store.flush()))
-            .then(() => (partialMs > 0 ? putPartial() : undefined))
-            .catch(() => {})
-            .finally(() => j.close());
-          trackRelease(last);
-        }),
-      );
-    }),
-  );
+  /**
+   * Stopped or failed: once the blocks in flight settle (at most readers + writers), a last
+   * checkpoint (and partial index, unless fenced off) makes every block stored so far
+   * resumable, here or on another proxy.
+   */
+  private stopped(): void {
+    this.stopping.abort();
+    const j = this.journal;
+    if (!j || this.committed) return;
+    const last = Promise.allSettled([...this.mine])
+      .then(() => j.checkpoint(() => this.repo.store.flush()))
+      .then(() => (this.partialMs > 0 ? this.putPartial() : undefined))
+      .catch(() => {})
+      .finally(() => j.close());
+    trackRelease(last);
+  }
 }
 
 /**

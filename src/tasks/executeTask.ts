@@ -88,6 +88,7 @@ export async function executeTask(task: Task, config: LoadedConfig, options: Exe
         writers,
         parallelDisks,
         full: o.full === true || task.full === true,
+        patchBelow: c.hamal.patch_changed_below / 100,
         journalDir: c.DEFAULT.hamal_lib_dir,
         checkpointSeconds: c.data_sync_v2.fsync_period_frequency,
         partialIndexSeconds: c.hamal.partial_index_interval,

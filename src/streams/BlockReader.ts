@@ -1,0 +1,120 @@
+import type { DiskInfo, Snapshot } from '../sources/Source.ts';
+import type { Repository } from '../repo/Repository.ts';
+import type { ChunkId } from '../repo/ChunkId.ts';
+import type { BlockRef } from './BlockRef.ts';
+import type { Extent } from './Extent.ts';
+import type { Slots } from './Slots.ts';
+import { sleepForRead } from './releaseCpu.ts';
+import { IntegrityError } from '../errors.ts';
+import { oneLine } from '../log/oneLine.ts';
+
+/** Parts of a block closer than this are read as one: reading the gap costs less than another request. */
+export const MERGE_GAP = 64 * 1024;
+
+export interface BlockReaderOptions {
+  readonly snapshot: Snapshot;
+  readonly disk: DiskInfo;
+  readonly repo: Repository;
+  /**
+   * Incremental: the parent's block map, whose chunks hold what the extents leave out.
+   * Full: null, what they leave out is zero.
+   */
+  readonly base: ReadonlyArray<ChunkId | null> | null;
+  /** DiskSyncOptions.patchBelow. */
+  readonly patchBelow: number;
+  readonly readers: Slots;
+  readonly msPerMb: number;
+  /** Aborted when the sync stops: reads in flight skip their CPU-release pause. */
+  readonly stopping: AbortSignal;
+}
+
+export interface BlockRead {
+  /** The block's bytes: a view of the buffer given, or the source's own. */
+  readonly data: Buffer;
+  /** Bytes read from the source. */
+  readonly sourceBytes: number;
+  /** Bytes of the parent's chunk read from the repository to patch the changed parts onto. */
+  readonly baseBytes: number;
+  /** Why the block was read whole although it could have been patched (the parent's chunk failed). */
+  readonly note?: string;
+}
+
+/**
+ * Reads one block of a disk for a sync: whole from the source, or, when the source's
+ * extents cover little of it, only those parts, written over its base (the parent's chunk
+ * from the repository, or zeros in a full sync). Source reads hold a reader slot.
+ */
+export class BlockReader {
+  constructor(private readonly o: BlockReaderOptions) {}
+
+  /** `buf` must hold a block plus the repository's chunk envelope (the base is read into it). */
+  async read(ref: BlockRef, buf: Buffer): Promise<BlockRead> {
+    let parts = this.partsToRead(ref);
+    let baseBytes = 0;
+    let note: string | undefined;
+    if (parts) {
+      try {
+        baseBytes = await this.readBase(ref, buf);
+      } catch (err) {
+        // The source has every byte: a missing or damaged parent chunk must not fail this sync.
+        note = `block ${ref.index}: read whole from the source, the parent's chunk could not be read: ${oneLine((err as Error).message)}`;
+        parts = null;
+        baseBytes = 0;
+      }
+    }
+    const ranges = parts;
+    return this.o.readers.use(async () => {
+      const { snapshot, disk } = this.o;
+      let data: Buffer;
+      let sourceBytes = 0;
+      if (!ranges) {
+        data = await snapshot.read(disk, ref.offset, ref.length, buf);
+        sourceBytes = ref.length;
+      } else {
+        data = buf.subarray(0, ref.length);
+        for (const part of ranges) {
+          const at = part.offset - ref.offset;
+          const into = data.subarray(at, at + part.length);
+          const got = await snapshot.read(disk, part.offset, part.length, into);
+          if (got.buffer !== into.buffer || got.byteOffset !== into.byteOffset) got.copy(into);
+          sourceBytes += part.length;
+        }
+      }
+      await sleepForRead(sourceBytes, this.o.msPerMb, this.o.stopping);
+      return { data, sourceBytes, baseBytes, note };
+    });
+  }
+
+  /**
+   * The ranges to read from the source when patching pays: the block's parts with gaps
+   * under MERGE_GAP filled, if they total less than patchBelow of the block (a full sync,
+   * whose base costs nothing, patches whatever they leave out). null: read it whole.
+   */
+  partsToRead(ref: BlockRef): Extent[] | null {
+    if (!ref.parts || this.o.patchBelow <= 0) return null;
+    const ranges: Array<{ offset: number; length: number }> = [];
+    for (const p of ref.parts) {
+      const last = ranges[ranges.length - 1];
+      if (last && p.offset - (last.offset + last.length) < MERGE_GAP) last.length = p.offset + p.length - last.offset;
+      else ranges.push({ offset: p.offset, length: p.length });
+    }
+    const bytes = ranges.reduce((sum, r) => sum + r.length, 0);
+    const worth = this.o.base === null ? bytes < ref.length : bytes < this.o.patchBelow * ref.length;
+    return worth ? ranges : null;
+  }
+
+  /** Fills buf[0, ref.length) with the block's base; returns the bytes read from the repository. */
+  private async readBase(ref: BlockRef, buf: Buffer): Promise<number> {
+    const id = this.o.base?.[ref.index] ?? null;
+    if (id === null) {
+      buf.fill(0, 0, ref.length);
+      return 0;
+    }
+    const chunk = await this.o.repo.readChunk(id, true, buf);
+    if (chunk.length !== ref.length) {
+      throw new IntegrityError('CHUNK_SIZE', `chunk ${id} of block ${ref.index} holds ${chunk.length} bytes, the block ${ref.length}`, { subject: id });
+    }
+    if (chunk.buffer !== buf.buffer || chunk.byteOffset !== buf.byteOffset) chunk.copy(buf);
+    return ref.length;
+  }
+}
