@@ -117,13 +117,18 @@ for (const kind of repoKinds) {
       disk.write(4 * BLOCK + 65536, randomBytes(1000)); // block 4 (compressible parent)
       disk.write(4 * BLOCK + 65536 + 1000 + 100, randomBytes(50)); // a small gap: read as one with the part before
       disk.write(6 * BLOCK + 5, randomBytes(300)); // block 6, a hole in the parent
-      disk.write(8 * BLOCK + 7, randomBytes(10)); // the short last block
+      disk.write(8 * BLOCK + 7, randomBytes(10)); // the short last block...
+      disk.write(8 * BLOCK + 12340, randomBytes(5)); // ...and its end: its last page ends at the capacity
       const v2 = await sync(disk, repo);
-      const changed = 4096 + 20 + (1000 + 100 + 50) + 300 + 10;
-      assert.is(v2.readBytes, changed, 'only the changed bytes (and a gap under 64 KiB) are read from the source');
-      assert.is(v2.manifest.stats.readBytes, changed);
-      // Blocks 0, 1, 4 and the last one have a parent chunk; block 6 was a hole (zeros, no read).
-      assert.is(v2.manifest.stats.parentReadBytes, 3 * BLOCK + 12345);
+      // Each part widened to whole 4 KiB pages within its block, parts under 64 KiB apart
+      // read as one: block 0 two ranges (2 pages from 0, the last page), block 1 its first
+      // page, block 4 one page for both writes, block 6 one page; block 8's two parts are
+      // one range to its end, more than half of it: read whole.
+      const read = 2 * 4096 + 4096 + 4096 + 4096 + 4096 + 12345;
+      assert.is(v2.readBytes, read, 'only the pages of the changed bytes are read from the source');
+      assert.is(v2.manifest.stats.readBytes, read);
+      // Blocks 0, 1 and 4 are patched onto their parent's chunks; block 6 was a hole (zeros, no read).
+      assert.is(v2.manifest.stats.parentReadBytes, 3 * BLOCK);
       assert.is(await restoredSha(repo, v1.manifest, dir), want1, 'version 1');
       assert.is(await restoredSha(repo, v2.manifest, dir), sha(disk.bytes), 'version 2');
     } finally {
@@ -139,10 +144,10 @@ test('a block changed over more than patchBelow of it, or with patchBelow 0, is 
     const disk = new TrackedDisk(4 * BLOCK);
     disk.write(0, randomBytes(4 * BLOCK));
     await sync(disk, repo);
-    disk.write(0, randomBytes(BLOCK * 0.6)); // 60% of block 0: over the default 50%
+    disk.write(0, randomBytes(Math.floor(BLOCK * 0.6))); // 60% of block 0: over the default 50%
     disk.write(2 * BLOCK, randomBytes(100));
     const v2 = await sync(disk, repo);
-    assert.is(v2.readBytes, BLOCK + 100);
+    assert.is(v2.readBytes, BLOCK + 4096);
     assert.is(v2.manifest.stats.parentReadBytes, BLOCK);
     disk.write(3 * BLOCK, randomBytes(100));
     const v3 = await sync(disk, repo, 0);
@@ -172,7 +177,7 @@ test("a parent chunk that is damaged or gone: the block is read whole, the sync 
     disk.write(BLOCK + 10, randomBytes(10));
     disk.write(2 * BLOCK + 10, randomBytes(10));
     const v2 = await sync(disk, repo);
-    assert.is(v2.readBytes, 2 * BLOCK + 10, 'blocks 0 and 1 whole, block 2 patched');
+    assert.is(v2.readBytes, 2 * BLOCK + 4096, 'blocks 0 and 1 whole, block 2 patched');
     const notes = v2.events.flatMap((e) => (e.type === 'block' && e.note ? [e.note] : []));
     assert.is(notes.length, 2, notes.join('\n'));
     assert.match(notes.find((n) => n.startsWith('block 0'))!, new RegExp(`chunk .*${v1.manifest.blocks[0]!.slice(0, 8)}.*does not match`));
@@ -191,9 +196,30 @@ test('a full sync reads only the parts its extents cover and leaves the rest of 
     disk.write(1000, randomBytes(5000));
     disk.write(BLOCK + 300_000, randomBytes(70_000));
     const v1 = await sync(disk, repo);
-    assert.is(v1.readBytes, 75_000);
+    assert.is(v1.readBytes, 8192 + (91 - 73) * 4096, 'the pages of the parts written');
     assert.is(v1.manifest.stats.parentReadBytes, 0);
     assert.is(await restoredSha(repo, v1.manifest, dir), sha(disk.bytes));
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a source that returns fewer bytes than asked fails the disk, naming the offset', async () => {
+  const dir = await tempDir();
+  try {
+    const repo = await Repository.open(await FsStore.open(join(dir, 'repo'), { create: true }), { create: true, blockSize: BLOCK });
+    const disk = new TrackedDisk(2 * BLOCK);
+    disk.write(0, randomBytes(2 * BLOCK));
+    await sync(disk, repo);
+    disk.write(BLOCK + 8192, randomBytes(10));
+    const snapshot = disk.snapshot.bind(disk);
+    disk.snapshot = async (vm) => {
+      const s = await snapshot(vm);
+      return { ...s, read: async (d, offset, length, into) => (await s.read(d, offset, length, into)).subarray(0, length - 1) };
+    };
+    const r = await runVmSync(disk, 'vm', repo);
+    assert.is(r.versions.length, 0);
+    assert.match(r.failed[0]!.error.message, new RegExp(`returned 4095 bytes for 4096 at offset ${BLOCK + 8192}`));
   } finally {
     await fsp.rm(dir, { recursive: true, force: true });
   }

@@ -5,11 +5,13 @@ import type { BlockRef } from './BlockRef.ts';
 import type { Extent } from './Extent.ts';
 import type { Slots } from './Slots.ts';
 import { sleepForRead } from './releaseCpu.ts';
-import { IntegrityError } from '../errors.ts';
+import { HamalError, IntegrityError } from '../errors.ts';
 import { oneLine } from '../log/oneLine.ts';
 
 /** Parts of a block closer than this are read as one: reading the gap costs less than another request. */
 export const MERGE_GAP = 64 * 1024;
+/** Parts are read in whole pages: sector- and page-based backends (O_DIRECT, NBD servers) read them as they are. */
+export const READ_ALIGN = 4096;
 
 export interface BlockReaderOptions {
   readonly snapshot: Snapshot;
@@ -68,14 +70,14 @@ export class BlockReader {
       let data: Buffer;
       let sourceBytes = 0;
       if (!ranges) {
-        data = await snapshot.read(disk, ref.offset, ref.length, buf);
+        data = this.exact(await snapshot.read(disk, ref.offset, ref.length, buf), ref.offset, ref.length);
         sourceBytes = ref.length;
       } else {
         data = buf.subarray(0, ref.length);
         for (const part of ranges) {
           const at = part.offset - ref.offset;
           const into = data.subarray(at, at + part.length);
-          const got = await snapshot.read(disk, part.offset, part.length, into);
+          const got = this.exact(await snapshot.read(disk, part.offset, part.length, into), part.offset, part.length);
           if (got.buffer !== into.buffer || got.byteOffset !== into.byteOffset) got.copy(into);
           sourceBytes += part.length;
         }
@@ -85,18 +87,28 @@ export class BlockReader {
     });
   }
 
+  /** A read that returned another length would leave stale bytes in a patched block: never taken. */
+  private exact(got: Buffer, offset: number, length: number): Buffer {
+    if (got.length === length) return got;
+    throw new HamalError('SHORT_READ', `disk ${this.o.disk.label}: the source returned ${got.length} bytes for ${length} at offset ${offset}`, { subject: this.o.disk.label });
+  }
+
   /**
-   * The ranges to read from the source when patching pays: the block's parts with gaps
-   * under MERGE_GAP filled, if they total less than patchBelow of the block (a full sync,
-   * whose base costs nothing, patches whatever they leave out). null: read it whole.
+   * The ranges to read from the source when patching pays: the block's parts widened to
+   * READ_ALIGN (within the block) with gaps under MERGE_GAP filled, if they total less than
+   * patchBelow of the block (a full sync, whose base costs nothing, patches whatever they
+   * leave out). null: read it whole.
    */
   partsToRead(ref: BlockRef): Extent[] | null {
     if (!ref.parts || this.o.patchBelow <= 0) return null;
+    const end = ref.offset + ref.length;
     const ranges: Array<{ offset: number; length: number }> = [];
     for (const p of ref.parts) {
+      const start = Math.max(ref.offset, Math.floor(p.offset / READ_ALIGN) * READ_ALIGN);
+      const stop = Math.min(end, Math.ceil((p.offset + p.length) / READ_ALIGN) * READ_ALIGN);
       const last = ranges[ranges.length - 1];
-      if (last && p.offset - (last.offset + last.length) < MERGE_GAP) last.length = p.offset + p.length - last.offset;
-      else ranges.push({ offset: p.offset, length: p.length });
+      if (last && start - (last.offset + last.length) < MERGE_GAP) last.length = Math.max(last.length, stop - last.offset);
+      else ranges.push({ offset: start, length: stop - start });
     }
     const bytes = ranges.reduce((sum, r) => sum + r.length, 0);
     const worth = this.o.base === null ? bytes < ref.length : bytes < this.o.patchBelow * ref.length;
