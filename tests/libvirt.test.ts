@@ -109,21 +109,25 @@ async function assertRestores(repo: Repository, v: { m: Parameters<typeof restor
   await fsp.rm(out);
 }
 
-test('full, then incrementals after unaligned writes: each restore equals the disk at its backup; only dirty blocks read; a raw disk read in full each time; one checkpoint left', async () => {
+test('full, then incrementals after unaligned writes: each restore equals the disk at its backup; only dirty clusters read; a raw disk read in full each time; one checkpoint left', async () => {
   await guestWrite(0, 5 * MiB, 4 * MiB, 0x41);
   await guestWrite(1, 20 * MiB + 512, 4096, 0x42);
   await guestWrite(2, 3 * MiB + 7, 5000, 0x47);
   const repo = await Repository.open(await FsStore.open(join(dir, 'repo'), { create: true }), { create: true });
   const v1 = await syncOnce(repo);
   assert.is(v1.vda.start.incremental, false);
-  assert.is(v1.vda.m.stats.readBytes, 8 * MiB, 'allocated clusters only: blocks 1 and 2 of vda');
+  // Allocated 64 KiB clusters only: 5..9 MiB (the other writes fall inside it), the rest of blocks 1 and 2 left zero.
+  assert.is(v1.vda.m.stats.readBytes, 4 * MiB, 'allocated clusters only: the parts of blocks 1 and 2 of vda written');
   assert.equal(await ourCheckpoints(), [v1.vda.m.source.changeId]);
   await guestWrite(0, 9 * MiB - 100, 200, 0x43); // inside block 2, across two 64 KiB clusters
   await guestWrite(1, 31 * MiB, 1000, 0x44);
   const v2 = await syncOnce(repo);
   assert.is(v2.vda.start.incremental, true);
-  assert.is(v2.vda.m.stats.readBytes, 4 * MiB, 'vda: the one block with dirty clusters');
-  assert.is(v2.vdb.m.stats.readBytes, 4 * MiB, 'vdb: the one block with dirty clusters');
+  // Only the dirty 64 KiB clusters are read, patched onto the parent's chunk of their block.
+  assert.is(v2.vda.m.stats.readBytes, 128 * 1024, 'vda: the two dirty clusters');
+  assert.is(v2.vda.m.stats.parentReadBytes, 4 * MiB, 'vda: the chunk of the one block with dirty clusters');
+  assert.is(v2.vdb.m.stats.readBytes, 64 * 1024, 'vdb: the one dirty cluster');
+  assert.is(v2.vdb.m.stats.parentReadBytes, 0, 'vdb: its block was a hole, patched onto zeros');
   assert.is(v2.vdc.start.incremental, false, 'the raw disk keeps no bitmap');
   assert.is(v2.vdc.m.source.changeId, null);
   const v3 = await syncOnce(repo);
@@ -185,8 +189,8 @@ test('hamal sync --task with a libvirt task; SIGKILL mid-read: the rerun reads t
   assert.is(await backupJob(), false);
   const vda = (JSON.parse(again.stdout).disks as Array<{ disk: string; version: string; resumedBytes: number; readBytes: number }>).find((d) => d.disk === 'vda')!;
   assert.ok(vda.resumedBytes >= 4 * MiB, `resumed ${vda.resumedBytes} bytes: ${again.stderr}`);
-  // Allocated: blocks 0-9 (just written), 10 (the previous test's write at 40 MiB).
-  assert.is(vda.readBytes + vda.resumedBytes, 44 * MiB, 'what the killed run stored is not read again');
+  // Allocated: blocks 0-9 (just written), one 64 KiB cluster of block 10 (the previous test's write at 40 MiB).
+  assert.is(vda.readBytes + vda.resumedBytes, 40 * MiB + 64 * 1024, 'what the killed run stored is not read again');
   const out = join(dir, 'cli.img');
   const restore = async (version: string) => {
     assert.is((await hamal(['restore', '--target', repoDir, '--vm', domain, '--disk', 'vda', '--version', version, '--out', out, '--force'])).code, 0);
@@ -198,7 +202,7 @@ test('hamal sync --task with a libvirt task; SIGKILL mid-read: the rerun reads t
   const next = await hamal(['--config', conf, 'sync', '--task', task, '--json']);
   assert.is(next.code, 0, next.stderr);
   const vda2 = (JSON.parse(next.stdout).disks as Array<{ disk: string; version: string; readBytes: number }>).find((d) => d.disk === 'vda')!;
-  assert.is(vda2.readBytes, 4 * MiB, 'the write after the kill, from the checkpoint of the resumed version');
+  assert.is(vda2.readBytes, 64 * 1024, 'the cluster of the write after the kill, from the checkpoint of the resumed version');
   assert.is(await restore(vda2.version), afterKill);
   await fsp.rm(out);
   assert.is((await ourCheckpoints()).length, 1, 'one checkpoint of ours left');

@@ -1,4 +1,4 @@
-import { from, mergeMap, type Observable } from 'rxjs';
+import { defer, from, mergeMap, type Observable } from 'rxjs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import type { DiskInfo, Snapshot, SnapshotOptions, Source } from '../Source.ts';
@@ -75,15 +75,17 @@ export class OpenStackSource implements Source {
       const flagBytes = (o.diskFlagSizeMb ?? 48) * 1024 * 1024;
       const disks: Array<{ id: string; label: string; image: string; capacity: number }> = [];
       const skipped: string[] = [];
-      // One rbd call costs 0.1-0.2 s: the images are asked in parallel.
+      // One rbd call costs 0.1-0.2 s: the images are asked in parallel, and their snapshots
+      // (the resume check, the base check and the cleanup use them) with their sizes.
+      const listed = Promise.all(found.map(async (d) => [d.image, (await rbd.snapshots(d.image)).map((x) => x.name)] as const));
+      listed.catch(() => {}); // awaited below, unless the sizes fail first
       const sizes = await Promise.all(found.map((d) => rbd.info(d.image)));
       found.forEach((d, i) => {
         const size = sizes[i]!.size;
         if (!o.skipDiskFlag && size < flagBytes) skipped.push(`${d.label}: flag disk (smaller than ${o.diskFlagSizeMb ?? 48} MB)`);
         else disks.push({ ...d, capacity: size });
       });
-      // Their snapshots, listed once: the resume check, the base check and the cleanup use them.
-      const existing = new Map(await Promise.all(disks.map(async (d) => [d.image, (await rbd.snapshots(d.image)).map((x) => x.name)] as const)));
+      const existing = new Map(await listed);
       for (const s of skipped) log.child('openstack').warn(`server ${server.name}: disk ${s}; not synced`);
 
       // The snapshot an interrupted sync's journal names is reused when every image still has it.
@@ -166,7 +168,11 @@ class RbdSnapshot implements Snapshot {
 
   changes(disk: DiskInfo, since: ChangeId | null): Observable<Extent> {
     const d = this._disk(disk);
-    return from(this._rbd.diff(d.image, this._name, since ?? undefined)).pipe(
+    return defer(() => {
+      // qemu-nbd starts (and connects to Ceph) while rbd diff runs: reads follow at once.
+      this._export(d).catch(() => {}); // its failure reaches the first read
+      return from(this._rbd.diff(d.image, this._name, since ?? undefined));
+    }).pipe(
       // Discarded areas (exists false) changed too: their blocks are read again, as zeros.
       mergeMap((extents) => extents.sort((a, b) => a.offset - b.offset).map((e) => ({ offset: e.offset, length: e.length }))),
     );
