@@ -31,7 +31,9 @@ export interface Snapshot {
    * The areas of `disk` to read, in ascending offset order (see toBlocks). With
    * `since = null`: every area that may hold data (areas left out are zero). With a
    * ChangeId from an earlier snapshot of this disk: every area that may have changed
-   * since then (areas left out are unchanged). Cold: nothing is asked until subscribed.
+   * since then (areas left out are unchanged). The pipeline trusts this to the byte: it
+   * may read only these areas (in whole 4 KiB pages) and take the rest of a block from
+   * the parent version or as zeros. Cold: nothing is asked until subscribed.
    */
   changes(disk: DiskInfo, since: ChangeId | null): Observable<Extent>;
 

@@ -47,44 +47,44 @@ export interface BlockRead {
  * from the repository, or zeros in a full sync). Source reads hold a reader slot.
  */
 export class BlockReader {
-  constructor(private readonly o: BlockReaderOptions) {}
+  constructor(private readonly o: BlockReaderOptions) {
+    if (!(o.patchBelow >= 0 && o.patchBelow <= 1)) throw new RangeError(`patchBelow must be a fraction from 0 to 1, got ${o.patchBelow}`);
+  }
 
   /** `buf` must hold a block plus the repository's chunk envelope (the base is read into it). */
   async read(ref: BlockRef, buf: Buffer): Promise<BlockRead> {
-    let parts = this.partsToRead(ref);
-    let baseBytes = 0;
-    let note: string | undefined;
-    if (parts) {
-      try {
-        baseBytes = await this.readBase(ref, buf);
-      } catch (err) {
-        // The source has every byte: a missing or damaged parent chunk must not fail this sync.
-        note = `block ${ref.index}: read whole from the source, the parent's chunk could not be read: ${oneLine((err as Error).message)}`;
-        parts = null;
-        baseBytes = 0;
-      }
-    }
-    const ranges = parts;
+    const { ranges, baseBytes, note } = await this.base(ref, buf);
     return this.o.readers.use(async () => {
       const { snapshot, disk } = this.o;
-      let data: Buffer;
-      let sourceBytes = 0;
-      if (!ranges) {
-        data = this.exact(await snapshot.read(disk, ref.offset, ref.length, buf), ref.offset, ref.length);
-        sourceBytes = ref.length;
-      } else {
-        data = buf.subarray(0, ref.length);
-        for (const part of ranges) {
-          const at = part.offset - ref.offset;
-          const into = data.subarray(at, at + part.length);
-          const got = this.exact(await snapshot.read(disk, part.offset, part.length, into), part.offset, part.length);
-          if (got.buffer !== into.buffer || got.byteOffset !== into.byteOffset) got.copy(into);
-          sourceBytes += part.length;
-        }
-      }
+      const data = ranges ? await this.readParts(ref, ranges, buf) : this.exact(await snapshot.read(disk, ref.offset, ref.length, buf), ref.offset, ref.length);
+      const sourceBytes = ranges ? ranges.reduce((sum, r) => sum + r.length, 0) : ref.length;
       await sleepForRead(sourceBytes, this.o.msPerMb, this.o.stopping);
       return { data, sourceBytes, baseBytes, note };
     });
+  }
+
+  /** The ranges to read when the block is patched, with its base in `buf`; null ranges: read it whole. */
+  private async base(ref: BlockRef, buf: Buffer): Promise<{ ranges: Extent[] | null; baseBytes: number; note?: string }> {
+    const ranges = this.partsToRead(ref);
+    if (!ranges) return { ranges, baseBytes: 0 };
+    try {
+      return { ranges, baseBytes: await this.readBase(ref, buf) };
+    } catch (err) {
+      // The source has every byte: a missing or damaged parent chunk must not fail this sync.
+      return { ranges: null, baseBytes: 0, note: `block ${ref.index}: read whole from the source, the parent's chunk could not be read: ${oneLine((err as Error).message)}` };
+    }
+  }
+
+  /** Reads each range over the base in `buf`; returns the block. */
+  private async readParts(ref: BlockRef, ranges: Extent[], buf: Buffer): Promise<Buffer> {
+    const data = buf.subarray(0, ref.length);
+    for (const part of ranges) {
+      const at = part.offset - ref.offset;
+      const into = data.subarray(at, at + part.length);
+      const got = this.exact(await this.o.snapshot.read(this.o.disk, part.offset, part.length, into), part.offset, part.length);
+      if (got.buffer !== into.buffer || got.byteOffset !== into.byteOffset) got.copy(into);
+    }
+    return data;
   }
 
   /** A read that returned another length would leave stale bytes in a patched block: never taken. */
