@@ -143,7 +143,7 @@ async function hostile(sock: string, reply: (handle: Buffer, offset: bigint, len
         } else {
           if (buf.length < 28) return;
           const handle = Buffer.from(buf.subarray(8, 16));
-          c.write(reply(handle, buf.readBigUInt64BE(16), buf.readUInt32BE(24)));
+          if (buf.readUInt16BE(6) === 0) c.write(reply(handle, buf.readBigUInt64BE(16), buf.readUInt32BE(24))); // reads only, not NBD_CMD_DISC
           buf = buf.subarray(28);
         }
       }
@@ -163,11 +163,28 @@ function chunk(handle: Buffer, type: number, payload: Buffer, done = true): Buff
   return Buffer.concat([h, payload]);
 }
 
-test('a hostile server: a chunk outside the request or a huge reply field fails the read, never writes past the buffer', async () => {
+test('a hostile server: a chunk outside the request, chunks that leave part of it unwritten or a huge reply field fail the read, never write past the buffer', async () => {
   const cases: Array<[string, (h: Buffer, off: bigint, len: number) => Buffer, RegExp]> = [
     ['data past the end', (h, off, len) => { const p = Buffer.alloc(8 + len); p.writeBigUInt64BE(off + 4096n, 0); return chunk(h, 1, p); }, /chunk outside the request/],
     ['data before the start', (h, off) => { const p = Buffer.alloc(8 + 16); p.writeBigUInt64BE(off - 1n, 0); return chunk(h, 1, p); }, /chunk outside the request/],
     ['a hole past the end', (h, off, len) => { const p = Buffer.alloc(12); p.writeBigUInt64BE(off, 0); p.writeUInt32BE(len + 1, 8); return chunk(h, 2, p); }, /chunk outside the request/],
+    ['data short of the end', (h, off, len) => { const p = Buffer.alloc(8 + len - 512); p.writeBigUInt64BE(off, 0); return chunk(h, 1, p); }, /do not cover it exactly once/],
+    ['a gap between two chunks', (h, off, len) => {
+      const a = Buffer.alloc(8 + 4096);
+      a.writeBigUInt64BE(off, 0);
+      const b = Buffer.alloc(12);
+      b.writeBigUInt64BE(off + 8192n, 0);
+      b.writeUInt32BE(len - 8192, 8);
+      return Buffer.concat([chunk(h, 1, a, false), chunk(h, 2, b)]);
+    }, /do not cover it exactly once/],
+    ['overlapping chunks as long as the request', (h, off, len) => {
+      const a = Buffer.alloc(8 + len / 2);
+      a.writeBigUInt64BE(off, 0);
+      const b = Buffer.from(a);
+      b.writeBigUInt64BE(off + 4096n, 0);
+      return Buffer.concat([chunk(h, 1, a, false), chunk(h, 1, b)]);
+    }, /do not cover it exactly once/],
+    ['done with no chunk at all', (h) => chunk(h, 0, Buffer.alloc(0)), /do not cover it exactly once/],
     ['a 1 GiB error field', (h) => { const c = chunk(h, 0x8001, Buffer.alloc(4)); c.writeUInt32BE(1024 * MiB, 16); return c; }, /a 1073741824-byte reply field/],
   ];
   for (const [what, reply, expected] of cases) {

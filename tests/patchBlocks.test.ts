@@ -78,10 +78,10 @@ interface Run {
   readBytes: number;
 }
 
-async function sync(source: TrackedDisk, repo: Repository, patchBelow?: number): Promise<Run> {
+async function sync(source: TrackedDisk, repo: Repository, options: { patchBelow?: number; full?: boolean } = {}): Promise<Run> {
   const before = source.readBytes;
   const events: SyncEvent[] = [];
-  const r = await runVmSync(source, 'vm', repo, { patchBelow }, (e) => events.push(e));
+  const r = await runVmSync(source, 'vm', repo, options, (e) => events.push(e));
   assert.is(r.failed.length, 0, r.failed.map((f) => f.error.message).join('; '));
   return { manifest: r.versions[0]!, events, readBytes: source.readBytes - before };
 }
@@ -94,6 +94,18 @@ async function restoredSha(repo: Repository, manifest: Manifest, dir: string): P
   return got;
 }
 
+/** Runs fn on a new repository of 1 MiB blocks in a temp folder, removed afterwards. */
+async function inRepo(fn: (repo: Repository, dir: string, root: string) => Promise<void>, options: object = {}): Promise<void> {
+  const dir = await tempDir();
+  try {
+    const root = join(dir, 'repo');
+    const repo = await Repository.open(await FsStore.open(root, { create: true }), { create: true, blockSize: BLOCK, ...options });
+    await fn(repo, dir, root);
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+}
+
 const repoKinds = [
   { name: 'plain', options: {} },
   { name: 'aes-256-gcm + zstd', options: { encryption: 'aes-256-gcm', compression: 'zstd', secret: async () => ({ passphrase: 'patch-test-passphrase' }) } },
@@ -101,9 +113,7 @@ const repoKinds = [
 
 for (const kind of repoKinds) {
   test(`${kind.name}: small changes are read alone and patched onto the parent's chunks; every version restores byte-exact`, async () => {
-    const dir = await tempDir();
-    try {
-      const repo = await Repository.open(await FsStore.open(join(dir, 'repo'), { create: true }), { create: true, blockSize: BLOCK, ...kind.options });
+    await inRepo(async (repo, dir) => {
       const disk = new TrackedDisk(8 * BLOCK + 12345);
       disk.write(0, randomBytes(3 * BLOCK)); // random: stored as it is
       disk.write(4 * BLOCK, pattern(2 * BLOCK, 1)); // compressible: decompressed into fresh memory
@@ -131,16 +141,12 @@ for (const kind of repoKinds) {
       assert.is(v2.manifest.stats.parentReadBytes, 3 * BLOCK);
       assert.is(await restoredSha(repo, v1.manifest, dir), want1, 'version 1');
       assert.is(await restoredSha(repo, v2.manifest, dir), sha(disk.bytes), 'version 2');
-    } finally {
-      await fsp.rm(dir, { recursive: true, force: true });
-    }
+    }, kind.options);
   });
 }
 
 test('a block changed over more than patchBelow of it, or with patchBelow 0, is read whole', async () => {
-  const dir = await tempDir();
-  try {
-    const repo = await Repository.open(await FsStore.open(join(dir, 'repo'), { create: true }), { create: true, blockSize: BLOCK });
+  await inRepo(async (repo, dir) => {
     const disk = new TrackedDisk(4 * BLOCK);
     disk.write(0, randomBytes(4 * BLOCK));
     await sync(disk, repo);
@@ -150,20 +156,15 @@ test('a block changed over more than patchBelow of it, or with patchBelow 0, is 
     assert.is(v2.readBytes, BLOCK + 4096);
     assert.is(v2.manifest.stats.parentReadBytes, BLOCK);
     disk.write(3 * BLOCK, randomBytes(100));
-    const v3 = await sync(disk, repo, 0);
+    const v3 = await sync(disk, repo, { patchBelow: 0 });
     assert.is(v3.readBytes, BLOCK, 'patchBelow 0 reads whole blocks');
     assert.is(v3.manifest.stats.parentReadBytes, 0);
     assert.is(await restoredSha(repo, v3.manifest, dir), sha(disk.bytes));
-  } finally {
-    await fsp.rm(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("a parent chunk that is damaged or gone: the block is read whole, the sync goes on and says why", async () => {
-  const dir = await tempDir();
-  try {
-    const root = join(dir, 'repo');
-    const repo = await Repository.open(await FsStore.open(root, { create: true }), { create: true, blockSize: BLOCK });
+  await inRepo(async (repo, dir, root) => {
     const disk = new TrackedDisk(3 * BLOCK);
     disk.write(0, randomBytes(3 * BLOCK));
     const v1 = await sync(disk, repo);
@@ -183,15 +184,32 @@ test("a parent chunk that is damaged or gone: the block is read whole, the sync 
     assert.match(notes.find((n) => n.startsWith('block 0'))!, new RegExp(`chunk .*${v1.manifest.blocks[0]!.slice(0, 8)}.*does not match`));
     assert.match(notes.find((n) => n.startsWith('block 1'))!, /could not be read/);
     assert.is(await restoredSha(repo, v2.manifest, dir), sha(disk.bytes));
-  } finally {
-    await fsp.rm(dir, { recursive: true, force: true });
-  }
+  });
+});
+
+test('a full sync asked for (--full) or forced by a tracking fault reads touched blocks whole: writes the tracker missed inside them are kept', async () => {
+  await inRepo(async (repo, dir) => {
+    const disk = new TrackedDisk(3 * BLOCK);
+    for (let i = 0; i < 3; i++) disk.write(i * BLOCK, randomBytes(100));
+    await sync(disk, repo);
+    disk.bytes.set(randomBytes(1000), BLOCK + 50_000); // a write the tracker missed
+    const full = await sync(disk, repo, { full: true });
+    assert.is(full.readBytes, 3 * BLOCK, 'every touched block, whole');
+    assert.is(full.manifest.stats.parentReadBytes, 0);
+    assert.match(full.manifest.stats.fullReason ?? '', /full sync was requested/);
+    assert.is(await restoredSha(repo, full.manifest, dir), sha(disk.bytes), 'the missed write is in the version');
+    disk.bytes.set(randomBytes(1000), 70_000); // missed again...
+    const snapshot = disk.snapshot.bind(disk);
+    disk.snapshot = async (vm) => ({ ...(await snapshot(vm)), checkSince: async () => 'change tracking was reset' }); // ...and the tracker faults
+    const forced = await sync(disk, repo);
+    assert.is(forced.manifest.stats.fullReason, 'change tracking was reset: full sync');
+    assert.is(forced.readBytes, 3 * BLOCK);
+    assert.is(await restoredSha(repo, forced.manifest, dir), sha(disk.bytes), 'the missed write is in the version');
+  });
 });
 
 test('a full sync reads only the parts its extents cover and leaves the rest of the block zero', async () => {
-  const dir = await tempDir();
-  try {
-    const repo = await Repository.open(await FsStore.open(join(dir, 'repo'), { create: true }), { create: true, blockSize: BLOCK });
+  await inRepo(async (repo, dir) => {
     const disk = new TrackedDisk(2 * BLOCK);
     disk.write(1000, randomBytes(5000));
     disk.write(BLOCK + 300_000, randomBytes(70_000));
@@ -199,15 +217,11 @@ test('a full sync reads only the parts its extents cover and leaves the rest of 
     assert.is(v1.readBytes, 8192 + (91 - 73) * 4096, 'the pages of the parts written');
     assert.is(v1.manifest.stats.parentReadBytes, 0);
     assert.is(await restoredSha(repo, v1.manifest, dir), sha(disk.bytes));
-  } finally {
-    await fsp.rm(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('a source that returns fewer bytes than asked fails the disk, naming the offset', async () => {
-  const dir = await tempDir();
-  try {
-    const repo = await Repository.open(await FsStore.open(join(dir, 'repo'), { create: true }), { create: true, blockSize: BLOCK });
+  await inRepo(async (repo) => {
     const disk = new TrackedDisk(2 * BLOCK);
     disk.write(0, randomBytes(2 * BLOCK));
     await sync(disk, repo);
@@ -220,9 +234,7 @@ test('a source that returns fewer bytes than asked fails the disk, naming the of
     const r = await runVmSync(disk, 'vm', repo);
     assert.is(r.versions.length, 0);
     assert.match(r.failed[0]!.error.message, new RegExp(`returned 4095 bytes for 4096 at offset ${BLOCK + 8192}`));
-  } finally {
-    await fsp.rm(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test.run();

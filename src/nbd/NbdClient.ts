@@ -37,6 +37,8 @@ interface Pending {
   extents?: NbdExtent[];
   /** The context a block status asked for: chunks of the others are skipped. */
   contextId?: number;
+  /** The [start, end) of each chunk of a structured read so far: they must tile the request. */
+  covered?: Array<[number, number]>;
   error?: number;
   resolve: () => void;
   reject: (err: Error) => void;
@@ -421,6 +423,8 @@ export class NbdClient {
         const p = this._pendingFor(handle);
         const done = () => {
           if (!(flags & P.REPLY_FLAG_DONE)) return;
+          // Still pending when thrown: the connection's failure rejects it with this reason.
+          if (!p.error && p.kind === 'read' && !tiled(p.covered ?? [], p.length)) throw this._fail(`NBD server ${this._where} ended the read of ${p.length} bytes at ${p.offset} with chunks that do not cover it exactly once`);
           this._pending.delete(handle);
           if (p.error) p.reject(this._fail(`NBD server ${this._where} failed a ${p.kind} at ${p.offset}: error ${p.error}`));
           else p.resolve();
@@ -428,6 +432,7 @@ export class NbdClient {
         // A chunk must lie inside its request: a server that says otherwise is not trusted.
         const inside = (at: number, n: number) => {
           if (p.kind !== 'read' || at < 0 || n < 0 || at + n > p.length) throw this._fail(`NBD server ${this._where} sent a chunk outside the request at ${p.offset}`);
+          (p.covered ??= []).push([at, at + n]);
         };
         if (type === P.REPLY_TYPE_OFFSET_DATA) {
           this._expect(8, (b) => {
@@ -510,4 +515,18 @@ export class NbdClient {
 async function settled(parts: Array<Promise<void>>): Promise<void> {
   const failed = (await Promise.allSettled(parts)).find((r) => r.status === 'rejected');
   if (failed) throw (failed as PromiseRejectedResult).reason;
+}
+
+/**
+ * Whether chunks tile [0, length): the NBD protocol (structured replies) has a successful
+ * read's chunks cover the request without overlapping; a gap would leave bytes unwritten.
+ */
+function tiled(chunks: Array<[number, number]>, length: number): boolean {
+  chunks.sort((a, b) => a[0] - b[0]);
+  let at = 0;
+  for (const [start, end] of chunks) {
+    if (start !== at) return false;
+    at = end;
+  }
+  return at === length;
 }

@@ -76,8 +76,9 @@ export interface DiskSyncOptions {
    * if it cannot be read, the block is read whole). Costs a chunk read from the repository
    * per such block, and saves the source the rest of the block: worth it where source
    * reads are dear (a hypervisor's datastore over the network), less so where the
-   * repository is far. Full syncs read only a block's allocated parts whatever it is,
-   * unless it is 0, which always reads whole blocks.
+   * repository is far. A first full sync reads only a block's allocated parts whatever it
+   * is, unless it is 0, which always reads whole blocks; `full` and a full sync forced by
+   * a tracking fault always read touched blocks whole.
    * @default 0.5
    */
   patchBelow?: number;
@@ -201,7 +202,10 @@ class DiskSync {
       disk,
       repo,
       base: since !== null ? parent!.blocks : null,
-      patchBelow: options.patchBelow ?? 0.5,
+      // A full sync forced by a tracking fault or `--full` is the operator's answer to a
+      // tracker that may have missed writes: its allocation report is not trusted to the
+      // byte either, so touched blocks are read whole.
+      patchBelow: options.full || this.stats.fullReason ? 0 : options.patchBelow ?? 0.5,
       readers: this.readers,
       msPerMb: options.releaseCpuMsPerMb ?? 0,
       stopping: this.stopping.signal,
