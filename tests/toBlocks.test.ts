@@ -64,6 +64,15 @@ test('an extent that goes backwards is an error naming both offsets', async () =
   assert.match(got.message, /offset 10 arrived after one at 50/);
 });
 
+test('a NaN, negative or fractional offset or length is an error naming it, not blocks silently dropped', async () => {
+  for (const bad of [ext(NaN, 5), ext(10, NaN), ext(-5, 20), ext(10, -3), ext(1.5, 4), ext(0, Infinity)]) {
+    const got = await lastValueFrom(from([ext(0, 5), bad]).pipe(toBlocks(10, 100), toArray())).catch((e) => e);
+    assert.instance(got, Error, `extent ${bad.offset}+${bad.length}`);
+    assert.is(got.code, 'EXTENT_INVALID');
+    assert.ok(got.message.includes(`offset ${bad.offset} with length ${bad.length}`), got.message);
+  }
+});
+
 test('rejects a block size that is not a positive integer', () => {
   assert.throws(() => toBlocks(0, 10), /blockSize/);
 });

@@ -33,6 +33,17 @@ export function toBlocks(blockSize: number, capacity: number): OperatorFunction<
       };
       return extents.subscribe({
         next(extent) {
+          // A NaN or negative figure from a source (a parse slip, a hostile reply) would
+          // otherwise drop its blocks without a word: the loop below never runs for it.
+          if (!isByteCount(extent.offset) || !isByteCount(extent.length)) {
+            subscriber.error(
+              new HamalError(
+                'EXTENT_INVALID',
+                `extent at offset ${extent.offset} with length ${extent.length}: offsets and lengths must be non-negative integers`,
+              ),
+            );
+            return;
+          }
           if (extent.offset < lastOffset) {
             subscriber.error(
               new HamalError(
@@ -68,6 +79,10 @@ export function toBlocks(blockSize: number, capacity: number): OperatorFunction<
         },
       });
     });
+}
+
+function isByteCount(value: number): boolean {
+  return Number.isSafeInteger(value) && value >= 0;
 }
 
 /** Adds [start, stop) to ascending disjoint parts; `start` is at or after the last part's start. */
