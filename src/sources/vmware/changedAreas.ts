@@ -67,7 +67,10 @@ export function changedAreas(client: VsphereClient, d: CbtDisk, changeId: string
  */
 export function changedAreasPage(info: unknown, start: number, capacity: number, where: string): { extents: Extent[]; next: number | null } {
   const bad = (why: string) => new HamalError('CBT_BAD_REPLY', `changed areas of ${where}: ${why}`, { subject: where });
-  if (info === undefined) return { extents: [], next: null };
+  // DiskChangeInfo is the method's required return, startOffset and length its required
+  // properties (vSphere Web Services API reference, DiskChangeInfo). A reply without them,
+  // or one covering nothing short of the capacity, would end the listing early and leave
+  // the rest of the disk's changes unsynced: it is refused, never read as "no more".
   if (typeof info !== 'object' || info === null) throw bad('the reply is not a DiskChangeInfo');
   const i = info as Obj;
   const num = (v: unknown, what: string) => {
@@ -75,10 +78,10 @@ export function changedAreasPage(info: unknown, start: number, capacity: number,
     if (!Number.isSafeInteger(n)) throw bad(`${what} ${JSON.stringify(v)?.slice(0, 40)} is not a whole number`);
     return n;
   };
-  const length = i.length === undefined ? 0 : num(i.length, 'length');
-  const pageStart = length > 0 ? num(i.startOffset, 'startOffset') : start;
+  const length = num(i.length, 'length');
+  const pageStart = num(i.startOffset, 'startOffset');
   const end = pageStart + length;
-  if (length > 0 && (pageStart > start || end <= start)) throw bad(`the reply covers [${pageStart}, ${end}), which does not move on from ${start}`);
+  if (pageStart > start || end <= start) throw bad(`the reply covers [${pageStart}, ${end}), which does not move on from ${start}`);
   const raw = i.changedArea === undefined ? [] : Array.isArray(i.changedArea) ? i.changedArea : [i.changedArea];
   const extents: Extent[] = [];
   for (const a of raw as unknown[]) {
@@ -88,7 +91,7 @@ export function changedAreasPage(info: unknown, start: number, capacity: number,
     if (offset < pageStart || offset + len > Math.min(end, capacity)) throw bad(`area [${offset}, +${len}) lies outside the page [${pageStart}, ${end}) or the disk (${capacity} bytes)`);
     if (len > 0) extents.push({ offset, length: len });
   }
-  return { extents, next: length > 0 && end < capacity ? end : null };
+  return { extents, next: end < capacity ? end : null };
 }
 
 /** The UUID part of a changeId (`52 3a ... 9f/17` -> `52 3a ... 9f`): when it differs, tracking was reset. */
