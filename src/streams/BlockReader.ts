@@ -57,7 +57,7 @@ export class BlockReader {
     return this.o.readers.use(async () => {
       const { snapshot, disk } = this.o;
       const data = ranges ? await this.readParts(ref, ranges, buf) : this.exact(await snapshot.read(disk, ref.offset, ref.length, buf), ref.offset, ref.length);
-      const sourceBytes = ranges ? ranges.reduce((sum, r) => sum + r.length, 0) : ref.length;
+      const sourceBytes = ranges ? totalLength(ranges) : ref.length;
       await sleepForRead(sourceBytes, this.o.msPerMb, this.o.stopping);
       return { data, sourceBytes, baseBytes, note };
     });
@@ -82,7 +82,7 @@ export class BlockReader {
       const at = part.offset - ref.offset;
       const into = data.subarray(at, at + part.length);
       const got = this.exact(await this.o.snapshot.read(this.o.disk, part.offset, part.length, into), part.offset, part.length);
-      if (got.buffer !== into.buffer || got.byteOffset !== into.byteOffset) got.copy(into);
+      placeIn(into, got);
     }
     return data;
   }
@@ -110,7 +110,7 @@ export class BlockReader {
       if (last && start - (last.offset + last.length) < MERGE_GAP) last.length = Math.max(last.length, stop - last.offset);
       else ranges.push({ offset: start, length: stop - start });
     }
-    const bytes = ranges.reduce((sum, r) => sum + r.length, 0);
+    const bytes = totalLength(ranges);
     const worth = this.o.base === null ? bytes < ref.length : bytes < this.o.patchBelow * ref.length;
     return worth ? ranges : null;
   }
@@ -126,7 +126,16 @@ export class BlockReader {
     if (chunk.length !== ref.length) {
       throw new IntegrityError('CHUNK_SIZE', `chunk ${id} of block ${ref.index} holds ${chunk.length} bytes, the block ${ref.length}`, { subject: id });
     }
-    if (chunk.buffer !== buf.buffer || chunk.byteOffset !== buf.byteOffset) chunk.copy(buf);
+    placeIn(buf, chunk);
     return ref.length;
   }
+}
+
+function totalLength(ranges: Extent[]): number {
+  return ranges.reduce((sum, r) => sum + r.length, 0);
+}
+
+/** Puts `got` at the start of `target`; a reader that filled `target` itself is not copied over. */
+function placeIn(target: Buffer, got: Buffer): void {
+  if (got.buffer !== target.buffer || got.byteOffset !== target.byteOffset) got.copy(target);
 }
