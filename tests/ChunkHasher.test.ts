@@ -5,6 +5,9 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { ChunkHasher } from '../src/repo/ChunkHasher.ts';
 import { sharedBuffer } from '../src/repo/HashWorkers.ts';
 import { ChunkCodec } from '../src/repo/ChunkCodec.ts';
@@ -132,6 +135,38 @@ test('an idle process holds no block buffers: pooled buffers dropped and hash th
   assert.is(out.idle.threads, 0);
   assert.is(out.again, createHash('sha256').update(Buffer.alloc(4 << 20, 7)).digest('hex'));
   assert.is(out.threads, 1);
+});
+
+test('[hamal] hash_threads sets the threads the syncs hash on: 8 blocks in flight use that many, 0 one per core (at most 4)', async () => {
+  const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
+  const context = new URL(`../src/cli/context.${ext}`, import.meta.url).href;
+  const workers = new URL(`../src/repo/HashWorkers.${ext}`, import.meta.url).href;
+  const dir = mkdtempSync(join(tmpdir(), 'hamal-threads-'));
+  try {
+    const run = (conf: string) => {
+      writeFileSync(join(dir, 'hamal.conf'), conf, { mode: 0o600 });
+      const code = `
+        import { setup } from ${JSON.stringify(context)};
+        import { HashWorkers, HASH_THREADS, sharedBuffer } from ${JSON.stringify(workers)};
+        await setup({ config: ${JSON.stringify(join(dir, 'hamal.conf'))} });
+        const w = HashWorkers.shared();
+        const jobs = Array.from({ length: 8 }, () => w.hash(sharedBuffer(1 << 20), null));
+        const running = w.running;
+        await Promise.all(jobs);
+        console.log(JSON.stringify({ size: w.size, running, auto: HASH_THREADS }));
+        process.exit(0);`;
+      const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { timeout: 60_000, encoding: 'utf8' });
+      assert.is(r.status, 0, r.stderr);
+      return JSON.parse(r.stdout.trim().split('\n').pop()!);
+    };
+    assert.equal(run('[hamal]\nhash_threads = 3\n'), { size: 3, running: 3, auto: run('').auto });
+    assert.equal(run('[hamal]\nhash_threads = 1\n').running, 1);
+    const auto = run('[hamal]\nhash_threads = 0\n');
+    assert.is(auto.size, auto.auto);
+    assert.is(auto.running, Math.min(8, auto.auto));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test.run();

@@ -190,6 +190,7 @@ export const SCHEMA = {
       status: 'used',
       doc: 'Key file (its bytes, e.g. 32 random bytes) that opens encrypted repositories instead of a passphrase.',
     },
+    hash_threads: int(0, 0, 16, 'threads', 'used', "hamal's key. Threads that hash chunks (SHA-256, HMAC names of encrypted repositories) and seal or open them (AES-256-GCM), beside the one that drives the syncs; 0 = one per core, at most 4. Lower it to leave cores to the platform's own work on a shared host; more threads than cores only queue."),
     writers_per_disk: int(4, 1, 64, 'threads', 'used', 'Chunk writes of one disk at once; each holds one block. Past 4-8 per target the latency of each write grows faster than throughput.'),
     patch_changed_below: int(50, 0, 100, 'percent', 'used', "hamal's key. An incremental sync reads from the source only the changed parts of a block whose changes cover less than this share of it, and writes them over the block's chunk of the previous version, read back (and verified) from the repository; a block whose chunk cannot be read is read whole. Cost: one chunk read from the repository per such block, against the rest of the block not read from the platform: lower it when the repository is far and the platform near. A full sync likewise reads only a block's allocated parts. 0 = always read whole blocks."),
     block_size_mb: int(4, 1, 64, 'MB', 'used', 'Block size of a repository created by a sync; an existing repository keeps its own. Memory per block in flight.'),

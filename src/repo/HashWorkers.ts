@@ -96,8 +96,28 @@ export class HashWorkers {
 
   /** The process's pool, or null once a thread failed (then callers hash inline). */
   static shared(): HashWorkers | null {
-    HashWorkers._shared ??= new HashWorkers(HASH_THREADS);
+    HashWorkers._shared ??= new HashWorkers(HashWorkers._count);
     return HashWorkers._shared._broken ? null : HashWorkers._shared;
+  }
+
+  private static _count = HASH_THREADS;
+
+  /**
+   * Threads of the process's pool (`[hamal] hash_threads`); 0: HASH_THREADS. A pool already
+   * running with another size is replaced: its threads finish their jobs and end when idle.
+   */
+  static configure(threads: number): void {
+    if (!Number.isSafeInteger(threads) || threads < 0) throw new RangeError(`hash threads must be a whole number from 0, got ${threads}`);
+    HashWorkers._count = threads || HASH_THREADS;
+    if (HashWorkers._shared && HashWorkers._shared._threads.length !== HashWorkers._count) {
+      HashWorkers._shared._threads.forEach((t) => t && t.jobs.size === 0 && HashWorkers._shared!._idle(t));
+      HashWorkers._shared = undefined;
+    }
+  }
+
+  /** Threads the pool may run at once. */
+  get size(): number {
+    return this._threads.length;
   }
 
   /** Threads running now (ended idle ones not counted). */
