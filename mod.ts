@@ -56,6 +56,8 @@ export { pruneRepository, type PruneOptions, type PruneReport } from './src/repo
 export { verifyRepository, type VerifyOptions, type VerifyProblem, type VerifyReport } from './src/repo/verifyRepository.ts';
 export type { Manifest, VersionStats } from './src/repo/Manifest.ts';
 export { chunkIdOf, type ChunkId } from './src/repo/ChunkId.ts';
+/** Threads that hash and seal chunks, for the whole process: `HashWorkers.configure(n)` before the first sync (0 = one per core, at most 4). */
+export { HashWorkers, HASH_THREADS } from './src/repo/HashWorkers.ts';
 export type { VersionId } from './src/repo/VersionId.ts';
 
 export { VERSION } from './src/version.ts';
