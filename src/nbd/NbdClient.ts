@@ -1,6 +1,7 @@
 import net from 'node:net';
 import { HamalError } from '../errors.ts';
 import * as P from './NbdProtocol.ts';
+import { copyBytes } from '../copyBytes.ts';
 
 export interface NbdClientOptions {
   /** Export name. @default '' */
@@ -155,7 +156,7 @@ export class NbdClient {
       }
       const head = this._chunks[0]!;
       const take = Math.min(head.length, n - done);
-      head.copy(dest, at + done, 0, take);
+      copyBytes(head.subarray(0, take), dest, at + done);
       done += take;
       this._buffered -= take;
       if (take === head.length) this._chunks.shift();
@@ -362,7 +363,7 @@ export class NbdClient {
         }
       } else {
         const take = Math.min(need.left, chunk.length - pos);
-        if (need.dest) chunk.copy(need.dest, need.at, pos, pos + take);
+        if (need.dest) copyBytes(chunk.subarray(pos, pos + take), need.dest, need.at);
         need.at += take;
         need.left -= take;
         pos += take;

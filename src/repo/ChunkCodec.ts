@@ -3,6 +3,7 @@ import { HamalError, IntegrityError } from '../errors.ts';
 import type { MasterKey } from './MasterKey.ts';
 import type { Zstd } from './Zstd.ts';
 import { HashWorkers } from './HashWorkers.ts';
+import { copyBytes } from '../copyBytes.ts';
 
 export type Encryption = 'none' | 'aes-256-gcm';
 export type Compression = 'none' | 'zstd';
@@ -57,15 +58,15 @@ export class ChunkCodec {
   private _sealed(id: string, flags: number, body: Uint8Array, out?: Buffer): Buffer {
     const dst = this._envelope(flags, body, out);
     if (!(flags & AES)) {
-      dst.set(body, 5);
+      copyBytes(body, dst, 5);
       return dst.subarray(0, 5 + body.length);
     }
     const cipher = createCipheriv('aes-256-gcm', this._key!.encryptionKey, dst.subarray(5, 17));
     cipher.setAAD(Buffer.from(id, 'latin1'));
     let at = 17;
-    for (let o = 0; o < body.length; o += SLICE) at += cipher.update(body.subarray(o, o + SLICE)).copy(dst, at);
-    at += cipher.final().copy(dst, at);
-    at += cipher.getAuthTag().copy(dst, at);
+    for (let o = 0; o < body.length; o += SLICE) at += copyBytes(cipher.update(body.subarray(o, o + SLICE)), dst, at);
+    at += copyBytes(cipher.final(), dst, at);
+    at += copyBytes(cipher.getAuthTag(), dst, at);
     return dst.subarray(0, at);
   }
 
@@ -125,8 +126,8 @@ export class ChunkCodec {
       const { decipher, sealed, dst } = this._opening(id, body, bad);
       let at = 0;
       try {
-        for (let o = 0; o < sealed.length; o += SLICE) at += decipher.update(sealed.subarray(o, o + SLICE)).copy(dst, at);
-        at += decipher.final().copy(dst, at);
+        for (let o = 0; o < sealed.length; o += SLICE) at += copyBytes(decipher.update(sealed.subarray(o, o + SLICE)), dst, at);
+        at += copyBytes(decipher.final(), dst, at);
       } catch {
         throw bad(TAG_MISMATCH);
       }

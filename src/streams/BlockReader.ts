@@ -7,6 +7,7 @@ import type { Slots } from './Slots.ts';
 import { sleepForRead } from './releaseCpu.ts';
 import { HamalError, IntegrityError } from '../errors.ts';
 import { oneLine } from '../log/oneLine.ts';
+import { copyBytes } from '../copyBytes.ts';
 
 /** Parts of a block closer than this are read as one: reading the gap costs less than another request. */
 export const MERGE_GAP = 64 * 1024;
@@ -137,5 +138,5 @@ function totalLength(ranges: Extent[]): number {
 
 /** Puts `got` at the start of `target`; a reader that filled `target` itself is not copied over. */
 function placeIn(target: Buffer, got: Buffer): void {
-  if (got.buffer !== target.buffer || got.byteOffset !== target.byteOffset) got.copy(target);
+  if (got.buffer !== target.buffer || got.byteOffset !== target.byteOffset) copyBytes(got, target);
 }

@@ -2,6 +2,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { HamalError } from '../../errors.ts';
 import { Slots } from '../../streams/Slots.ts';
+import { copyBytes } from '../../copyBytes.ts';
 
 /** What reads one volume snapshot from its data channel: the built-in reader, or a command's NBD export. */
 export interface VolumeReader {
@@ -67,7 +68,7 @@ export class DataChannel implements VolumeReader {
                   res.destroy();
                   return reject(fail(`sent more than the ${length} bytes asked for at ${offset}`));
                 }
-                d.copy(into, got);
+                copyBytes(d, into, got);
                 got += d.length;
               });
               res.on('end', () => (got === length ? resolve(into.subarray(0, length)) : reject(fail(`sent ${got} of ${length} bytes at ${offset}`))));

@@ -8,6 +8,7 @@ import { VIM25_WSDL } from './vim25Wsdl.ts';
 import { parseSoapReply } from './SoapReply.ts';
 import { HamalError } from '../../errors.ts';
 import { log } from '../../log/Logger.ts';
+import { copyBytes } from '../../copyBytes.ts';
 
 /** A managed object reference: `{ type: 'VirtualMachine', value: 'vm-42' }`. */
 export interface Mor {
@@ -186,7 +187,7 @@ export class VsphereClient {
               res.destroy();
               return reject(new HamalError('DATASTORE_READ_FAILED', `${path.replace(/\?.*/, '')} on ${this.url.host} sent more than the ${into.length} bytes asked for (HTTP ${res.statusCode})`, { subject: path, retryable: true }));
             }
-            if (into) d.copy(into, got);
+            if (into) copyBytes(d, into, got);
             else parts.push(d);
             got += d.length;
             if (!into && got > limit) {
