@@ -23,8 +23,16 @@ const ZSTD = 1;
 const AES = 2;
 /** A block is stored compressed only when that saves at least this fraction of it. */
 const MIN_SAVING = 0.03;
-/** Bytes compressed first to judge a block: incompressible data costs one sample, not a whole pass. */
-const SAMPLE = 64 * 1024;
+/**
+ * A block is judged by compressing SAMPLES pieces of SAMPLE bytes spread over it, at
+ * zstd's fast level SAMPLE_LEVEL: incompressible data costs the samples, not a whole pass.
+ * Measured on an ext4 image of /usr/share (384 blocks, bench/run enc): the first 64 KiB at
+ * level 3 missed 9 compressible blocks (283 MiB stored) at 0.24 ms per random block; four
+ * 16 KiB pieces at level -1 missed 1 (266 MiB) at 0.17 ms.
+ */
+const SAMPLE = 16 * 1024;
+const SAMPLES = 4;
+const SAMPLE_LEVEL = -1;
 /** Cipher input per call: small outputs reuse memory, where one 4 MiB call maps fresh pages. */
 const SLICE = 64 * 1024;
 /** zstd level: 3 is zstd's default, fast enough to keep up with the reads here. */
@@ -206,9 +214,13 @@ export function isEnveloped(stored: Uint8Array): boolean {
 }
 
 function worthCompressing(z: Zstd, plain: Uint8Array): boolean {
-  if (plain.length <= SAMPLE * 2) return true;
-  const sample = plain.subarray(0, SAMPLE);
-  return z.compress(sample, LEVEL).length <= SAMPLE * (1 - MIN_SAVING);
+  if (plain.length <= SAMPLE * SAMPLES * 2) return true;
+  let packed = 0;
+  for (let k = 0; k < SAMPLES; k++) {
+    const at = Math.floor((k * (plain.length - SAMPLE)) / (SAMPLES - 1));
+    packed += z.compress(plain.subarray(at, at + SAMPLE), SAMPLE_LEVEL).length;
+  }
+  return packed <= SAMPLE * SAMPLES * (1 - MIN_SAVING);
 }
 
 /** Frame_Content_Size of a zstd frame header (RFC 8878 3.1.1.1), or null when absent. */

@@ -1,0 +1,56 @@
+// What ChunkCodec stores compressed: a block is judged on samples spread over it, so a
+// block whose start is noise and whose rest compresses is compressed, noise throughout is
+// not; every stored form reads back byte-exact, from shared memory or not.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { createHash, randomBytes } from 'node:crypto';
+import { ChunkCodec } from '../src/repo/ChunkCodec.ts';
+import { sharedBuffer } from '../src/repo/HashWorkers.ts';
+import { MasterKey } from '../src/repo/MasterKey.ts';
+import { zstd } from '../src/repo/Zstd.ts';
+
+const MiB = 1024 * 1024;
+const BLOCK = 4 * MiB;
+const ZSTD_FLAG = 1;
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+/** Text-like bytes: compress well, are not zeros. */
+function text(n: number): Buffer {
+  const words = ['block', 'chunk', 'disk', 'version', 'snapshot', 'replica', '\n'];
+  let s = '';
+  for (let i = 0; s.length < n; i++) s += words[(i * 7 + (i >> 3)) % words.length] + ' ';
+  return Buffer.from(s.slice(0, n), 'latin1');
+}
+
+/** `plain` in shared memory, as the sync's block buffers hold it. */
+function inShared(plain: Buffer): Buffer {
+  const b = sharedBuffer(plain.length);
+  plain.copy(b);
+  return b;
+}
+
+const blocks: Record<string, () => Buffer> = {
+  'noise throughout': () => randomBytes(BLOCK),
+  'noise in the first 256 KiB, text after it': () => Buffer.concat([randomBytes(256 * 1024), text(BLOCK - 256 * 1024)]),
+  'text, noise in the last 256 KiB': () => Buffer.concat([text(BLOCK - 256 * 1024), randomBytes(256 * 1024)]),
+  'a short tail block of text': () => text(100 * 1024 + 3),
+};
+const compressed = new Set(['noise in the first 256 KiB, text after it', 'text, noise in the last 256 KiB', 'a short tail block of text']);
+
+for (const encryption of ['none', 'aes-256-gcm'] as const) {
+  test(`zstd, encryption ${encryption}: blocks judged on spread samples; every stored form reads back byte-exact`, async () => {
+    const codec = new ChunkCodec('zstd', encryption, encryption === 'none' ? null : MasterKey.generate(), await zstd(), BLOCK);
+    for (const [what, make] of Object.entries(blocks)) {
+      const plain = make();
+      const stored = Buffer.from(await codec.encodeOffThread(what, inShared(plain), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
+      const isCompressed = (stored[4]! & ZSTD_FLAG) !== 0;
+      assert.is(isCompressed, compressed.has(what), `${what}: compressed`);
+      if (isCompressed) assert.ok(stored.length < plain.length * 0.9, `${what}: ${stored.length} bytes stored of ${plain.length}`);
+      else assert.is(stored.length, plain.length + (encryption === 'none' ? 5 : ChunkCodec.OVERHEAD), `${what}: stored as it is`);
+      assert.is(sha(codec.decode(what, `chunks/${what}`, Buffer.from(stored))), sha(plain), `${what}: read back`);
+      assert.is(sha(await codec.decodeOffThread(what, `chunks/${what}`, inShared(stored))), sha(plain), `${what}: read back from shared memory`);
+    }
+  });
+}
+
+test.run();
