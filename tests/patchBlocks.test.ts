@@ -220,6 +220,25 @@ test('a full sync reads only the parts its extents cover and leaves the rest of 
   });
 });
 
+test('a disk that never had change tracking is read by its allocated parts on every sync, not whole', async () => {
+  await inRepo(async (repo, dir) => {
+    const disk = new TrackedDisk(2 * BLOCK);
+    const snapshot = disk.snapshot.bind(disk);
+    // As a local file or a raw libvirt disk: an allocation map, no changeId.
+    disk.snapshot = async (vm) => {
+      const s = await snapshot(vm);
+      return { ...s, disks: s.disks.map((d) => ({ ...d, changeId: null })) };
+    };
+    disk.write(1000, randomBytes(5000));
+    await sync(disk, repo);
+    disk.write(BLOCK + 300_000, randomBytes(70_000));
+    const v2 = await sync(disk, repo);
+    assert.is(v2.manifest.stats.fullReason, 'the parent has no changeId to diff against');
+    assert.is(v2.readBytes, 8192 + (91 - 73) * 4096, 'the pages of the allocated parts');
+    assert.is(await restoredSha(repo, v2.manifest, dir), sha(disk.bytes));
+  });
+});
+
 test('a source that returns fewer bytes than asked fails the disk, naming the offset', async () => {
   await inRepo(async (repo) => {
     const disk = new TrackedDisk(2 * BLOCK);

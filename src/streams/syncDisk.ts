@@ -76,9 +76,10 @@ export interface DiskSyncOptions {
    * if it cannot be read, the block is read whole). Costs a chunk read from the repository
    * per such block, and saves the source the rest of the block: worth it where source
    * reads are dear (a hypervisor's datastore over the network), less so where the
-   * repository is far. A first full sync reads only a block's allocated parts whatever it
-   * is, unless it is 0, which always reads whole blocks; `full` and a full sync forced by
-   * a tracking fault always read touched blocks whole.
+   * repository is far. A full sync (the first, or of a disk without change tracking)
+   * reads only a block's allocated parts whatever it is, unless it is 0, which always
+   * reads whole blocks; `full` and a full sync forced by a tracking fault always read
+   * touched blocks whole.
    * @default 0.5
    */
   patchBelow?: number;
@@ -97,6 +98,8 @@ interface DiskPlan {
   sameSize: boolean;
   since: string | null;
   sinceNote?: string;
+  /** The full sync answers a tracker that may have missed writes: its allocation report is not trusted either. */
+  distrust: boolean;
   fence?: LeaseFence;
   journal: Journal | null;
   resumed: Map<number, ChunkId | null>;
@@ -126,10 +129,10 @@ async function planDisk(vm: string, snapshot: Snapshot, disk: DiskInfo, repo: Re
   const latest = await repo.latestVersion(vm, disk.id);
   const parent = latest ? await repo.readManifest(vm, disk.id, latest) : null;
   const sameSize = parent !== null && parent.capacity === disk.capacity;
-  const { since, sinceNote } = await chooseSince(snapshot, disk, parent, sameSize, options.full === true);
+  const { since, sinceNote, distrust } = await chooseSince(snapshot, disk, parent, sameSize, options.full === true);
   const fence = options.lease ? repo.fence(vm, disk.id, options.lease) : undefined;
   await fence?.claim();
-  if (!options.journalDir) return { parent, sameSize, since, sinceNote, fence, journal: null, resumed: new Map(), journalNotes: [], partial: false };
+  if (!options.journalDir) return { parent, sameSize, since, sinceNote, distrust, fence, journal: null, resumed: new Map(), journalNotes: [], partial: false };
   const header: JournalHeader = {
     format: JOURNAL_FORMAT,
     repository: repo.config.id,
@@ -145,7 +148,7 @@ async function planDisk(vm: string, snapshot: Snapshot, disk: DiskInfo, repo: Re
   };
   const partialIndexes = (options.partialIndexSeconds ?? 60) > 0;
   const { journal, resumed, notes: journalNotes, partial } = await resumeJournal(options.journalDir, header, snapshot, disk, repo, partialIndexes);
-  return { parent, sameSize, since, sinceNote, fence, journal, resumed, journalNotes, partial };
+  return { parent, sameSize, since, sinceNote, distrust, fence, journal, resumed, journalNotes, partial };
 }
 
 /** The run of one planned disk sync: its block map and stats as blocks land, the fsync stream, the commit. */
@@ -202,10 +205,10 @@ class DiskSync {
       disk,
       repo,
       base: since !== null ? parent!.blocks : null,
-      // A full sync forced by a tracking fault or `--full` is the operator's answer to a
-      // tracker that may have missed writes: its allocation report is not trusted to the
-      // byte either, so touched blocks are read whole.
-      patchBelow: options.full || this.stats.fullReason ? 0 : options.patchBelow ?? 0.5,
+      // A full sync forced by a tracking fault or `--full` is the answer to a tracker that
+      // may have missed writes: its allocation report is not trusted to the byte either, so
+      // touched blocks are read whole. A disk that never had tracking keeps its parts.
+      patchBelow: plan.distrust ? 0 : options.patchBelow ?? 0.5,
       readers: this.readers,
       msPerMb: options.releaseCpuMsPerMb ?? 0,
       stopping: this.stopping.signal,
@@ -240,7 +243,7 @@ class DiskSync {
   private blocks$(): Observable<SyncEvent> {
     const { resumed, since } = this.plan;
     return this.snapshot.changes(this.disk, since).pipe(
-      toBlocks(this.blockSize, this.disk.capacity),
+      toBlocks(this.blockSize, this.disk.capacity, `disk ${this.disk.id}`),
       filter((ref) => !resumed.has(ref.index)),
       mergeMap((ref) => defer(() => this.track(this.block(ref))), this.readers.size + this.writers.size),
       map((o): SyncEvent => {
@@ -386,14 +389,15 @@ class DiskSync {
  * since it can be asked for; otherwise null, and `sinceNote` says why (for the log and
  * the version's stats) when a parent exists.
  */
-async function chooseSince(snapshot: Snapshot, disk: DiskInfo, parent: Manifest | null, sameSize: boolean, full: boolean): Promise<{ since: string | null; sinceNote?: string }> {
-  if (!parent) return { since: null };
-  if (full) return { since: null, sinceNote: 'a full sync was requested (--full, or the task\'s "full")' };
-  if (!sameSize) return { since: null, sinceNote: `capacity changed from ${parent.capacity} to ${disk.capacity} bytes since version ${parent.version}: full sync` };
+async function chooseSince(snapshot: Snapshot, disk: DiskInfo, parent: Manifest | null, sameSize: boolean, full: boolean): Promise<{ since: string | null; sinceNote?: string; distrust: boolean }> {
+  if (full) return { since: null, sinceNote: parent ? 'a full sync was requested (--full, or the task\'s "full")' : undefined, distrust: true };
+  if (!parent) return { since: null, distrust: false };
+  if (!sameSize) return { since: null, sinceNote: `capacity changed from ${parent.capacity} to ${disk.capacity} bytes since version ${parent.version}: full sync`, distrust: false };
   const since = parent.source.changeId && disk.changeId ? parent.source.changeId : null;
-  if (since === null) return { since: null, sinceNote: parent.source.changeId ? 'the disk has no changeId in this snapshot: full sync' : undefined };
+  // Tracking the parent had and this snapshot lacks is a tracking fault; none ever is not.
+  if (since === null) return parent.source.changeId ? { since: null, sinceNote: 'the disk has no changeId in this snapshot: full sync', distrust: true } : { since: null, distrust: false };
   const why = snapshot.checkSince ? await snapshot.checkSince(disk, since) : null;
-  return why ? { since: null, sinceNote: `${why}: full sync` } : { since };
+  return why ? { since: null, sinceNote: `${why}: full sync`, distrust: true } : { since, distrust: false };
 }
 
 /** Bytes of blocks whose content differs from the parent's; all data bytes without a comparable parent. */
