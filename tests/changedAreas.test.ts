@@ -18,6 +18,8 @@ test('a reply that would end the listing before the capacity is refused, naming 
   const replies: Array<[unknown, RegExp]> = [
     [undefined, /not a DiskChangeInfo/],
     [{}, /length undefined is not a whole number/],
+    [{ startOffset: -10, length: capacity + 20, changedArea: { start: -5, length: 10 } }, /startOffset -10 is not a whole number of bytes, 0 or more/],
+    [{ startOffset: 8 * MiB, length: MiB, changedArea: { start: 8 * MiB, length: -4096 } }, /changedArea length -4096/],
     [{ startOffset: 0, changedArea: [] }, /length undefined/],
     [{ length: 4096 }, /startOffset undefined/],
     [{ startOffset: 8 * MiB, length: 0 }, /does not move on from 8388608/],

@@ -165,7 +165,7 @@ test('changed areas (QueryChangedDiskAreas): any reply gives areas inside the pa
     fc.property(info, fc.integer({ min: 0, max: capacity - 1 }), (reply, start) =>
       ours(() => {
         const page = changedAreasPage(reply, start, capacity, 'disk 2000 of vm-1');
-        for (const e of page.extents) assert.ok(Number.isSafeInteger(e.offset) && e.length > 0 && e.offset + e.length <= capacity, JSON.stringify(e));
+        for (const e of page.extents) assert.ok(Number.isSafeInteger(e.offset) && e.offset >= 0 && Number.isSafeInteger(e.length) && e.length > 0 && e.offset + e.length <= capacity, JSON.stringify(e));
         if (page.next !== null) assert.ok(page.next > start && page.next < capacity, `next ${page.next} after ${start}`);
       }),
     ),

@@ -57,18 +57,20 @@ test('a short last block keeps its real length; empty and out-of-range extents e
   assert.equal(out, [{ ...blk(1, 16, 40), parts: [part(20, 12)] }, { index: 2, offset: 32, length: 8 }]);
 });
 
-test('an extent that goes backwards is an error naming both offsets', async () => {
-  const got = await lastValueFrom(from([ext(50, 5), ext(10, 5)]).pipe(toBlocks(10, 100), toArray())).catch((e) => e);
+test('an extent that goes backwards is an error naming the disk and both offsets', async () => {
+  const got = await lastValueFrom(from([ext(50, 5), ext(10, 5)]).pipe(toBlocks(10, 100, 'disk scsi0:1'), toArray())).catch((e) => e);
   assert.instance(got, Error);
   assert.is(got.code, 'EXTENT_ORDER');
-  assert.match(got.message, /offset 10 arrived after one at 50/);
+  assert.is(got.subject, 'disk scsi0:1');
+  assert.match(got.message, /^disk scsi0:1: extent at offset 10 arrived after one at 50/);
 });
 
-test('a NaN, negative or fractional offset or length is an error naming it, not blocks silently dropped', async () => {
+test('a NaN, negative or fractional offset or length is an error naming it and the disk, not blocks silently dropped', async () => {
   for (const bad of [ext(NaN, 5), ext(10, NaN), ext(-5, 20), ext(10, -3), ext(1.5, 4), ext(0, Infinity)]) {
-    const got = await lastValueFrom(from([ext(0, 5), bad]).pipe(toBlocks(10, 100), toArray())).catch((e) => e);
+    const got = await lastValueFrom(from([ext(0, 5), bad]).pipe(toBlocks(10, 100, 'disk vda'), toArray())).catch((e) => e);
     assert.instance(got, Error, `extent ${bad.offset}+${bad.length}`);
     assert.is(got.code, 'EXTENT_INVALID');
+    assert.is(got.subject, 'disk vda');
     assert.ok(got.message.includes(`offset ${bad.offset} with length ${bad.length}`), got.message);
   }
 });

@@ -124,7 +124,7 @@ async function unchangedSince(
   if (why) return why;
   const kept = new Map(entries);
   try {
-    await lastValueFrom(snapshot.changes(disk, then).pipe(toBlocks(blockSize, disk.capacity), tap((ref) => kept.delete(ref.index))), { defaultValue: null });
+    await lastValueFrom(snapshot.changes(disk, then).pipe(toBlocks(blockSize, disk.capacity, `disk ${disk.id}`), tap((ref) => kept.delete(ref.index))), { defaultValue: null });
   } catch (err) {
     return `changes since ${then}: ${(err as Error).message}`;
   }

@@ -12,9 +12,10 @@ import { HamalError } from '../errors.ts';
  *
  * Precondition: extents arrive in ascending `offset` order, as CBT, `rbd diff` and CBT
  * bitmaps all report them; an extent that starts before its predecessor is an error,
- * because accepting it would silently drop the blocks it covers.
+ * because accepting it would silently drop the blocks it covers. `where` names the disk
+ * in those errors.
  */
-export function toBlocks(blockSize: number, capacity: number): OperatorFunction<Extent, BlockRef> {
+export function toBlocks(blockSize: number, capacity: number, where = 'a disk'): OperatorFunction<Extent, BlockRef> {
   if (!Number.isSafeInteger(blockSize) || blockSize <= 0) {
     throw new RangeError(`toBlocks: blockSize must be a positive integer, got ${blockSize}`);
   }
@@ -39,7 +40,8 @@ export function toBlocks(blockSize: number, capacity: number): OperatorFunction<
             subscriber.error(
               new HamalError(
                 'EXTENT_INVALID',
-                `extent at offset ${extent.offset} with length ${extent.length}: offsets and lengths must be non-negative integers`,
+                `${where}: extent at offset ${extent.offset} with length ${extent.length}: offsets and lengths must be non-negative integers`,
+                { subject: where },
               ),
             );
             return;
@@ -48,7 +50,8 @@ export function toBlocks(blockSize: number, capacity: number): OperatorFunction<
             subscriber.error(
               new HamalError(
                 'EXTENT_ORDER',
-                `extent at offset ${extent.offset} arrived after one at ${lastOffset}: sources must report extents in ascending order`,
+                `${where}: extent at offset ${extent.offset} arrived after one at ${lastOffset}: sources must report extents in ascending order`,
+                { subject: where },
               ),
             );
             return;

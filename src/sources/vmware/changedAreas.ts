@@ -75,7 +75,7 @@ export function changedAreasPage(info: unknown, start: number, capacity: number,
   const i = info as Obj;
   const num = (v: unknown, what: string) => {
     const n = typeof v === 'number' ? v : typeof v === 'string' && /^\d{1,16}$/.test(v) ? Number(v) : NaN;
-    if (!Number.isSafeInteger(n)) throw bad(`${what} ${JSON.stringify(v)?.slice(0, 40)} is not a whole number`);
+    if (!Number.isSafeInteger(n) || n < 0) throw bad(`${what} ${JSON.stringify(v)?.slice(0, 40)} is not a whole number of bytes, 0 or more`);
     return n;
   };
   const length = num(i.length, 'length');
