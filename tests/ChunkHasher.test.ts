@@ -159,7 +159,9 @@ test('[hamal] hash_threads sets the threads the syncs hash on: 8 blocks in fligh
       assert.is(r.status, 0, r.stderr);
       return JSON.parse(r.stdout.trim().split('\n').pop()!);
     };
-    assert.equal(run('[hamal]\nhash_threads = 3\n'), { size: 3, running: 3, auto: run('').auto });
+    const none = run('');
+    assert.is(none.size, none.auto, 'no key: one thread per core, at most 4');
+    assert.equal(run('[hamal]\nhash_threads = 3\n'), { size: 3, running: 3, auto: none.auto });
     assert.equal(run('[hamal]\nhash_threads = 1\n').running, 1);
     const auto = run('[hamal]\nhash_threads = 0\n');
     assert.is(auto.size, auto.auto);
@@ -167,6 +169,31 @@ test('[hamal] hash_threads sets the threads the syncs hash on: 8 blocks in fligh
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('a pool replaced by another size ends its threads: idle ones at once, busy ones after their last job', () => {
+  const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
+  const workers = new URL(`../src/repo/HashWorkers.${ext}`, import.meta.url).href;
+  const code = `
+    import { HashWorkers, sharedBuffer } from ${JSON.stringify(workers)};
+    const fill = (w, n) => Promise.all(Array.from({ length: n }, () => w.hash(sharedBuffer(1 << 20), null)));
+    HashWorkers.configure(2);
+    const idle = HashWorkers.shared();
+    await fill(idle, 4);
+    const before = idle.running;
+    HashWorkers.configure(3);
+    const idleAfter = idle.running;
+    const busy = HashWorkers.shared();
+    const jobs = fill(busy, 6);
+    const busyBefore = busy.running;
+    HashWorkers.configure(1);
+    const busyDuring = busy.running;
+    await jobs;
+    console.log(JSON.stringify({ before, idleAfter, busyBefore, busyDuring, busyAfter: busy.running, size: HashWorkers.shared().size }));
+    process.exit(0);`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { timeout: 60_000, encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  assert.equal(JSON.parse(r.stdout.trim().split('\n').pop()!), { before: 2, idleAfter: 0, busyBefore: 3, busyDuring: 3, busyAfter: 0, size: 1 });
 });
 
 test.run();

@@ -96,6 +96,8 @@ export class HashWorkers {
   private _next = 0;
   private _seq = 0;
   private _broken: Error | null = null;
+  /** Replaced by a pool of another size: each thread ends as soon as it has no job. */
+  private _replaced = false;
 
   private constructor(count: number) {
     this._threads = Array.from({ length: count }, () => null);
@@ -117,7 +119,7 @@ export class HashWorkers {
     if (!Number.isSafeInteger(threads) || threads < 0) throw new RangeError(`hash threads must be a whole number from 0, got ${threads}`);
     HashWorkers._count = threads || HASH_THREADS;
     if (HashWorkers._shared && HashWorkers._shared._threads.length !== HashWorkers._count) {
-      HashWorkers._shared._threads.forEach((t) => t && t.jobs.size === 0 && HashWorkers._shared!._idle(t));
+      HashWorkers._shared._replace();
       HashWorkers._shared = undefined;
     }
   }
@@ -218,16 +220,27 @@ export class HashWorkers {
     return t;
   }
 
+  /** Ends the idle threads now and the busy ones after their last job, so none outlives its pool. */
+  private _replace(): void {
+    this._replaced = true;
+    for (const t of this._threads) if (t && t.jobs.size === 0) this._end(t);
+  }
+
   /** No work left: lets the process end, and ends the thread if none comes within IDLE_MS. */
   private _idle(t: Thread): void {
     t.worker.unref();
-    t.idle = setTimeout(() => {
-      if (t.jobs.size > 0) return;
-      t.retired = true;
-      if (this._threads[t.slot] === t) this._threads[t.slot] = null;
-      void t.worker.terminate();
-    }, IDLE_MS);
+    if (t.idle) clearTimeout(t.idle);
+    if (this._replaced) return this._end(t);
+    t.idle = setTimeout(() => t.jobs.size === 0 && this._end(t), IDLE_MS);
     t.idle.unref();
+  }
+
+  private _end(t: Thread): void {
+    if (t.idle) clearTimeout(t.idle);
+    t.idle = null;
+    t.retired = true;
+    if (this._threads[t.slot] === t) this._threads[t.slot] = null;
+    void t.worker.terminate();
   }
 }
 
