@@ -12,7 +12,7 @@ import { Buffer } from 'node:buffer';
  */
 export function copyBytes(src: Uint8Array, dst: Uint8Array, at = 0): number {
   const n = src.length;
-  if (at < 0 || at + n > dst.length) throw new RangeError(`copyBytes: ${n} bytes do not fit at ${at} in ${dst.length}`);
+  if (!Number.isSafeInteger(at) || at < 0 || at + n > dst.length) throw new RangeError(`copyBytes: ${n} bytes do not fit at ${at} in ${dst.length}`);
   if (n < NATIVE_FROM || !NATIVE_FILL || overlap(src, dst, at)) dst.set(src, at);
   else asBuffer(dst).fill(src, at, at + n);
   return n;
