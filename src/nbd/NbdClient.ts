@@ -399,81 +399,92 @@ export class NbdClient {
   }
 
   private _onMagic(magic: number): void {
-    if (magic === P.SIMPLE_REPLY_MAGIC) {
-      this._expect(12, (h) => {
-        const error = h.readUInt32BE(0);
-        const handle = h.readBigUInt64BE(4);
-        const p = this._pendingFor(handle);
-        // The request stays pending until its payload is in: a connection lost meanwhile fails it.
-        const finish = () => {
-          this._pending.delete(handle);
-          p.resolve();
-        };
-        if (error) {
-          this._pending.delete(handle);
-          p.reject(this._fail(`NBD server ${this._where} failed a ${p.kind} at ${p.offset}: error ${error}`));
-        } else if (p.kind === 'read') this._copy(p.into!, 0, p.length, finish);
-        else finish();
+    if (magic === P.SIMPLE_REPLY_MAGIC) this._expect(12, (h) => this._onSimple(h));
+    else if (magic === P.STRUCTURED_REPLY_MAGIC) this._expect(16, (h) => this._onStructured(h));
+    else throw this._fail(`bad reply magic 0x${magic.toString(16)} from ${this._where}`);
+  }
+
+  private _onSimple(h: Buffer): void {
+    const error = h.readUInt32BE(0);
+    const handle = h.readBigUInt64BE(4);
+    const p = this._pendingFor(handle);
+    // The request stays pending until its payload is in: a connection lost meanwhile fails it.
+    const finish = () => {
+      this._pending.delete(handle);
+      p.resolve();
+    };
+    if (error) {
+      this._pending.delete(handle);
+      p.reject(this._fail(`NBD server ${this._where} failed a ${p.kind} at ${p.offset}: error ${error}`));
+    } else if (p.kind === 'read') this._copy(p.into!, 0, p.length, finish);
+    else finish();
+  }
+
+  /** One structured reply chunk (NBD protocol, "Structured reply chunk message"). */
+  private _onStructured(h: Buffer): void {
+    const flags = h.readUInt16BE(0);
+    const type = h.readUInt16BE(2);
+    const handle = h.readBigUInt64BE(4);
+    const len = h.readUInt32BE(12);
+    const p = this._pendingFor(handle);
+    const done = () => {
+      if (flags & P.REPLY_FLAG_DONE) this._structuredDone(handle, p);
+    };
+    if (type === P.REPLY_TYPE_OFFSET_DATA) {
+      this._expect(8, (b) => {
+        const at = this._inside(p, Number(b.readBigUInt64BE(0)) - p.offset, len - 8);
+        this._copy(p.into!, at, len - 8, done);
       });
-    } else if (magic === P.STRUCTURED_REPLY_MAGIC) {
-      this._expect(16, (h) => {
-        const flags = h.readUInt16BE(0);
-        const type = h.readUInt16BE(2);
-        const handle = h.readBigUInt64BE(4);
-        const len = h.readUInt32BE(12);
-        const p = this._pendingFor(handle);
-        const done = () => {
-          if (!(flags & P.REPLY_FLAG_DONE)) return;
-          // Still pending when thrown: the connection's failure rejects it with this reason.
-          if (!p.error && p.kind === 'read' && !tiled(p.covered ?? [], p.length)) throw this._fail(`NBD server ${this._where} ended the read of ${p.length} bytes at ${p.offset} with chunks that do not cover it exactly once`);
-          this._pending.delete(handle);
-          if (p.error) p.reject(this._fail(`NBD server ${this._where} failed a ${p.kind} at ${p.offset}: error ${p.error}`));
-          else p.resolve();
-        };
-        // A chunk must lie inside its request: a server that says otherwise is not trusted.
-        const inside = (at: number, n: number) => {
-          if (p.kind !== 'read' || at < 0 || n < 0 || at + n > p.length) throw this._fail(`NBD server ${this._where} sent a chunk outside the request at ${p.offset}`);
-          (p.covered ??= []).push([at, at + n]);
-        };
-        if (type === P.REPLY_TYPE_OFFSET_DATA) {
-          this._expect(8, (b) => {
-            const at = Number(b.readBigUInt64BE(0)) - p.offset;
-            inside(at, len - 8);
-            this._copy(p.into!, at, len - 8, done);
-          });
-        } else if (type === P.REPLY_TYPE_OFFSET_HOLE) {
-          this._expect(12, (b) => {
-            const at = Number(b.readBigUInt64BE(0)) - p.offset;
-            inside(at, b.readUInt32BE(8));
-            p.into!.fill(0, at, at + b.readUInt32BE(8));
-            done();
-          });
-        } else if (type === P.REPLY_TYPE_BLOCK_STATUS) {
-          this._expect(len, (b) => {
-            // One chunk per negotiated context, each led by its id: only the one asked for counts.
-            if (p.contextId === undefined || b.readUInt32BE(0) === p.contextId) {
-              let off = p.offset;
-              for (let i = 4; i + 8 <= b.length; i += 8) {
-                const n = b.readUInt32BE(i);
-                const flags = b.readUInt32BE(i + 4);
-                p.extents!.push({ offset: off, length: n, hole: (flags & P.STATE_HOLE) !== 0, flags });
-                off += n;
-              }
-            }
-            done();
-          });
-        } else if (type & 0x8000) {
-          this._expect(len, (b) => {
-            p.error = b.readUInt32BE(0);
-            done();
-          });
-        } else {
-          this._copy(null, 0, type === P.REPLY_TYPE_NONE ? 0 : len, done);
-        }
+    } else if (type === P.REPLY_TYPE_OFFSET_HOLE) {
+      this._expect(12, (b) => {
+        const n = b.readUInt32BE(8);
+        const at = this._inside(p, Number(b.readBigUInt64BE(0)) - p.offset, n);
+        p.into!.fill(0, at, at + n);
+        done();
+      });
+    } else if (type === P.REPLY_TYPE_BLOCK_STATUS) {
+      this._expect(len, (b) => {
+        this._blockStatus(p, b);
+        done();
+      });
+    } else if (type & 0x8000) {
+      this._expect(len, (b) => {
+        p.error = b.readUInt32BE(0);
+        done();
       });
     } else {
-      throw this._fail(`bad reply magic 0x${magic.toString(16)} from ${this._where}`);
+      this._copy(null, 0, type === P.REPLY_TYPE_NONE ? 0 : len, done);
     }
+  }
+
+  /** A chunk must lie inside its read: a server that says otherwise is not trusted. Returns `at`. */
+  private _inside(p: Pending, at: number, n: number): number {
+    if (p.kind !== 'read' || at < 0 || n < 0 || at + n > p.length) throw this._fail(`NBD server ${this._where} sent a chunk outside the request at ${p.offset}`);
+    (p.covered ??= []).push([at, at + n]);
+    return at;
+  }
+
+  /** One chunk per negotiated context, each led by its id: only the one asked for counts. */
+  private _blockStatus(p: Pending, b: Buffer): void {
+    if (p.contextId !== undefined && b.readUInt32BE(0) !== p.contextId) return;
+    let off = p.offset;
+    for (let i = 4; i + 8 <= b.length; i += 8) {
+      const n = b.readUInt32BE(i);
+      const flags = b.readUInt32BE(i + 4);
+      p.extents!.push({ offset: off, length: n, hole: (flags & P.STATE_HOLE) !== 0, flags });
+      off += n;
+    }
+  }
+
+  /** The request's last chunk: a read must have been covered exactly once by its chunks. */
+  private _structuredDone(handle: bigint, p: Pending): void {
+    // Still pending when thrown: the connection's failure rejects it with this reason.
+    if (!p.error && p.kind === 'read' && !tiled(p.covered ?? [], p.length)) {
+      throw this._fail(`NBD server ${this._where} ended the read of ${p.length} bytes at ${p.offset} with chunks that do not cover it exactly once`);
+    }
+    this._pending.delete(handle);
+    if (p.error) p.reject(this._fail(`NBD server ${this._where} failed a ${p.kind} at ${p.offset}: error ${p.error}`));
+    else p.resolve();
   }
 
   /** After the handshake: bytes already queued go through the parser, then the socket's. */
