@@ -5,9 +5,9 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash, randomBytes } from 'node:crypto';
 import { ChunkCodec } from '../src/repo/ChunkCodec.ts';
-import { sharedBuffer } from '../src/repo/HashWorkers.ts';
+import { HashWorkers, sharedBuffer } from '../src/repo/HashWorkers.ts';
 import { MasterKey } from '../src/repo/MasterKey.ts';
-import { zstd } from '../src/repo/Zstd.ts';
+import { zstd, type Zstd } from '../src/repo/Zstd.ts';
 
 const MiB = 1024 * 1024;
 const BLOCK = 4 * MiB;
@@ -52,5 +52,45 @@ for (const encryption of ['none', 'aes-256-gcm'] as const) {
     }
   });
 }
+
+/** zstd whose compress calls on this thread are counted. */
+async function countingZstd(): Promise<Zstd & { calls: number }> {
+  const z = await zstd();
+  const counted = { calls: 0, decompress: z.decompress, compress: (d: Uint8Array, level: number) => (counted.calls++, z.compress(d, level)) };
+  return counted;
+}
+
+test('blocks in shared memory are compressed on the hash threads, not this one; the same judgement and bytes', async () => {
+  const z = await countingZstd();
+  const codec = new ChunkCodec('zstd', 'aes-256-gcm', MasterKey.generate(), z, BLOCK);
+  for (const [what, make] of Object.entries(blocks)) {
+    if (what === 'a short tail block of text') continue; // under OFF_THREAD_MIN: packed here
+    const plain = make();
+    const stored = Buffer.from(await codec.encodeOffThread(what, inShared(plain), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
+    assert.is((stored[4]! & ZSTD_FLAG) !== 0, compressed.has(what), `${what}: compressed`);
+    assert.is(sha(codec.decode(what, `chunks/${what}`, stored)), sha(plain), `${what}: read back`);
+  }
+  assert.is(z.calls, 0, 'zstd calls on the main thread');
+});
+
+test('a thread lost while sealing a block it packed in place: packed again here, the chunk reads back byte-exact', async () => {
+  const z = await countingZstd();
+  const codec = new ChunkCodec('zstd', 'aes-256-gcm', MasterKey.generate(), z, BLOCK);
+  const w = HashWorkers.shared()!;
+  // As a thread that died half-way: part of the output overwritten, then the failure.
+  (w as unknown as { seal: HashWorkers['seal'] }).seal = async (_p, _k, _n, _a, out, outOffset) => {
+    out.fill(0xee, outOffset, outOffset + 100_000);
+    throw new Error('hash thread exited with 1');
+  };
+  try {
+    const plain = Buffer.concat([randomBytes(BLOCK / 2), text(BLOCK / 2)]); // a frame big enough to seal on a thread
+    const stored = Buffer.from(await codec.encodeOffThread('lost', inShared(plain), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
+    assert.ok((stored[4]! & ZSTD_FLAG) !== 0, 'compressed');
+    assert.is(sha(codec.decode('lost', 'chunks/lost', stored)), sha(plain));
+    assert.ok(z.calls > 0, 'packed again on this thread');
+  } finally {
+    delete (w as unknown as { seal?: unknown }).seal;
+  }
+});
 
 test.run();

@@ -86,6 +86,27 @@ test('install.sh into a temporary root; the installed binary syncs and restores;
   assert.not.ok(existsSync(join(root, 'etc/hamal')) || existsSync(join(root, 'var/lib/hamal')));
 });
 
+test('the binary compresses on its hash threads (zstd from its assets): a compressible disk stored small, restored byte-exact, no fallback', async () => {
+  const disk = join(work, 'text.img');
+  const lines = Array.from({ length: 200_000 }, (_, i) => `line ${i} of a disk that compresses well\n`).join('');
+  await fsp.writeFile(disk, Buffer.from(lines.repeat(2)).subarray(0, 12 * MiB));
+  const repo = join(work, 'zstd-repo');
+  const env = { HAMAL_CONFIG: TEST_CONFIG };
+  assert.is((await sh(binary, ['init', '--target', repo, '--compression', 'zstd'], env)).code, 0);
+  const s = await sh(binary, ['sync', '--vm', 'z', '--disk', `text=${disk}`, '--target', repo], env);
+  assert.is(s.code, 0, s.out);
+  assert.not.match(s.out, /main thread/, 'no fallback to the main thread');
+  let stored = 0;
+  for (const f of await fsp.readdir(join(repo, 'chunks'), { recursive: true })) {
+    const st = await fsp.stat(join(repo, 'chunks', f));
+    if (st.isFile()) stored += st.size;
+  }
+  assert.ok(stored < 2 * MiB, `${stored} bytes stored of 12 MiB`);
+  const r = await sh(binary, ['restore', '--target', repo, '--vm', 'z', '--disk', 'text', '--out', join(work, 'text.out')], env);
+  assert.is(r.code, 0, r.out);
+  assert.is(await sha256File(join(work, 'text.out')), await sha256File(disk));
+});
+
 test("the container's entrypoint as a plain process: `hamal serve` standalone, healthy through `hamal health`, SIGTERM exits 0", async () => {
   const dir = await tempDir('hamal-entry-');
   const s = net.createServer();
