@@ -54,10 +54,44 @@ for (const encryption of ['none', 'aes-256-gcm'] as const) {
 }
 
 /** zstd whose compress calls on this thread are counted. */
-async function countingZstd(): Promise<Zstd & { calls: number }> {
+async function countingZstd(): Promise<Zstd & { calls: number; unpacked: number }> {
   const z = await zstd();
-  const counted = { calls: 0, decompress: z.decompress, compress: (d: Uint8Array, level: number) => (counted.calls++, z.compress(d, level)) };
+  const counted = {
+    calls: 0,
+    unpacked: 0,
+    decompress: (d: Uint8Array) => (counted.unpacked++, z.decompress(d)),
+    compress: (d: Uint8Array, level: number) => (counted.calls++, z.compress(d, level)),
+  };
   return counted;
+}
+
+/** `stored` at the start of a buffer of the block size + OVERHEAD in shared memory, as a restore reads it. */
+function inRoom(stored: Buffer): { room: Buffer; stored: Buffer } {
+  const room = sharedBuffer(BLOCK + ChunkCodec.OVERHEAD);
+  stored.copy(room);
+  return { room, stored: room.subarray(0, stored.length) };
+}
+
+for (const encryption of ['none', 'aes-256-gcm'] as const) {
+  test(`zstd, encryption ${encryption}: chunks read into shared memory are decompressed on the hash threads into their own buffer; a damaged frame is refused`, async () => {
+    const z = await countingZstd();
+    const codec = new ChunkCodec('zstd', encryption, encryption === 'none' ? null : MasterKey.generate(), z, BLOCK);
+    for (const plain of [text(BLOCK), Buffer.concat([randomBytes(BLOCK / 2), text(BLOCK / 2)])]) {
+      const stored = Buffer.from(await codec.encodeOffThread('c', inShared(plain), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
+      const { room, stored: read } = inRoom(stored);
+      const got = await codec.decodeOffThread('c', 'chunks/c', read, BLOCK, room);
+      assert.is(sha(got), sha(plain), 'read back');
+      assert.ok(got.buffer === room.buffer && got.byteOffset === room.byteOffset, 'in the buffer it was read into');
+    }
+    assert.is(z.unpacked, 0, 'zstd decompress calls on the main thread');
+    if (encryption !== 'none') return;
+    const stored = Buffer.from(await codec.encodeOffThread('c', inShared(text(BLOCK)), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
+    stored[stored.length - 40] ^= 0x55; // inside the frame's compressed blocks
+    const { room, stored: read } = inRoom(stored);
+    const err = await codec.decodeOffThread('c', 'chunks/c', read, BLOCK, room).catch((e: Error) => e);
+    assert.instance(err, Error);
+    assert.match((err as Error).message, 'chunks/c');
+  });
 }
 
 test('blocks in shared memory are compressed on the hash threads, not this one; the same judgement and bytes', async () => {

@@ -40,8 +40,12 @@ const SLICE = 64 * 1024;
 const LEVEL = 3;
 /** Smaller bodies are sealed on the calling thread: a message each way costs more than the cipher. */
 const OFF_THREAD_MIN = 256 * 1024;
-/** Said once per process: a thread that cannot compress fails every block alike. */
-let packFailedSaid = false;
+/** Said once per process: a thread that cannot run zstd fails every block alike. */
+let zstdFailedSaid = false;
+function threadZstdFailed(err: Error): void {
+  if (!zstdFailedSaid) log.warn(`zstd on a hash thread failed (${err.message}): such chunks are compressed or decompressed on the main thread`);
+  zstdFailedSaid = true;
+}
 /** The same judgement on the hash threads (HashWorkers.pack). */
 const JUDGE = { level: LEVEL, sample: SAMPLE, samples: SAMPLES, sampleLevel: SAMPLE_LEVEL, minSaving: MIN_SAVING };
 
@@ -122,8 +126,7 @@ export class ChunkCodec {
       const n = await workers.pack(plain, out, at, JUDGE);
       return n < 0 ? { flags: aes, body: plain } : { flags: aes | ZSTD, body: out.subarray(at, at + n) };
     } catch (err) {
-      if (!packFailedSaid) log.warn(`zstd on a hash thread failed (${(err as Error).message}): such chunks are compressed on the main thread`);
-      packFailedSaid = true;
+      threadZstdFailed(err as Error);
       return null;
     }
   }
@@ -160,30 +163,29 @@ export class ChunkCodec {
     const bad = badChunk(key);
     const flags = checkEnvelope(stored, bad);
     let body: Buffer = stored.subarray(5);
-    if (flags & AES) {
-      const { decipher, sealed, dst } = this._opening(id, body, bad);
-      let at = 0;
-      try {
-        for (let o = 0; o < sealed.length; o += SLICE) at += copyBytes(decipher.update(sealed.subarray(o, o + SLICE)), dst, at);
-        at += copyBytes(decipher.final(), dst, at);
-      } catch {
-        throw bad(TAG_MISMATCH);
-      }
-      body = dst.subarray(0, at);
-    }
+    if (flags & AES) body = this._openHere(id, body, bad);
     return flags & ZSTD ? this._decompress(body, maxPlain, bad) : body;
   }
 
   /**
-   * decode, with the decryption on a hash thread (HashWorkers) when `stored` is in shared
-   * memory (the restore's read buffers); anything else on this thread.
+   * decode, with the decryption and decompression on hash threads (HashWorkers) when
+   * `stored` is in shared memory (the restore's read buffers); anything else on this
+   * thread. A plaintext decompressed there is written into `room` from its start (the
+   * buffer `stored` was read into, at least the block size), so no fresh 4 MiB per chunk.
    */
-  async decodeOffThread(id: string, key: string, stored: Buffer, maxPlain = this._maxPlain): Promise<Buffer> {
+  async decodeOffThread(id: string, key: string, stored: Buffer, maxPlain = this._maxPlain, room?: Buffer): Promise<Buffer> {
     const bad = badChunk(key);
     const flags = checkEnvelope(stored, bad);
-    const workers = flags & AES && stored.length >= OFF_THREAD_MIN && stored.buffer instanceof SharedArrayBuffer ? HashWorkers.shared() : null;
-    if (!workers) return this.decode(id, key, stored, maxPlain);
-    const body = stored.subarray(5);
+    const shared = stored.buffer instanceof SharedArrayBuffer ? HashWorkers.shared() : null;
+    const workers = flags & AES && stored.length >= OFF_THREAD_MIN ? shared : null;
+    if (!workers && !(flags & ZSTD && shared && room)) return this.decode(id, key, stored, maxPlain);
+    let body = stored.subarray(5);
+    if (flags & AES) body = workers ? await this._openOffThread(id, key, body, workers, bad) : this._openHere(id, body, bad);
+    return flags & ZSTD ? this._unpackOffThread(key, body, maxPlain, bad, shared, room) : body;
+  }
+
+  /** The plaintext of an encrypted body (nonce | sealed | tag), decrypted in place on a hash thread. */
+  private async _openOffThread(id: string, key: string, body: Buffer, workers: HashWorkers, bad: (why: string) => IntegrityError): Promise<Buffer> {
     this._opening(id, body, bad);
     const sealed = body.subarray(12, body.length - 16);
     let n: number;
@@ -194,8 +196,40 @@ export class ChunkCodec {
       throw new HamalError('HASH_THREAD_FAILED', `chunk ${key}: the thread decrypting it failed; read it again`, { subject: key, retryable: true });
     }
     if (n < 0) throw bad(TAG_MISMATCH);
-    const plain = sealed.subarray(0, n);
-    return flags & ZSTD ? this._decompress(plain, maxPlain, bad) : plain;
+    return sealed.subarray(0, n);
+  }
+
+  /** The plaintext of an encrypted body, decrypted in place on this thread. */
+  private _openHere(id: string, body: Buffer, bad: (why: string) => IntegrityError): Buffer {
+    const { decipher, sealed, dst } = this._opening(id, body, bad);
+    let at = 0;
+    try {
+      for (let o = 0; o < sealed.length; o += SLICE) at += copyBytes(decipher.update(sealed.subarray(o, o + SLICE)), dst, at);
+      at += copyBytes(decipher.final(), dst, at);
+    } catch {
+      throw bad(TAG_MISMATCH);
+    }
+    return dst.subarray(0, at);
+  }
+
+  /**
+   * A zstd frame decompressed on a hash thread into `room` (which holds the frame itself:
+   * the thread copies it out first), when it is big enough to be worth a message; else here.
+   */
+  private async _unpackOffThread(key: string, frame: Buffer, maxPlain: number, bad: (why: string) => IntegrityError, workers: HashWorkers | null, room?: Buffer): Promise<Buffer> {
+    const size = frameContentSize(frame);
+    if (size === null || size > maxPlain) throw bad(`zstd frame declares ${size ?? 'no'} content size (at most ${maxPlain})`);
+    if (!workers || !room || room.length < size || size < OFF_THREAD_MIN || !(room.buffer instanceof SharedArrayBuffer) || !(await zstdSources())) return this._decompress(frame, maxPlain, bad);
+    let n: number;
+    try {
+      n = await workers.unpack(frame, room, size);
+    } catch (err) {
+      threadZstdFailed(err as Error);
+      // The frame may be overwritten by now: read the chunk again.
+      throw new HamalError('HASH_THREAD_FAILED', `chunk ${key}: the thread decompressing it failed; read it again`, { subject: key, retryable: true });
+    }
+    if (n !== size) throw bad(`zstd: the frame does not decompress to the ${size} bytes it declares`);
+    return room.subarray(0, n);
   }
 
   /** The decipher of an encrypted body (nonce | sealed | tag), checked for its size and key. */

@@ -103,11 +103,14 @@ function zcompress(src, level) {
 }
 // ChunkCodec's judgement (samples first, then the whole block): the frame's length, written
 // to out at outOff, or -1 when the block is stored as it is.
-function pack(m) {
+function withZstd(m) {
   if (m.zstd) {
     try { Z = loadZstd(m.zstd); } catch (err) { zstdFailed = err; }
   }
   if (!Z) throw zstdFailed || new Error('zstd is not loaded on this thread');
+}
+function pack(m) {
+  withZstd(m);
   const src = Buffer.from(m.buf, m.off, m.len);
   if (m.len > m.sample * m.samples * 2) {
     let packed = 0;
@@ -128,9 +131,28 @@ function pack(m) {
     Z._free(r.dst);
   }
 }
+// The frame is copied into the heap first, so out may overlap it (the chunk's own buffer).
+// The plaintext's length, or -1 when the frame does not decompress within m.max bytes.
+function unpack(m) {
+  withZstd(m);
+  const at = Z._malloc(m.len);
+  const dst = Z._malloc(m.max);
+  if (!dst || !at) throw new Error('zstd: out of memory');
+  Buffer.from(Z.HEAPU8.buffer, at, m.len).fill(Buffer.from(m.buf, m.off, m.len));
+  const n = Z._ZSTD_decompress(dst, m.max, at, m.len);
+  Z._free(at);
+  try {
+    if (Z._ZSTD_isError(n)) return -1;
+    if (n > 0) Buffer.from(m.out, m.outOff, n).fill(Buffer.from(Z.HEAPU8.buffer, dst, n));
+    return n;
+  } finally {
+    Z._free(dst);
+  }
+}
 parentPort.on('message', (m) => {
   try {
     if (m.op === 'pack') return parentPort.postMessage({ id: m.id, n: pack(m) });
+    if (m.op === 'unpack') return parentPort.postMessage({ id: m.id, n: unpack(m) });
     if (m.op === 'seal') return parentPort.postMessage({ id: m.id, n: seal(m) });
     if (m.op === 'open') return parentPort.postMessage({ id: m.id, n: open(m) });
     const h = m.key ? createHmac('sha256', m.key) : createHash('sha256');
@@ -231,6 +253,17 @@ export class HashWorkers {
     const zstd = await zstdSources();
     if (!zstd) throw new Error('zstd cannot run on the hash threads here');
     return this._run({ op: 'pack', buf: plain.buffer, off: plain.byteOffset, len: plain.length, out: out.buffer, outOff: out.byteOffset + outOffset, ...judge }, zstd) as Promise<number>;
+  }
+
+  /**
+   * The zstd frame `frame` decompressed into `out` (which may overlap it) from its start:
+   * resolves with the plaintext's length, or -1 when the frame does not decompress within
+   * `max` bytes (out holds at least that many). Both in shared memory.
+   */
+  async unpack(frame: Uint8Array, out: Uint8Array, max: number): Promise<number> {
+    const zstd = await zstdSources();
+    if (!zstd) throw new Error('zstd cannot run on the hash threads here');
+    return this._run({ op: 'unpack', buf: frame.buffer, off: frame.byteOffset, len: frame.length, out: out.buffer, outOff: out.byteOffset, max }, zstd) as Promise<number>;
   }
 
   /**

@@ -310,8 +310,8 @@ export class Repository {
     const get = () => this.store.get(chunkKey(id), { into, maxBytes: this.blockSize + (this._codec ? ChunkCodec.OVERHEAD : 0) });
     const stored = await get();
     const data = this._codec
-      ? await this._codec.decodeOffThread(id, chunkKey(id), stored).catch(async (err: HamalError) => {
-          // The thread decrypting in place failed (the threads are off from now on): read it again, decode it here.
+      ? await this._codec.decodeOffThread(id, chunkKey(id), stored, undefined, into).catch(async (err: HamalError) => {
+          // The thread decrypting or decompressing in place failed: read it again, decode it here.
           if (err.code !== 'HASH_THREAD_FAILED') throw err;
           return this._codec!.decode(id, chunkKey(id), await get());
         })
