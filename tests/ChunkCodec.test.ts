@@ -4,6 +4,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash, randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import { ChunkCodec } from '../src/repo/ChunkCodec.ts';
 import { HashWorkers, sharedBuffer } from '../src/repo/HashWorkers.ts';
 import { MasterKey } from '../src/repo/MasterKey.ts';
@@ -89,10 +90,65 @@ for (const encryption of ['none', 'aes-256-gcm'] as const) {
     stored[stored.length - 40] ^= 0x55; // inside the frame's compressed blocks
     const { room, stored: read } = inRoom(stored);
     const err = await codec.decodeOffThread('c', 'chunks/c', read, BLOCK, room).catch((e: Error) => e);
-    assert.instance(err, Error);
+    assert.is((err as { code?: string }).code, 'CHUNK_CORRUPT', String(err));
     assert.match((err as Error).message, 'chunks/c');
+    assert.is(z.unpacked, 0, 'refused on the thread');
   });
 }
+
+test('a thread that ends while decompressing a chunk over its own buffer: HASH_THREAD_FAILED, retryable (the chunk is read again)', async () => {
+  const codec = new ChunkCodec('zstd', 'none', null, await zstd(), BLOCK);
+  const stored = Buffer.from(await codec.encodeOffThread('c', inShared(text(BLOCK)), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
+  const w = HashWorkers.shared()!;
+  (w as unknown as { unpack: HashWorkers['unpack'] }).unpack = async (_f, out) => {
+    out.fill(0xee, 0, 1000); // over the frame, as a thread cut off mid-copy would
+    throw new Error('hash thread exited with 1');
+  };
+  try {
+    const { room, stored: read } = inRoom(stored);
+    const err = await codec.decodeOffThread('c', 'chunks/c', read, BLOCK, room).catch((e: Error) => e);
+    assert.is((err as { code?: string }).code, 'HASH_THREAD_FAILED');
+    assert.is((err as { retryable?: boolean }).retryable, true);
+  } finally {
+    delete (w as unknown as { unpack?: unknown }).unpack;
+  }
+});
+
+test('zstd failing inside a live thread: decompressed here from the untouched frame, one warning, the threads run zstd no more', () => {
+  // A child process: the switch to the main thread lasts for the process.
+  const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
+  const mod = (name: string) => JSON.stringify(new URL(`../src/repo/${name}.${ext}`, import.meta.url).href);
+  const code = `
+    import { ChunkCodec } from ${mod('ChunkCodec')};
+    import { HashWorkers, ThreadJobError, sharedBuffer } from ${mod('HashWorkers')};
+    import { zstd } from ${mod('Zstd')};
+    import { createHash } from 'node:crypto';
+    const B = 4 << 20;
+    const z = await zstd();
+    let here = 0;
+    const codec = new ChunkCodec('zstd', 'none', null, { compress: z.compress, decompress: (d) => (here++, z.decompress(d)) }, B);
+    const plain = sharedBuffer(B);
+    for (let i = 0; i < B; i++) plain[i] = 97 + ((i * 7) % 13);
+    const stored = Buffer.from(await codec.encodeOffThread('c', plain, sharedBuffer(B + ChunkCodec.OVERHEAD)));
+    const w = HashWorkers.shared();
+    let asked = 0;
+    w.unpack = async () => { asked++; throw new ThreadJobError('hash thread: zstd did not start'); };
+    const sha = (b) => createHash('sha256').update(b).digest('hex');
+    const got = [];
+    for (let k = 0; k < 2; k++) {
+      const room = sharedBuffer(B + ChunkCodec.OVERHEAD);
+      stored.copy(room);
+      got.push(sha(await codec.decodeOffThread('c', 'chunks/c', room.subarray(0, stored.length), B, room)) === sha(plain));
+    }
+    console.log(JSON.stringify({ got, asked, here }));
+    process.exit(0);`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { timeout: 60_000, encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  assert.equal(JSON.parse(r.stdout.trim().split('\n').pop()!), { got: [true, true], asked: 1, here: 2 });
+  const warnings = r.stderr.split('\n').filter((l) => l.includes('zstd on a hash thread failed'));
+  assert.is(warnings.length, 1, r.stderr);
+  assert.match(warnings[0]!, 'zstd did not start');
+});
 
 test('blocks in shared memory are compressed on the hash threads, not this one; the same judgement and bytes', async () => {
   const z = await countingZstd();

@@ -104,6 +104,7 @@ test('the binary compresses on its hash threads (zstd from its assets): a compre
   assert.ok(stored < 2 * MiB, `${stored} bytes stored of 12 MiB`);
   const r = await sh(binary, ['restore', '--target', repo, '--vm', 'z', '--disk', 'text', '--out', join(work, 'text.out')], env);
   assert.is(r.code, 0, r.out);
+  assert.not.match(r.out, /main thread/, 'decompressed on the threads: no fallback');
   assert.is(await sha256File(join(work, 'text.out')), await sha256File(disk));
 });
 

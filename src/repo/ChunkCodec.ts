@@ -3,7 +3,7 @@ import { HamalError, IntegrityError } from '../errors.ts';
 import type { MasterKey } from './MasterKey.ts';
 import { zstdSources, type Zstd } from './Zstd.ts';
 import { log } from '../log/Logger.ts';
-import { HashWorkers } from './HashWorkers.ts';
+import { HashWorkers, ThreadJobError } from './HashWorkers.ts';
 import { copyBytes } from '../copyBytes.ts';
 
 export type Encryption = 'none' | 'aes-256-gcm';
@@ -40,11 +40,11 @@ const SLICE = 64 * 1024;
 const LEVEL = 3;
 /** Smaller bodies are sealed on the calling thread: a message each way costs more than the cipher. */
 const OFF_THREAD_MIN = 256 * 1024;
-/** Said once per process: a thread that cannot run zstd fails every block alike. */
-let zstdFailedSaid = false;
+/** Set once zstd failed on a thread (it would fail every block alike): the main thread runs it from then on. */
+let threadZstdOff = false;
 function threadZstdFailed(err: Error): void {
-  if (!zstdFailedSaid) log.warn(`zstd on a hash thread failed (${err.message}): such chunks are compressed or decompressed on the main thread`);
-  zstdFailedSaid = true;
+  if (!threadZstdOff) log.warn(`zstd on a hash thread failed (${err.message}): chunks are compressed and decompressed on the main thread from now on`);
+  threadZstdOff = true;
 }
 /** The same judgement on the hash threads (HashWorkers.pack). */
 const JUDGE = { level: LEVEL, sample: SAMPLE, samples: SAMPLES, sampleLevel: SAMPLE_LEVEL, minSaving: MIN_SAVING };
@@ -119,14 +119,15 @@ export class ChunkCodec {
   private async _compressedOffThread(plain: Uint8Array, out: Buffer): Promise<{ flags: number; body: Uint8Array } | null> {
     if (this.compression !== 'zstd' || plain.length < OFF_THREAD_MIN || !(plain.buffer instanceof SharedArrayBuffer) || !(out.buffer instanceof SharedArrayBuffer)) return null;
     const workers = out.length >= ChunkCodec.OVERHEAD + plain.length ? HashWorkers.shared() : null;
-    if (!workers || !(await zstdSources())) return null;
+    if (!workers || threadZstdOff || !(await zstdSources())) return null;
     const aes = this.encryption === 'aes-256-gcm' ? AES : 0;
     const at = aes ? 17 : 5;
     try {
       const n = await workers.pack(plain, out, at, JUDGE);
       return n < 0 ? { flags: aes, body: plain } : { flags: aes | ZSTD, body: out.subarray(at, at + n) };
     } catch (err) {
-      threadZstdFailed(err as Error);
+      // `plain` is untouched either way; a thread that ended has turned the threads off.
+      if (err instanceof ThreadJobError) threadZstdFailed(err);
       return null;
     }
   }
@@ -219,16 +220,23 @@ export class ChunkCodec {
   private async _unpackOffThread(key: string, frame: Buffer, maxPlain: number, bad: (why: string) => IntegrityError, workers: HashWorkers | null, room?: Buffer): Promise<Buffer> {
     const size = frameContentSize(frame);
     if (size === null || size > maxPlain) throw bad(`zstd frame declares ${size ?? 'no'} content size (at most ${maxPlain})`);
-    if (!workers || !room || room.length < size || size < OFF_THREAD_MIN || !(room.buffer instanceof SharedArrayBuffer) || !(await zstdSources())) return this._decompress(frame, maxPlain, bad);
+    if (!workers || threadZstdOff || !room || room.length < size || size < OFF_THREAD_MIN || !(room.buffer instanceof SharedArrayBuffer) || !(await zstdSources())) {
+      return this._decompress(frame, maxPlain, bad);
+    }
     let n: number;
     try {
       n = await workers.unpack(frame, room, size);
     } catch (err) {
-      threadZstdFailed(err as Error);
-      // The frame may be overwritten by now: read the chunk again.
+      // Failed in a live thread: nothing was written, the frame is as it was.
+      if (err instanceof ThreadJobError) {
+        threadZstdFailed(err);
+        return this._decompress(frame, maxPlain, bad);
+      }
+      // The thread ended, perhaps half-way through writing over the frame: read the chunk again.
       throw new HamalError('HASH_THREAD_FAILED', `chunk ${key}: the thread decompressing it failed; read it again`, { subject: key, retryable: true });
     }
-    if (n !== size) throw bad(`zstd: the frame does not decompress to the ${size} bytes it declares`);
+    if (n < 0) throw bad(`zstd: the frame does not decompress (zstd error ${-n})`);
+    if (n !== size) throw bad(`zstd: the frame decompresses to ${n} bytes, not the ${size} it declares`);
     return room.subarray(0, n);
   }
 

@@ -69,90 +69,117 @@ function open({ buf, off, len, key, nonce, aad, tag }) {
 }
 // zstd: the package's glue evaluated here over its compiled module (Zstd.ts, zstdSources),
 // sent with a thread's first pack. Synchronous: the module is instantiated, not compiled.
+// The glue's own error printing is kept off stderr; its cause travels in the error.
 let Z = null;
 let zstdFailed = null;
 function loadZstd({ glue, wasm }) {
+  let cause = null;
+  const settings = {
+    printErr: () => {},
+    instantiateWasm: (imports, receive) => {
+      try {
+        const instance = new WebAssembly.Instance(wasm, imports);
+        receive(instance);
+        return instance.exports;
+      } catch (err) {
+        cause = err;
+        throw err;
+      }
+    },
+  };
   const m = { exports: {} };
-  new Function('exports', 'module', glue)(m.exports, m);
+  new Function('exports', 'module', 'Module', glue)(m.exports, m, settings);
   const z = m.exports.Module;
   let ready = false;
   z.onRuntimeInitialized = () => { ready = true; };
-  z.instantiateWasm = (imports, receive) => {
-    const instance = new WebAssembly.Instance(wasm, imports);
-    receive(instance);
-    return instance.exports;
-  };
   z.init();
-  if (!ready) throw new Error('zstd did not start');
+  if (!ready) throw new Error('zstd did not start' + (cause ? ': ' + cause.message : ''));
   return z;
 }
-// src compressed into the wasm heap; the caller frees dst. Copies in and out with fill (memcpy).
-function zcompress(src, level) {
-  const bound = Z._ZSTD_compressBound(src.length);
-  const dst = Z._malloc(bound);
-  const at = Z._malloc(src.length);
-  if (!dst || !at) throw new Error('zstd: out of memory');
-  Buffer.from(Z.HEAPU8.buffer, at, src.length).fill(src);
-  const n = Z._ZSTD_compress(dst, bound, at, src.length, level);
-  Z._free(at);
-  if (Z._ZSTD_isError(n)) {
-    Z._free(dst);
-    throw new Error('zstd: compression failed (' + n + ')');
-  }
-  return { dst, n };
-}
-// ChunkCodec's judgement (samples first, then the whole block): the frame's length, written
-// to out at outOff, or -1 when the block is stored as it is.
 function withZstd(m) {
   if (m.zstd) {
     try { Z = loadZstd(m.zstd); } catch (err) { zstdFailed = err; }
   }
   if (!Z) throw zstdFailed || new Error('zstd is not loaded on this thread');
 }
-function pack(m) {
+// The heap of an instance that trapped may be corrupt: this thread runs zstd no more.
+function guarded(fn, m) {
   withZstd(m);
+  try {
+    return fn(m);
+  } catch (err) {
+    if (err instanceof WebAssembly.RuntimeError) {
+      Z = null;
+      zstdFailed = err;
+    }
+    throw err;
+  }
+}
+// ZSTD_error_memory_allocation (zstd_errors.h): the heap could not grow, no fault of the data.
+const ZSTD_ERROR_MEMORY = 64;
+function heapAlloc(n) {
+  const p = Z._malloc(n);
+  if (!p) throw new Error('zstd: out of memory for ' + n + ' bytes');
+  return p;
+}
+// src compressed into the wasm heap: the frame's length, copied into out at outOff when it
+// is at most limit bytes, else -1. Copies in and out with fill (memcpy).
+function zcompress(src, level, out, outOff, limit) {
+  const bound = Z._ZSTD_compressBound(src.length);
+  const at = heapAlloc(src.length);
+  let dst = 0;
+  try {
+    dst = heapAlloc(bound);
+    Buffer.from(Z.HEAPU8.buffer, at, src.length).fill(src);
+    const n = Z._ZSTD_compress(dst, bound, at, src.length, level);
+    if (Z._ZSTD_isError(n)) throw new Error('zstd: compression failed (error ' + -n + ')');
+    if (out === null || n > limit) return out === null ? n : -1;
+    Buffer.from(out, outOff, n).fill(Buffer.from(Z.HEAPU8.buffer, dst, n));
+    return n;
+  } finally {
+    Z._free(at);
+    if (dst) Z._free(dst);
+  }
+}
+// ChunkCodec's judgement (samples first, then the whole block): the frame's length, written
+// to out at outOff, or -1 when the block is stored as it is.
+function pack(m) {
   const src = Buffer.from(m.buf, m.off, m.len);
   if (m.len > m.sample * m.samples * 2) {
     let packed = 0;
     for (let k = 0; k < m.samples; k++) {
       const at = Math.floor((k * (m.len - m.sample)) / (m.samples - 1));
-      const r = zcompress(src.subarray(at, at + m.sample), m.sampleLevel);
-      Z._free(r.dst);
-      packed += r.n;
+      packed += zcompress(src.subarray(at, at + m.sample), m.sampleLevel, null, 0, 0);
     }
     if (packed > m.sample * m.samples * (1 - m.minSaving)) return -1;
   }
-  const r = zcompress(src, m.level);
-  try {
-    if (r.n > m.len * (1 - m.minSaving)) return -1;
-    Buffer.from(m.out, m.outOff, r.n).fill(Buffer.from(Z.HEAPU8.buffer, r.dst, r.n));
-    return r.n;
-  } finally {
-    Z._free(r.dst);
-  }
+  return zcompress(src, m.level, m.out, m.outOff, Math.floor(m.len * (1 - m.minSaving)));
 }
-// The frame is copied into the heap first, so out may overlap it (the chunk's own buffer).
-// The plaintext's length, or -1 when the frame does not decompress within m.max bytes.
+// The frame is copied into the heap first, so out may overlap it (the chunk's own buffer),
+// and out is written only once it decompressed. The plaintext's length, or minus zstd's
+// error code when the frame does not decompress within m.max bytes.
 function unpack(m) {
-  withZstd(m);
-  const at = Z._malloc(m.len);
-  const dst = Z._malloc(m.max);
-  if (!dst || !at) throw new Error('zstd: out of memory');
-  Buffer.from(Z.HEAPU8.buffer, at, m.len).fill(Buffer.from(m.buf, m.off, m.len));
-  const n = Z._ZSTD_decompress(dst, m.max, at, m.len);
-  Z._free(at);
+  const at = heapAlloc(m.len);
+  let dst = 0;
   try {
-    if (Z._ZSTD_isError(n)) return -1;
+    dst = heapAlloc(m.max);
+    Buffer.from(Z.HEAPU8.buffer, at, m.len).fill(Buffer.from(m.buf, m.off, m.len));
+    const n = Z._ZSTD_decompress(dst, m.max, at, m.len);
+    if (Z._ZSTD_isError(n)) {
+      if (-n === ZSTD_ERROR_MEMORY) throw new Error('zstd: out of memory decompressing');
+      return n;
+    }
     if (n > 0) Buffer.from(m.out, m.outOff, n).fill(Buffer.from(Z.HEAPU8.buffer, dst, n));
     return n;
   } finally {
-    Z._free(dst);
+    Z._free(at);
+    if (dst) Z._free(dst);
   }
 }
 parentPort.on('message', (m) => {
   try {
-    if (m.op === 'pack') return parentPort.postMessage({ id: m.id, n: pack(m) });
-    if (m.op === 'unpack') return parentPort.postMessage({ id: m.id, n: unpack(m) });
+    if (m.op === 'pack') return parentPort.postMessage({ id: m.id, n: guarded(pack, m) });
+    if (m.op === 'unpack') return parentPort.postMessage({ id: m.id, n: guarded(unpack, m) });
     if (m.op === 'seal') return parentPort.postMessage({ id: m.id, n: seal(m) });
     if (m.op === 'open') return parentPort.postMessage({ id: m.id, n: open(m) });
     const h = m.key ? createHmac('sha256', m.key) : createHash('sha256');
@@ -161,6 +188,13 @@ parentPort.on('message', (m) => {
     parentPort.postMessage({ id: m.id, error: String(err && err.message || err) });
   }
 });`;
+
+/**
+ * A job that failed inside a thread still running (zstd not loaded there, out of memory),
+ * as against the thread ending. pack and unpack write their output last, so after this
+ * one of theirs wrote nothing.
+ */
+export class ThreadJobError extends Error {}
 
 /** Threads of the pool: one per core, at most 4 (more only queue on two cores). */
 export const HASH_THREADS = Math.max(1, Math.min(4, availableParallelism()));
@@ -325,7 +359,7 @@ export class HashWorkers {
       t.jobs.delete(m.id);
       if (t.jobs.size === 0) this._idle(t);
       if (m.error === undefined) job.resolve(m.hex ?? m.n!);
-      else job.reject(new Error(`hash thread: ${m.error}`));
+      else job.reject(new ThreadJobError(`hash thread: ${m.error}`));
     });
     const fail = (err: Error) => {
       if (this._threads[slot] === t) this._threads[slot] = null;
