@@ -6,7 +6,7 @@ import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { allocatedExtents } from '../src/sources/local/allocatedExtents.ts';
 import { log } from '../src/log/Logger.ts';
-import { MiB, tempDir } from './helpers/disks.ts';
+import { MiB, makeImage, tempDir } from './helpers/disks.ts';
 
 /** Lines logged while fn runs, with PATH set to `path` (undefined: unchanged). */
 async function logged<T>(path: string | undefined, fn: () => Promise<T>): Promise<{ value: T; lines: string[] }> {
@@ -22,29 +22,30 @@ async function logged<T>(path: string | undefined, fn: () => Promise<T>): Promis
   }
 }
 
-test('a sparse image: only the areas written, no warning', async () => {
+/** Runs fn in a new temp folder, removed afterwards. */
+async function inTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await tempDir();
   try {
+    await fn(dir);
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+}
+
+test('a sparse image: only the areas written, no warning', () =>
+  inTempDir(async (dir) => {
     const img = join(dir, 'thin.img');
-    const f = await fsp.open(img, 'w');
-    await f.truncate(64 * MiB);
-    await f.write(Buffer.alloc(MiB, 1), 0, MiB, 8 * MiB);
-    await f.write(Buffer.alloc(2 * MiB, 2), 0, 2 * MiB, 40 * MiB);
-    await f.close();
+    await makeImage(img, 64 * MiB, [[8 * MiB, Buffer.alloc(MiB, 1)], [40 * MiB, Buffer.alloc(2 * MiB, 2)]]);
     const { value, lines } = await logged(undefined, () => allocatedExtents(img, 64 * MiB));
     assert.equal(value, [
       { offset: 8 * MiB, length: MiB },
       { offset: 40 * MiB, length: 2 * MiB },
     ]);
     assert.equal(lines, []);
-  } finally {
-    await fsp.rm(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-test('qemu-img that fails: the whole image is read and the warning names the image and the reason', async () => {
-  const dir = await tempDir();
-  try {
+test('qemu-img that fails: the whole image is read and the warning names the image and the reason', () =>
+  inTempDir(async (dir) => {
     const bin = join(dir, 'bin');
     await fsp.mkdir(bin);
     await fsp.writeFile(join(bin, 'qemu-img'), '#!/bin/sh\necho "qemu-img: Could not open: Permission denied" >&2\nexit 1\n', { mode: 0o700 });
@@ -54,14 +55,10 @@ test('qemu-img that fails: the whole image is read and the warning names the ima
     assert.is(value, null);
     assert.is(lines.length, 1, lines.join('\n'));
     assert.match(lines[0]!, `qemu-img map of ${img} failed: all of it is read (qemu-img: Could not open: Permission denied)`);
-  } finally {
-    await fsp.rm(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-test('qemu-img not installed: the whole image is read, said once per process', async () => {
-  const dir = await tempDir();
-  try {
+test('qemu-img not installed: the whole image is read, said once per process', () =>
+  inTempDir(async (dir) => {
     const img = join(dir, 'disk.img');
     await fsp.writeFile(img, Buffer.alloc(MiB, 3));
     const { value, lines } = await logged(join(dir, 'nothing-here'), async () => [await allocatedExtents(img, MiB), await allocatedExtents(img, MiB)]);
@@ -69,9 +66,6 @@ test('qemu-img not installed: the whole image is read, said once per process', a
     assert.is(lines.length, 1, lines.join('\n'));
     assert.match(lines[0]!, 'qemu-img is not installed: holes in local images are read in full');
     assert.match(lines[0]!, 'install qemu-utils');
-  } finally {
-    await fsp.rm(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
 test.run();

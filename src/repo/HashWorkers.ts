@@ -122,24 +122,34 @@ function heapAlloc(n) {
   if (!p) throw new Error('zstd: out of memory for ' + n + ' bytes');
   return p;
 }
-// src compressed into the wasm heap: the frame's length, copied into out at outOff when it
-// is at most limit bytes, else -1. Copies in and out with fill (memcpy).
-function zcompress(src, level, out, outOff, limit) {
-  const bound = Z._ZSTD_compressBound(src.length);
+// src copied into the heap beside dstSize bytes for the result; fn(at, dst) runs on both,
+// which are freed after. Copies in and out of the heap go with fill (memcpy).
+function inHeap(src, dstSize, fn) {
   const at = heapAlloc(src.length);
   let dst = 0;
   try {
-    dst = heapAlloc(bound);
+    dst = heapAlloc(dstSize);
     Buffer.from(Z.HEAPU8.buffer, at, src.length).fill(src);
-    const n = Z._ZSTD_compress(dst, bound, at, src.length, level);
-    if (Z._ZSTD_isError(n)) throw new Error('zstd: compression failed (error ' + -n + ')');
-    if (out === null || n > limit) return out === null ? n : -1;
-    Buffer.from(out, outOff, n).fill(Buffer.from(Z.HEAPU8.buffer, dst, n));
-    return n;
+    return fn(at, dst);
   } finally {
     Z._free(at);
     if (dst) Z._free(dst);
   }
+}
+function heapOut(dst, n, out, outOff) {
+  if (n > 0) Buffer.from(out, outOff, n).fill(Buffer.from(Z.HEAPU8.buffer, dst, n));
+  return n;
+}
+// The frame's length of src compressed; copied into out at outOff when it is at most
+// limit bytes, else -1. Without out (a sample), only the length.
+function zcompress(src, level, out, outOff, limit) {
+  const bound = Z._ZSTD_compressBound(src.length);
+  return inHeap(src, bound, (at, dst) => {
+    const n = Z._ZSTD_compress(dst, bound, at, src.length, level);
+    if (Z._ZSTD_isError(n)) throw new Error('zstd: compression failed (error ' + -n + ')');
+    if (out === null) return n;
+    return n > limit ? -1 : heapOut(dst, n, out, outOff);
+  });
 }
 // ChunkCodec's judgement (samples first, then the whole block): the frame's length, written
 // to out at outOff, or -1 when the block is stored as it is.
@@ -159,22 +169,12 @@ function pack(m) {
 // and out is written only once it decompressed. The plaintext's length, or minus zstd's
 // error code when the frame does not decompress within m.max bytes.
 function unpack(m) {
-  const at = heapAlloc(m.len);
-  let dst = 0;
-  try {
-    dst = heapAlloc(m.max);
-    Buffer.from(Z.HEAPU8.buffer, at, m.len).fill(Buffer.from(m.buf, m.off, m.len));
+  return inHeap(Buffer.from(m.buf, m.off, m.len), m.max, (at, dst) => {
     const n = Z._ZSTD_decompress(dst, m.max, at, m.len);
-    if (Z._ZSTD_isError(n)) {
-      if (-n === ZSTD_ERROR_MEMORY) throw new Error('zstd: out of memory decompressing');
-      return n;
-    }
-    if (n > 0) Buffer.from(m.out, m.outOff, n).fill(Buffer.from(Z.HEAPU8.buffer, dst, n));
+    if (!Z._ZSTD_isError(n)) return heapOut(dst, n, m.out, m.outOff);
+    if (-n === ZSTD_ERROR_MEMORY) throw new Error('zstd: out of memory decompressing');
     return n;
-  } finally {
-    Z._free(at);
-    if (dst) Z._free(dst);
-  }
+  });
 }
 parentPort.on('message', (m) => {
   try {
