@@ -43,11 +43,16 @@ for (const encryption of ['none', 'aes-256-gcm'] as const) {
     const codec = new ChunkCodec('zstd', encryption, encryption === 'none' ? null : MasterKey.generate(), await zstd(), BLOCK);
     for (const [what, make] of Object.entries(blocks)) {
       const plain = make();
-      const stored = Buffer.from(await codec.encodeOffThread(what, inShared(plain), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
+      const block = inShared(plain);
+      const parts = await codec.encodeOffThread(what, block, sharedBuffer(BLOCK + ChunkCodec.OVERHEAD));
+      const stored = Buffer.concat(parts);
       const isCompressed = (stored[4]! & ZSTD_FLAG) !== 0;
       assert.is(isCompressed, compressed.has(what), `${what}: compressed`);
       if (isCompressed) assert.ok(stored.length < plain.length * 0.9, `${what}: ${stored.length} bytes stored of ${plain.length}`);
       else assert.is(stored.length, plain.length + (encryption === 'none' ? 5 : ChunkCodec.OVERHEAD), `${what}: stored as it is`);
+      // Stored as it is, unencrypted: the block itself behind its header, not a copy of it.
+      const raw = !isCompressed && encryption === 'none';
+      assert.is(parts.length === 2 && parts[1]!.buffer === block.buffer && parts[1]!.byteOffset === block.byteOffset, raw, `${what}: block written from where it was read`);
       assert.is(sha(codec.decode(what, `chunks/${what}`, Buffer.from(stored))), sha(plain), `${what}: read back`);
       assert.is(sha(await codec.decodeOffThread(what, `chunks/${what}`, inShared(stored))), sha(plain), `${what}: read back from shared memory`);
     }
@@ -78,7 +83,7 @@ for (const encryption of ['none', 'aes-256-gcm'] as const) {
     const z = await countingZstd();
     const codec = new ChunkCodec('zstd', encryption, encryption === 'none' ? null : MasterKey.generate(), z, BLOCK);
     for (const plain of [text(BLOCK), Buffer.concat([randomBytes(BLOCK / 2), text(BLOCK / 2)])]) {
-      const stored = Buffer.from(await codec.encodeOffThread('c', inShared(plain), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
+      const stored = Buffer.concat(await codec.encodeOffThread('c', inShared(plain), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
       const { room, stored: read } = inRoom(stored);
       const got = await codec.decodeOffThread('c', 'chunks/c', read, BLOCK, room);
       assert.is(sha(got), sha(plain), 'read back');
@@ -86,7 +91,7 @@ for (const encryption of ['none', 'aes-256-gcm'] as const) {
     }
     assert.is(z.unpacked, 0, 'zstd decompress calls on the main thread');
     if (encryption !== 'none') return;
-    const stored = Buffer.from(await codec.encodeOffThread('c', inShared(text(BLOCK)), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
+    const stored = Buffer.concat(await codec.encodeOffThread('c', inShared(text(BLOCK)), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
     stored[stored.length - 40] ^= 0x55; // inside the frame's compressed blocks
     const { room, stored: read } = inRoom(stored);
     const err = await codec.decodeOffThread('c', 'chunks/c', read, BLOCK, room).catch((e: Error) => e);
@@ -98,7 +103,7 @@ for (const encryption of ['none', 'aes-256-gcm'] as const) {
 
 test('a thread that ends while decompressing a chunk over its own buffer: HASH_THREAD_FAILED, retryable (the chunk is read again)', async () => {
   const codec = new ChunkCodec('zstd', 'none', null, await zstd(), BLOCK);
-  const stored = Buffer.from(await codec.encodeOffThread('c', inShared(text(BLOCK)), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
+  const stored = Buffer.concat(await codec.encodeOffThread('c', inShared(text(BLOCK)), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
   const w = HashWorkers.shared()!;
   (w as unknown as { unpack: HashWorkers['unpack'] }).unpack = async (_f, out) => {
     out.fill(0xee, 0, 1000); // over the frame, as a thread cut off mid-copy would
@@ -129,7 +134,7 @@ test('zstd failing inside a live thread: decompressed here from the untouched fr
     const codec = new ChunkCodec('zstd', 'none', null, { compress: z.compress, decompress: (d) => (here++, z.decompress(d)) }, B);
     const plain = sharedBuffer(B);
     for (let i = 0; i < B; i++) plain[i] = 97 + ((i * 7) % 13);
-    const stored = Buffer.from(await codec.encodeOffThread('c', plain, sharedBuffer(B + ChunkCodec.OVERHEAD)));
+    const stored = Buffer.concat(await codec.encodeOffThread('c', plain, sharedBuffer(B + ChunkCodec.OVERHEAD)));
     const w = HashWorkers.shared();
     let asked = 0;
     w.unpack = async () => { asked++; throw new ThreadJobError('hash thread: zstd did not start'); };
@@ -156,7 +161,7 @@ test('blocks in shared memory are compressed on the hash threads, not this one; 
   for (const [what, make] of Object.entries(blocks)) {
     if (what === 'a short tail block of text') continue; // under OFF_THREAD_MIN: packed here
     const plain = make();
-    const stored = Buffer.from(await codec.encodeOffThread(what, inShared(plain), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
+    const stored = Buffer.concat(await codec.encodeOffThread(what, inShared(plain), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
     assert.is((stored[4]! & ZSTD_FLAG) !== 0, compressed.has(what), `${what}: compressed`);
     assert.is(sha(codec.decode(what, `chunks/${what}`, stored)), sha(plain), `${what}: read back`);
   }
@@ -174,7 +179,7 @@ test('a thread lost while sealing a block it packed in place: packed again here,
   };
   try {
     const plain = Buffer.concat([randomBytes(BLOCK / 2), text(BLOCK / 2)]); // a frame big enough to seal on a thread
-    const stored = Buffer.from(await codec.encodeOffThread('lost', inShared(plain), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
+    const stored = Buffer.concat(await codec.encodeOffThread('lost', inShared(plain), sharedBuffer(BLOCK + ChunkCodec.OVERHEAD)));
     assert.ok((stored[4]! & ZSTD_FLAG) !== 0, 'compressed');
     assert.is(sha(codec.decode('lost', 'chunks/lost', stored)), sha(plain));
     assert.ok(z.calls > 0, 'packed again on this thread');

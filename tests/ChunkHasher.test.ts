@@ -68,7 +68,7 @@ test('AES-256-GCM sealed and opened on a hash thread: the inline code reads what
   for (const n of [1000, 256 * 1024, 4 * 1024 * 1024]) {
     const plain = shared(n, 64);
     const out = sharedBuffer(n + ChunkCodec.OVERHEAD);
-    const stored = Buffer.from(await codec.encodeOffThread('name-' + n, plain, out));
+    const stored = Buffer.concat(await codec.encodeOffThread('name-' + n, plain, out));
     assert.is(stored.length, n + ChunkCodec.OVERHEAD, `${n} bytes`);
     assert.ok(codec.decode('name-' + n, `chunks/x/${n}`, Buffer.from(stored)).equals(plain), `${n} bytes round trip`);
     assert.throws(() => codec.decode('other', `chunks/x/${n}`, Buffer.from(stored)), /authentication tag does not match/);
@@ -78,7 +78,7 @@ test('AES-256-GCM sealed and opened on a hash thread: the inline code reads what
   // Opened on a hash thread, in place in shared memory: the plaintext; a flipped bit or another name fails the tag.
   for (const n of [1000, 256 * 1024, 4 * 1024 * 1024]) {
     const plain = shared(n);
-    const stored = await codec.encodeOffThread('o' + n, plain, sharedBuffer(n + ChunkCodec.OVERHEAD));
+    const stored = Buffer.concat(await codec.encodeOffThread('o' + n, plain, sharedBuffer(n + ChunkCodec.OVERHEAD)));
     const copy = () => {
       const b = sharedBuffer(stored.length);
       stored.copy(b);
@@ -98,7 +98,7 @@ test('AES-256-GCM sealed and opened on a hash thread: the inline code reads what
   }
   // Not shared memory: the same format, on this thread.
   const plain = randomBytes(512 * 1024);
-  const stored = await codec.encodeOffThread('x', plain, Buffer.alloc(plain.length + ChunkCodec.OVERHEAD));
+  const stored = Buffer.concat(await codec.encodeOffThread('x', plain, Buffer.alloc(plain.length + ChunkCodec.OVERHEAD)));
   assert.ok(codec.decode('x', 'chunks/x/x', Buffer.from(stored)).equals(plain));
 });
 

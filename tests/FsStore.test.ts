@@ -4,10 +4,23 @@ import * as assert from 'uvu/assert';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { FsStore } from '../src/sinks/fs/FsStore.ts';
 import { sweepStaleWriters } from '../src/sinks/fs/writerDirs.ts';
 import { NotFoundError } from '../src/errors.ts';
 import { tempDir } from './helpers/disks.ts';
+
+test('putParts stores the parts joined, written in pieces across their edges', async () => {
+  const dir = await tempDir();
+  const store = await FsStore.open(join(dir, 's'), { create: true });
+  const parts = [Buffer.from('HMC\x01\x00', 'latin1'), randomBytes(1024 * 1024 + 7), Buffer.alloc(0), randomBytes(512 * 1024 - 12), Buffer.from('tail')];
+  await store.putParts('chunks/ab/abc', parts);
+  await store.flush();
+  assert.ok((await fsp.readFile(join(dir, 's', 'chunks', 'ab', 'abc'))).equals(Buffer.concat(parts)));
+  await store.putParts('empty', [Buffer.alloc(0)]);
+  assert.is((await store.get('empty')).length, 0);
+  await fsp.rm(dir, { recursive: true, force: true });
+});
 
 test('put, get, head, list, delete keep the ObjectStore contract', async () => {
   const dir = await tempDir();

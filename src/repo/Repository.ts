@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { SMALL_OBJECT_BYTES, type ObjectStore } from '../sinks/ObjectStore.ts';
+import { SMALL_OBJECT_BYTES, putParts, type ObjectStore } from '../sinks/ObjectStore.ts';
 import { HamalError, IntegrityError, NotFoundError, UsageError } from '../errors.ts';
 import { log } from '../log/Logger.ts';
 import { ChunkCodec, isEnveloped, type Compression, type Encryption } from './ChunkCodec.ts';
@@ -284,9 +284,9 @@ export class Repository {
     let writtenBytes = 0;
     // Registered before the encoding's await: a second caller with the same block waits for this write.
     const write = (async () => {
-      const body = this._codec ? await this._codec.encodeOffThread(id, data, out!) : data;
-      writtenBytes = body.length;
-      await this.store.put(chunkKey(id), body, this._codec ? {} : { sha256: id });
+      const parts = this._codec ? await this._codec.encodeOffThread(id, data, out!) : [data];
+      writtenBytes = parts.reduce((n, part) => n + part.length, 0);
+      await putParts(this.store, chunkKey(id), parts, this._codec ? {} : { sha256: id });
       this._known.add(id);
       this._written.add(id);
     })();

@@ -39,6 +39,12 @@ export interface ObjectStore {
   /** Where the store points, printable: never holds a secret. */
   readonly location: string;
   put(key: string, body: Uint8Array, options?: PutOptions): Promise<void>;
+  /**
+   * put of the parts concatenated, where the store can write them without joining them
+   * first (a chunk's 5-byte header and its block). Optional: putParts() joins them for a
+   * store without it.
+   */
+  putParts?(key: string, parts: readonly Uint8Array[], options?: PutOptions): Promise<void>;
   /** The object's bytes (see GetOptions). */
   get(key: string, options?: GetOptions): Promise<Buffer>;
   head(key: string): Promise<{ size: number } | null>;
@@ -52,4 +58,10 @@ export interface ObjectStore {
   delete(key: string): Promise<void>;
   flush(): Promise<void>;
   close(): Promise<void>;
+}
+
+/** Stores `parts` as one object: by the store's own putParts when it has one, else joined. */
+export function putParts(store: ObjectStore, key: string, parts: readonly Uint8Array[], options?: PutOptions): Promise<void> {
+  if (store.putParts) return store.putParts(key, parts, options);
+  return store.put(key, parts.length === 1 ? parts[0]! : Buffer.concat(parts), options);
 }
