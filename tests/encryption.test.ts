@@ -11,6 +11,7 @@ import { hamal } from './helpers/cli.ts';
 import { MiB, sha256File, tempDir, writeAt } from './helpers/disks.ts';
 import { FsStore } from '../src/sinks/fs/FsStore.ts';
 import { Repository } from '../src/repo/Repository.ts';
+import { keyDerivations } from '../src/repo/MasterKey.ts';
 import { REPO_ROOT } from './helpers/repoRoot.ts';
 
 const endpoint = process.env.HAMAL_TEST_S3_ENDPOINT ?? '';
@@ -156,6 +157,31 @@ test('a wrong passphrase: a clear error, exit 1, nothing written; without one: e
   const none = await hamal(['restore', '--target', target, '--vm', 'vm', '--disk', 'd', '--out', join(dir, 'x')], { HAMAL_PASSPHRASE: '' });
   assert.is(none.code, 2, none.stderr);
   assert.match(none.stderr, /encrypted: set HAMAL_PASSPHRASE, or \[hamal\] passphrase_file or key_file/);
+});
+
+test('one process derives a key once: reopening with the same passphrase runs no scrypt; a wrong one fails every time', async () => {
+  const target = join(dir, 'derive-once');
+  const open = async (passphrase: string) => {
+    const store = await FsStore.open(target, { create: true });
+    try {
+      await Repository.open(store, { create: true, encryption: 'aes-256-gcm', secret: async () => ({ passphrase }) });
+    } finally {
+      await store.close();
+    }
+  };
+  const start = keyDerivations();
+  await open(PASS); // created: the master key wrapped under PASS
+  assert.is(keyDerivations() - start, 1);
+  await open(PASS);
+  await open(PASS.normalize('NFD'));
+  assert.is(keyDerivations() - start, 1, 'reopened without deriving again');
+  for (let i = 0; i < 2; i++) {
+    await open('not the passphrase').then(
+      () => assert.unreachable('a wrong passphrase opened the repository'),
+      (err) => assert.is(err.code, 'WRONG_PASSPHRASE'),
+    );
+  }
+  assert.is(keyDerivations() - start, 2, 'the wrong passphrase derived once');
 });
 
 test('a key file named in hamal.conf opens the repository; a short one is refused naming [hamal] key_file', async () => {

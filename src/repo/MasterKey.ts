@@ -7,7 +7,7 @@ import { HamalError } from '../errors.ts';
  */
 export type RepositorySecret = { passphrase: string } | { keyFile: Uint8Array; path: string };
 
-/** scrypt cost of a new wrapping: 2^17 x 8 x 128 bytes = 128 MiB and ~0.3 s, once per open. */
+/** scrypt cost of a new wrapping: 2^17 x 8 x 128 bytes = 128 MiB and ~0.3 s, once per process (derive). */
 const SCRYPT = { N: 2 ** 17, r: 8, p: 1 };
 
 /** One wrapping of the master key, stored in the repository as `keys/<id>.json`. */
@@ -107,9 +107,34 @@ export class MasterKey {
   }
 }
 
+/**
+ * Keys scrypt derived in this process, by a hash of all it was given: the service opens a
+ * repository again for each task, and each derivation costs ~0.3 s of CPU and 128 MiB
+ * here. The secret itself stays in this process for as long (the config holds it), so
+ * keeping what it derives exposes nothing more. A failed derivation is not kept.
+ */
+const derived = new Map<string, Promise<Buffer>>();
+/** Entries kept: one per key record tried (a repository may hold several), a few repositories. */
+const DERIVED_MAX = 32;
+let derivations = 0;
+
+/** scrypt runs in this process so far: for tests of the cache above. */
+export function keyDerivations(): number {
+  return derivations;
+}
+
 function derive(secret: RepositorySecret, k: { N: number; r: number; p: number; salt: Buffer }): Promise<Buffer> {
   const input = 'passphrase' in secret ? Buffer.from(secret.passphrase.normalize('NFC'), 'utf8') : Buffer.from(secret.keyFile);
-  return new Promise((resolve, reject) =>
+  // Unambiguous: space-ended numbers, then the salt after its length, then the secret.
+  const id = createHash('sha256').update(`scrypt ${k.N} ${k.r} ${k.p} ${k.salt.length} `).update(k.salt).update(input).digest('hex');
+  const known = derived.get(id);
+  if (known) return known;
+  derivations++;
+  const kek = new Promise<Buffer>((resolve, reject) =>
     scrypt(input, k.salt, 32, { N: k.N, r: k.r, p: k.p, maxmem: 256 * k.N * k.r + (1 << 20) }, (err, key) => (err ? reject(err) : resolve(key))),
   );
+  if (derived.size >= DERIVED_MAX) derived.delete(derived.keys().next().value!);
+  derived.set(id, kek);
+  kek.catch(() => derived.get(id) === kek && derived.delete(id));
+  return kek;
 }
