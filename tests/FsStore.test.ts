@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { FsStore } from '../src/sinks/fs/FsStore.ts';
+import { putParts, type ObjectStore } from '../src/sinks/ObjectStore.ts';
 import { sweepStaleWriters } from '../src/sinks/fs/writerDirs.ts';
 import { NotFoundError } from '../src/errors.ts';
 import { tempDir } from './helpers/disks.ts';
@@ -20,6 +21,19 @@ test('putParts stores the parts joined, written in pieces across their edges', a
   await store.putParts('empty', [Buffer.alloc(0)]);
   assert.is((await store.get('empty')).length, 0);
   await fsp.rm(dir, { recursive: true, force: true });
+});
+
+test('putParts() joins the parts for a store without putParts, in the room given: no fresh buffer per object', async () => {
+  const puts: Uint8Array[] = [];
+  const store = { put: async (_key: string, body: Uint8Array) => void puts.push(body) } as unknown as ObjectStore;
+  const room = Buffer.alloc(64 * 1024);
+  room.write('HMC\x01\x00', 'latin1');
+  const block = randomBytes(60 * 1024);
+  await putParts(store, 'k', [room.subarray(0, 5), block], {}, room);
+  assert.ok(puts[0]!.buffer === room.buffer && puts[0]!.byteOffset === room.byteOffset, 'joined in the room');
+  assert.ok(Buffer.from(puts[0]!).equals(Buffer.concat([Buffer.from('HMC\x01\x00', 'latin1'), block])));
+  await putParts(store, 'k', [Buffer.from('ab'), randomBytes(64 * 1024)], {}, room); // too large for it
+  assert.ok(puts[1]!.buffer !== room.buffer && puts[1]!.length === 64 * 1024 + 2);
 });
 
 test('put, get, head, list, delete keep the ObjectStore contract', async () => {

@@ -87,7 +87,7 @@ export class MasterKey {
   /** The master key a record wraps, or null when `secret` does not open it (the GCM tag says). */
   static async unwrap(record: KeyRecord, secret: RepositorySecret): Promise<MasterKey | null> {
     const k = record.kdf;
-    if (k?.name !== 'scrypt' || ![k.N, k.r, k.p].every((v) => Number.isSafeInteger(v) && v > 0) || k.N > 2 ** 22 || k.r > 32 || k.p > 16) {
+    if (k?.name !== 'scrypt' || ![k.N, k.r, k.p].every((v) => Number.isSafeInteger(v) && v > 0) || k.N < 2 || k.N > 2 ** 22 || (k.N & (k.N - 1)) !== 0 || k.r > 32 || k.p > 16) {
       throw new HamalError('KEY_CORRUPT', `key ${record.id}: unsupported or unsafe key derivation ${JSON.stringify(k)}`, { subject: `keys/${record.id}.json` });
     }
     const kek = await derive(secret, { N: k.N, r: k.r, p: k.p, salt: Buffer.from(k.salt, 'base64') });
@@ -108,13 +108,17 @@ export class MasterKey {
 }
 
 /**
- * Keys scrypt derived in this process, by a hash of all it was given: the service opens a
- * repository again for each task, and each derivation costs ~0.3 s of CPU and 128 MiB
- * here. The secret itself stays in this process for as long (the config holds it), so
- * keeping what it derives exposes nothing more. A failed derivation is not kept.
+ * Keys scrypt derived in this process: the service opens a repository again for each task,
+ * and each derivation costs ~0.3 s of CPU and 128 MiB here. A passphrase stays in this
+ * process anyway (the logger's redaction holds it), and while a repository is open so
+ * does its master key; what this adds is a key file's derived key, kept until the process
+ * ends. Named by an HMAC under a key of this process alone, so the names are no fast test
+ * of a guessed passphrase for anyone reading this process's memory. A failed derivation
+ * is not kept.
  */
 const derived = new Map<string, Promise<Buffer>>();
-/** Entries kept: one per key record tried (a repository may hold several), a few repositories. */
+const DERIVED_NAME_KEY = randomBytes(32);
+/** Entries kept, least recently used dropped first: one per key record tried, a few repositories. */
 const DERIVED_MAX = 32;
 let derivations = 0;
 
@@ -126,9 +130,13 @@ export function keyDerivations(): number {
 function derive(secret: RepositorySecret, k: { N: number; r: number; p: number; salt: Buffer }): Promise<Buffer> {
   const input = 'passphrase' in secret ? Buffer.from(secret.passphrase.normalize('NFC'), 'utf8') : Buffer.from(secret.keyFile);
   // Unambiguous: space-ended numbers, then the salt after its length, then the secret.
-  const id = createHash('sha256').update(`scrypt ${k.N} ${k.r} ${k.p} ${k.salt.length} `).update(k.salt).update(input).digest('hex');
+  const id = createHmac('sha256', DERIVED_NAME_KEY).update(`scrypt ${k.N} ${k.r} ${k.p} ${k.salt.length} `).update(k.salt).update(input).digest('hex');
   const known = derived.get(id);
-  if (known) return known;
+  if (known) {
+    derived.delete(id);
+    derived.set(id, known);
+    return known;
+  }
   derivations++;
   const kek = new Promise<Buffer>((resolve, reject) =>
     scrypt(input, k.salt, 32, { N: k.N, r: k.r, p: k.p, maxmem: 256 * k.N * k.r + (1 << 20) }, (err, key) => (err ? reject(err) : resolve(key))),

@@ -286,7 +286,7 @@ export class Repository {
     const write = (async () => {
       const parts = this._codec ? await this._codec.encodeOffThread(id, data, out!) : [data];
       writtenBytes = parts.reduce((n, part) => n + part.length, 0);
-      await putParts(this.store, chunkKey(id), parts, this._codec ? {} : { sha256: id });
+      await putParts(this.store, chunkKey(id), parts, this._codec ? {} : { sha256: id }, out);
       this._known.add(id);
       this._written.add(id);
     })();

@@ -1,3 +1,5 @@
+import { copyBytes } from '../copyBytes.ts';
+
 /**
  * The object-store contract every target implements (directory, S3). Keys are
  * `/`-separated relative paths of URL-safe segments; the repository decides them.
@@ -60,8 +62,20 @@ export interface ObjectStore {
   close(): Promise<void>;
 }
 
-/** Stores `parts` as one object: by the store's own putParts when it has one, else joined. */
-export function putParts(store: ObjectStore, key: string, parts: readonly Uint8Array[], options?: PutOptions): Promise<void> {
+/**
+ * Stores `parts` as one object: by the store's own putParts when it has one, else joined,
+ * in `room` when it is large enough (a pooled buffer: no fresh 4 MiB per chunk), else in a
+ * fresh buffer. A part already where the join puts it (a header written into `room`) stays.
+ */
+export function putParts(store: ObjectStore, key: string, parts: readonly Uint8Array[], options?: PutOptions, room?: Uint8Array): Promise<void> {
   if (store.putParts) return store.putParts(key, parts, options);
-  return store.put(key, parts.length === 1 ? parts[0]! : Buffer.concat(parts), options);
+  if (parts.length === 1) return store.put(key, parts[0]!, options);
+  const size = parts.reduce((n, part) => n + part.length, 0);
+  const dst = room && room.length >= size ? room : Buffer.allocUnsafe(size);
+  let at = 0;
+  for (const part of parts) {
+    if (part.buffer !== dst.buffer || part.byteOffset !== dst.byteOffset + at) copyBytes(part, dst, at);
+    at += part.length;
+  }
+  return store.put(key, dst.subarray(0, size), options);
 }
