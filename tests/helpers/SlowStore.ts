@@ -1,6 +1,6 @@
 // Test instrumentation, not a fake: the real FsStore with a delay before each put, so a
 // test can make the target slow (bounded memory) or kill a sync part way (resume).
-import type { GetOptions, ObjectStore } from '../../src/sinks/ObjectStore.ts';
+import type { GetOptions, ObjectStore, PutOptions } from '../../src/sinks/ObjectStore.ts';
 
 export class SlowStore implements ObjectStore {
   readonly location: string;
@@ -12,10 +12,10 @@ export class SlowStore implements ObjectStore {
   ) {
     this.location = inner.location;
   }
-  async put(key: string, body: Uint8Array): Promise<void> {
+  async put(key: string, body: Uint8Array, options?: PutOptions): Promise<void> {
     if (key.startsWith('chunks/')) await new Promise((r) => setTimeout(r, this.delayMs));
     if (key.startsWith('chunks/')) this.chunkPuts++;
-    return this.inner.put(key, body);
+    return this.inner.put(key, body, options);
   }
   get(key: string, options?: GetOptions) {
     return this.inner.get(key, options);
