@@ -75,12 +75,8 @@ export class ChunkCodec {
    * random data in a zstd repository that copy was ~12% of the sync's user CPU).
    */
   private _sealed(id: string, flags: number, body: Uint8Array, out?: Buffer): Uint8Array[] {
-    if (!(flags & AES)) {
-      const head = this._envelope(flags, 0, out);
-      // A frame packed on a hash thread is in place already.
-      if (out && body.buffer === out.buffer && body.byteOffset === out.byteOffset + 5) return [head.subarray(0, 5 + body.length)];
-      return [head.subarray(0, 5), body];
-    }
+    // A frame packed on a hash thread is in `out` behind the header already (putParts leaves it).
+    if (!(flags & AES)) return [this._envelope(flags, 0, out).subarray(0, 5), body];
     const dst = this._envelope(flags, body.length, out);
     const cipher = createCipheriv('aes-256-gcm', this._key!.encryptionKey, dst.subarray(5, 17));
     cipher.setAAD(Buffer.from(id, 'latin1'));
